@@ -1,0 +1,116 @@
+"""The model artifact: weights (a plain state_dict) and a JSON manifest.
+
+Loading never unpickles arbitrary objects: torch.load(weights_only=True) and json.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__
+from .models import build_for_inference
+from .preprocessing import Preprocessing
+
+WEIGHTS_FILE = "model.pt"
+MANIFEST_FILE = "model.json"  # not manifest.json: MMS takes that for its own archive format
+FORMAT_VERSION = 1
+
+
+class ArtifactError(Exception):
+    """The model directory does not hold a model this code can load."""
+
+
+def library_versions() -> dict[str, str]:
+    import PIL
+
+    from .vision import timm, torchvision
+    return {"image_classifier": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__, "pillow": PIL.__version__}
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary name, then rename: a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save(model_dir: Path, model: nn.Module, backbone: str, class_names: list[str], class_folders: list[str],
+         preprocessing: Preprocessing, hyperparameters: dict, metrics: dict, weights_source: str) -> None:
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_save(state, model_dir / WEIGHTS_FILE)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "backbone": backbone,
+        "num_classes": len(class_names),
+        "class_names": class_names,
+        "class_folders": class_folders,
+        "preprocessing": preprocessing.to_json(),
+        "hyperparameters": hyperparameters,
+        "metrics": metrics,
+        "weights_source": weights_source,
+        "versions": library_versions(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    tmp = model_dir / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, model_dir / MANIFEST_FILE)
+
+
+def read_manifest(model_dir: Path) -> dict:
+    path = Path(model_dir) / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"no {MANIFEST_FILE} in {model_dir}: not a model made by this image's train") from None
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path} is not valid JSON: {e}") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{path} has format_version {manifest.get('format_version')!r}; "
+                            f"this code reads {FORMAT_VERSION}")
+    return manifest
+
+
+def load(model_dir: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """The fine-tuned model in eval mode, and its manifest."""
+    manifest = read_manifest(model_dir)
+    model = build_for_inference(manifest["backbone"], manifest["num_classes"])
+    try:
+        state = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except FileNotFoundError:
+        raise ArtifactError(f"no {WEIGHTS_FILE} in {model_dir}") from None
+    except RuntimeError as e:
+        raise ArtifactError(f"{WEIGHTS_FILE} does not match the manifest: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval(), manifest
+
+
+def verify(model_dir: Path) -> None:
+    """Load the model and run one forward pass; raises ArtifactError with the reason."""
+    model, manifest = load(model_dir)
+    size = manifest["preprocessing"]["image_size"]
+    try:
+        with torch.inference_mode():
+            out = model(torch.zeros(1, 3, size, size))
+    except Exception as e:  # noqa: BLE001
+        raise ArtifactError(f"model fails a forward pass: {type(e).__name__}: {e}") from None
+    if out.shape != (1, manifest["num_classes"]):
+        raise ArtifactError(f"model answers {tuple(out.shape)}, expected (1, {manifest['num_classes']})")
+
+
+if __name__ == "__main__":  # python -m image_classifier.artifact MODEL_DIR: is this artifact servable?
+    import sys
+    try:
+        verify(Path(sys.argv[1]))
+    except (ArtifactError, FileNotFoundError) as e:
+        print(e, file=sys.stderr)
+        sys.exit(1)
+    print(f"{sys.argv[1]}: ok")

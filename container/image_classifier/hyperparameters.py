@@ -1,0 +1,142 @@
+"""Every training hyperparameter: name, type, default and help, in one place.
+
+The image's `train` parses them, the launch side sends them (SageMaker passes every value as a
+string) and the tuner's search space names them. Imports nothing heavy.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any, Callable
+
+from .errors import TrainingError
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_lite0")
+TRAINABLE = ("all", "last-stage", "head")
+OPTIMIZERS = ("adamw", "sgd", "adam")
+WEIGHTS = ("imagenet", "none")
+
+
+def _bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyperparameter:
+    name: str  # as SageMaker sends it, e.g. "batch-size"
+    type: Callable[[str], Any]
+    default: Any
+    help: str
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @property
+    def attr(self) -> str:
+        return self.name.replace("-", "_")
+
+    def parse(self, raw: Any) -> Any:
+        try:
+            value = self.type(raw if not isinstance(raw, str) else raw.strip())
+        except (TypeError, ValueError):
+            raise TrainingError(
+                f"hyperparameter '{self.name}' must be {self.type.__name__.lstrip('_')}, got {raw!r}"
+            ) from None
+        if self.choices is not None and value not in self.choices:
+            raise TrainingError(
+                f"hyperparameter '{self.name}' must be one of {', '.join(map(str, self.choices))}; got {raw!r}"
+            )
+        if self.minimum is not None and value < self.minimum:
+            raise TrainingError(f"hyperparameter '{self.name}' must be >= {self.minimum}, got {raw!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise TrainingError(f"hyperparameter '{self.name}' must be <= {self.maximum}, got {raw!r}")
+        return value
+
+
+HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
+    Hyperparameter("backbone", str, "resnet50", "ImageNet CNN to fine-tune.", BACKBONES),
+    Hyperparameter("weights", str, "imagenet",
+                   "Initial backbone weights: 'imagenet' (the 'pretrained' channel if given, else the "
+                   "bundled or downloaded ImageNet weights) or 'none' (random init).", WEIGHTS),
+    Hyperparameter("trainable", str, "head",
+                   "Which part is trained, the rest frozen: 'all' (whole network), 'last-stage' "
+                   "(last stage + head) or 'head' (new classifier only).", TRAINABLE),
+    Hyperparameter("epochs", int, 10, "Number of passes over the training set.", minimum=1),
+    Hyperparameter("batch-size", int, 32, "Images per training step.", minimum=1),
+    Hyperparameter("lr", float, 1e-3, "Peak learning rate (cosine decay after warm-up).", minimum=0.0),
+    Hyperparameter("weight-decay", float, 1e-4, "Weight decay (decoupled for adamw).", minimum=0.0),
+    Hyperparameter("optimizer", str, "adamw", "Optimizer.", OPTIMIZERS),
+    Hyperparameter("momentum", float, 0.9, "Momentum for sgd.", minimum=0.0, maximum=1.0),
+    Hyperparameter("warmup-epochs", float, 0.0, "Linear learning-rate warm-up, in epochs.", minimum=0.0),
+    Hyperparameter("image-size", int, 224, "Side of the square crop fed to the network.", minimum=32),
+    Hyperparameter("label-smoothing", float, 0.0, "Label smoothing of the cross-entropy loss.",
+                   minimum=0.0, maximum=0.99),
+    Hyperparameter("seed", int, 42, "Seed for weights of the new head, shuffling and the split."),
+    Hyperparameter("num-workers", int, -1,
+                   "DataLoader worker processes; -1 means one per CPU core, 0 loads in the main process.",
+                   minimum=-1),
+    Hyperparameter("early-stopping-patience", int, 0,
+                   "Stop after this many epochs without a better valid accuracy; 0 never stops early.",
+                   minimum=0),
+    Hyperparameter("valid-fraction", float, 0.2,
+                   "Share of each class held out for validation when there is no 'valid' channel.",
+                   minimum=0.01, maximum=0.5),
+    Hyperparameter("log-interval", int, 0,
+                   "Print progress every N training steps; 0 prints once per epoch.", minimum=0),
+)
+
+BY_NAME = {hp.name: hp for hp in HYPERPARAMETERS}
+
+# Keys that SageMaker and its SDK add to hyperparameters.json; they are not ours to parse.
+_RESERVED_PREFIXES = ("sagemaker_", "_")
+
+
+def defaults() -> dict[str, Any]:
+    return {hp.name: hp.default for hp in HYPERPARAMETERS}
+
+
+def parse(raw: dict[str, Any]) -> argparse.Namespace:
+    """Parse hyperparameters as SageMaker sends them (all strings) into typed values.
+
+    Unknown names fail the job: a misspelt 'learning-rate' silently ignored would waste a run.
+    """
+    unknown = sorted(k for k in raw if k not in BY_NAME and not k.startswith(_RESERVED_PREFIXES))
+    if unknown:
+        raise TrainingError(
+            f"unknown hyperparameter(s): {', '.join(unknown)} (known: {', '.join(BY_NAME)})"
+        )
+    values = {hp.attr: hp.default for hp in HYPERPARAMETERS}
+    for name, value in raw.items():
+        if name in BY_NAME:
+            values[BY_NAME[name].attr] = BY_NAME[name].parse(value)
+    return argparse.Namespace(**values)
+
+
+def to_sagemaker(values: dict[str, Any]) -> dict[str, str]:
+    """Hyperparameters as strings, the form CreateTrainingJob takes; checks names and values."""
+    out = {}
+    for name, value in values.items():
+        if name not in BY_NAME:
+            raise ValueError(f"unknown hyperparameter {name!r}")
+        BY_NAME[name].parse(str(value))  # raises on a value the container would refuse
+        out[name] = json.dumps(value) if isinstance(value, bool) else str(value)
+    return out
+
+
+def as_dict(namespace: argparse.Namespace) -> dict[str, Any]:
+    return {hp.name: getattr(namespace, hp.attr) for hp in HYPERPARAMETERS}
+
+
+def help_text() -> str:
+    lines = []
+    for hp in HYPERPARAMETERS:
+        choices = f" {{{', '.join(hp.choices)}}}" if hp.choices else ""
+        lines.append(f"  {hp.name:<24} {hp.type.__name__.lstrip('_'):<5} default {hp.default!s:<9}{choices}\n"
+                     f"      {hp.help}")
+    return "\n".join(lines)

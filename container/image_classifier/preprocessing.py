@@ -1,0 +1,90 @@
+"""Image decoding and the transforms shared by training, evaluation and serving.
+
+Serving uses exactly `decode` and `eval_transform`, the functions the training job's
+evaluation uses, with the preprocessing settings stored in the model's manifest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from .vision import transforms
+
+INTERPOLATION = {
+    "bilinear": transforms.InterpolationMode.BILINEAR,
+    "bicubic": transforms.InterpolationMode.BICUBIC,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How a backbone wants its input; stored in the manifest so serving repeats it exactly."""
+    image_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Preprocessing":
+        return cls(int(data["image_size"]), int(data["resize_size"]), tuple(data["mean"]),
+                   tuple(data["std"]), str(data["interpolation"]))
+
+
+def open_image(source: bytes | str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Open an image lazily; raise ImageTooLarge before decoding more than max_pixels."""
+    image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        raise ImageTooLarge(image.width, image.height, max_pixels)
+    return image
+
+
+def to_rgb(image: Image.Image, draft_size: int | None = None) -> Image.Image:
+    """Upright RGB: EXIF orientation applied; grayscale, palette, alpha and CMYK converted.
+
+    draft_size lets the JPEG decoder scale down by 1/2..1/8 while decoding when the image is
+    far larger than needed (much faster; the later resize dominates quality anyway).
+    """
+    if draft_size and image.format == "JPEG":
+        image.draft("RGB", (draft_size, draft_size))
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def decode(source: bytes | str | Path, pre: Preprocessing, max_pixels: int | None = None) -> Image.Image:
+    return to_rgb(open_image(source, max_pixels), draft_size=pre.resize_size)
+
+
+def eval_transform(pre: Preprocessing):
+    return transforms.Compose([
+        transforms.Resize(pre.resize_size, interpolation=INTERPOLATION[pre.interpolation]),
+        transforms.CenterCrop(pre.image_size),
+        transforms.ToTensor(),
+        transforms.Normalize(pre.mean, pre.std),
+    ])
+
+
+def train_transform(pre: Preprocessing):
+    return transforms.Compose([
+        transforms.RandomResizedCrop(pre.image_size, interpolation=INTERPOLATION[pre.interpolation],
+                                     antialias=True),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(pre.mean, pre.std),
+    ])
+
+
+class ImageTooLarge(Exception):
+    def __init__(self, width: int, height: int, limit: int):
+        super().__init__(f"image is {width}x{height} = {width * height} pixels; the limit is {limit}")

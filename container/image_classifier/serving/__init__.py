@@ -1,0 +1,1 @@
+"""Serving: our handler functions under sagemaker-inference + multi-model-server (MMS)."""

@@ -1,0 +1,70 @@
+"""Request workflow under MMS: sagemaker-inference's Transformer with our handler functions,
+per-request errors as JSON (never a traceback), and CustomAttributes passed through.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from http import HTTPStatus
+
+from sagemaker_inference.errors import BaseInferenceToolkitError
+from sagemaker_inference.transformer import Transformer
+
+from . import inference
+
+log = logging.getLogger(__name__)
+
+CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
+
+
+def error_body(status: int, message: str) -> str:
+    """The shape MMS itself uses for its errors, so clients parse one format."""
+    return json.dumps({"code": status, "type": HTTPStatus(status).phrase.replace(" ", ""), "message": message})
+
+
+def _header(headers: dict, name: str) -> str | None:
+    for key, value in (headers or {}).items():
+        if key.lower() == name:
+            return value.decode() if isinstance(value, (bytes, bytearray)) else value
+    return None
+
+
+class ImageTransformer(Transformer):
+    def _validate_user_module_and_set_functions(self):
+        # Always our functions: this image serves its own models, not user scripts.
+        self._model_fn = inference.model_fn
+        self._pre_model_fn = self._model_warmup_fn = None
+
+    def transform(self, data, context):
+        try:
+            self.validate_and_initialize(model_dir=context.system_properties.get("model_dir"), context=context)
+        except Exception:  # noqa: BLE001
+            log.exception("model failed to load")
+            return self._fail_all(data, context, 500, "model failed to load; see the endpoint's log")
+        responses = []
+        for i, request in enumerate(data):  # MMS may hand us several requests at once
+            headers = context.get_all_request_header(i)
+            try:
+                options = inference.parse_options(_header(headers, CUSTOM_ATTRIBUTES))
+                batch = inference.input_fn(request.get("body") or b"", _header(headers, "content-type"),
+                                           options=options, model=self._model)
+                prediction = inference.predict_fn(batch, self._model)
+                body, content_type = inference.output_fn(prediction, _header(headers, "accept"), model=self._model)
+                context.set_response_content_type(i, content_type)
+                responses.append(body)
+            except BaseInferenceToolkitError as e:
+                responses.append(self._fail(context, i, e.status_code, e.message))
+            except Exception:  # noqa: BLE001
+                log.exception("prediction failed")
+                responses.append(self._fail(context, i, 500, "prediction failed; see the endpoint's log"))
+        return responses
+
+    @staticmethod
+    def _fail(context, idx: int, status: int, message: str) -> str:
+        context.set_response_status(code=status, phrase=HTTPStatus(status).phrase, idx=idx)
+        context.set_response_content_type(idx, inference.JSON_TYPE)
+        return error_body(status, message)
+
+    def _fail_all(self, data, context, status, message):
+        return [self._fail(context, i, status, message) for i in range(len(data))]
+

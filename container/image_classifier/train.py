@@ -1,0 +1,300 @@
+"""Fine-tune an ImageNet CNN on ImageFolder channels. Reads top to bottom:
+channels -> data loaders -> model -> resume -> epochs (train, validate, checkpoint) -> test -> artifact.
+
+`run` is called by the image's `train` program (image_classifier.job) with what
+sagemaker-training parsed; nothing here knows about SageMaker's files.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import artifact, checkpoint, data, hyperparameters, metrics, models
+from .errors import TrainingError
+from .preprocessing import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("train", "valid", "test", "pretrained")
+
+
+class Stopped(Exception):
+    """SIGTERM arrived; the state is checkpointed and a rerun resumes from it."""
+
+
+class StopFlag:
+    """Set by SIGTERM (SageMaker's stop and spot interruption); the loop checks it every step."""
+
+    def __init__(self):
+        self.requested = False
+
+    def install(self) -> "StopFlag":
+        signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        log.warning("SIGTERM received: finishing this step, then saving a checkpoint")
+        self.requested = True
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A shuffle fixed by (seed, epoch), so a resumed epoch can skip what was already trained."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g)[self.skip:].tolist())
+
+    def __len__(self) -> int:
+        return self.n - self.skip
+
+
+def load_channels(channels: dict[str, Path], hp) -> tuple[data.Channel, data.Channel, data.Channel | None]:
+    unknown = sorted(set(channels) - set(CHANNELS))
+    if unknown:
+        raise TrainingError(f"unknown channel(s): {', '.join(unknown)} (expected {', '.join(CHANNELS)})")
+    if "train" not in channels:
+        raise TrainingError("no 'train' channel: give one with class folders of images")
+    train = data.scan("train", channels["train"])
+    if len(train.folders) < 2:
+        raise TrainingError(f"channel 'train' has {len(train.folders)} class folder; need at least 2 classes")
+    if "valid" in channels:
+        valid = data.scan("valid", channels["valid"])
+        data.check_same_classes(train, valid)
+    else:
+        train, valid = data.stratified_split(train, hp.valid_fraction, hp.seed)
+        log.info("no 'valid' channel: held out %d of %d train images (stratified)", len(valid.samples),
+                 len(valid.samples) + len(train.samples))
+    test = None
+    if "test" in channels:
+        test = data.scan("test", channels["test"])
+        data.check_same_classes(train, test)
+    return train, valid, test
+
+
+def pretrained_file(channels: dict[str, Path], backbone: str) -> Path | None:
+    if "pretrained" not in channels:
+        return None
+    root = Path(channels["pretrained"])
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".pt", ".pth", ".bin"))
+    named = [p for p in files if p.stem == backbone]
+    if len(files) == 1 or len(named) == 1:
+        return (named or files)[0]
+    if not files:
+        raise TrainingError(f"channel 'pretrained' has no .pt/.pth weights file (looked in {root})")
+    raise TrainingError(f"channel 'pretrained' has {len(files)} weights files; name one {backbone}.pt")
+
+
+def resolve_workers(requested: int) -> int:
+    return len(os.sched_getaffinity(0)) if requested < 0 else requested
+
+
+def make_loader(samples, transform, draft_size, hp, sampler=None):
+    workers = resolve_workers(hp.num_workers)
+    return torch.utils.data.DataLoader(
+        data.ImageDataset(samples, transform, draft_size), batch_size=hp.batch_size, sampler=sampler,
+        shuffle=False, drop_last=sampler is not None and len(samples) > hp.batch_size,
+        num_workers=workers, persistent_workers=workers > 0, collate_fn=data.collate,
+        pin_memory=torch.cuda.is_available())
+
+
+def build_optimizer(params, hp) -> torch.optim.Optimizer:
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=True)
+    if hp.optimizer == "adam":
+        return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    return torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, criterion, device) -> SimpleNamespace:
+    model.eval()
+    loss_sum, correct, seen, failed = 0.0, 0, 0, 0
+    for images, labels, n_failed in loader:
+        failed += n_failed
+        if images is None:
+            continue
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits = model(images)
+        loss_sum += criterion(logits, labels).item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+    return SimpleNamespace(loss=loss_sum / max(seen, 1), acc=correct / max(seen, 1), seen=seen, failed=failed)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, output_data_dir: Path | None = None,
+        stop: StopFlag | None = None) -> dict:
+    stop = stop or StopFlag()
+    hp_dict = hyperparameters.as_dict(hp)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    seed_everything(hp.seed)
+
+    # Data
+    train_ch, valid_ch, test_ch = load_channels(channels, hp)
+    classes = train_ch.classes
+    log.info("classes: %d; images: train %d, valid %d, test %s", len(classes), len(train_ch.samples),
+             len(valid_ch.samples), len(test_ch.samples) if test_ch else "none")
+
+    # Model
+    model, backbone, weights_source = models.build(hp.backbone, hp.weights, len(classes),
+                                                   pretrained_file(channels, hp.backbone))
+    n_trainable = models.freeze(model, backbone, hp.trainable)
+    model.to(device)
+    log.info("%s from %s; training %s (%d parameters) on %s", hp.backbone, weights_source, hp.trainable,
+             n_trainable, device)
+    pre = backbone.preprocessing(hp.image_size)
+    sampler = EpochSampler(len(train_ch.samples), hp.seed)
+    train_loader = make_loader(train_ch.samples, train_transform(pre), pre.image_size, hp, sampler)
+    valid_loader = make_loader(valid_ch.samples, eval_transform(pre), pre.resize_size, hp)
+
+    criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], hp)
+    steps_per_epoch = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
+        hp.epochs * steps_per_epoch, int(hp.warmup_epochs * steps_per_epoch)))
+
+    # Resume
+    progress = dict(epoch=0, batches_done=0, loss_sum=0.0, correct=0, seen=0, seconds=0.0, failed=0,
+                    best_acc=-1.0, best_epoch=0, stale_epochs=0, history=[])
+    saved = checkpoint.load(checkpoint_dir, hp_dict, train_ch.folders)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        progress.update(json.loads(saved["progress"]))
+        log.info("resuming from %s: epoch %d, step %d", checkpoint_dir, progress["epoch"] + 1,
+                 progress["batches_done"])
+
+    def save_checkpoint():
+        checkpoint.save(checkpoint_dir, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "progress": json.dumps(progress),
+            "hyperparameters": json.dumps(hp_dict), "class_folders": json.dumps(train_ch.folders)})
+
+    # Epochs
+    early_stopped = False
+    while progress["epoch"] < hp.epochs:
+        epoch = progress["epoch"]
+        seed_everything(hp.seed + epoch)  # augmentation in workers is reproducible per epoch
+        sampler.set_epoch(epoch, skip=progress["batches_done"] * hp.batch_size)
+        models.train_mode(model)
+        started = time.perf_counter() - progress["seconds"]
+        for images, labels, n_failed in train_loader:
+            progress["failed"] += n_failed
+            if images is not None:
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                logits = model(images)
+                loss = criterion(logits, labels)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1} step "
+                                        f"{progress['batches_done'] + 1}; lower lr (now {hp.lr:g})")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                progress["loss_sum"] += loss.item() * len(labels)
+                progress["correct"] += (logits.argmax(1) == labels).sum().item()
+                progress["seen"] += len(labels)
+            scheduler.step()
+            progress["batches_done"] += 1
+            if hp.log_interval and progress["batches_done"] % hp.log_interval == 0:
+                elapsed = time.perf_counter() - started
+                print(f"epoch {epoch + 1} step {progress['batches_done']}/{steps_per_epoch} "
+                      f"loss={progress['loss_sum'] / max(progress['seen'], 1):.4f} "
+                      f"{progress['seen'] / elapsed:.1f} img/s", flush=True)
+            if stop.requested:
+                progress["seconds"] = time.perf_counter() - started
+                save_checkpoint()
+                raise Stopped(f"stopped by SIGTERM at epoch {epoch + 1} step {progress['batches_done']}; "
+                              f"checkpoint saved in {checkpoint_dir}")
+        seconds = time.perf_counter() - started
+        train_loss = progress["loss_sum"] / max(progress["seen"], 1)
+        train_acc = progress["correct"] / max(progress["seen"], 1)
+        ips = progress["seen"] / max(seconds, 1e-9)
+        val = evaluate(model, valid_loader, criterion, device)
+        progress["failed"] += val.failed
+        print(metrics.epoch_line(epoch + 1, hp.epochs, train_loss, train_acc, val.loss, val.acc, seconds, ips,
+                                 scheduler.get_last_lr()[0]), flush=True)
+        progress["history"].append(dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc,
+                                        valid_loss=val.loss, valid_acc=val.acc, seconds=seconds,
+                                        images_per_second=ips))
+        if val.acc > progress["best_acc"]:
+            progress.update(best_acc=val.acc, best_epoch=epoch + 1, stale_epochs=0)
+            checkpoint.save_best(checkpoint_dir, model.state_dict())
+        else:
+            progress["stale_epochs"] += 1
+        progress.update(epoch=epoch + 1, batches_done=0, loss_sum=0.0, correct=0, seen=0, seconds=0.0)
+        early_stopped = 0 < hp.early_stopping_patience <= progress["stale_epochs"]
+        if early_stopped:
+            progress["epochs_planned"] = hp.epochs
+            progress["epoch"] = hp.epochs  # a rerun of a finished job does not train on
+        save_checkpoint()
+        if early_stopped:
+            print(f"early stopping: no better valid accuracy in {hp.early_stopping_patience} epoch(s); "
+                  f"best epoch {progress['best_epoch']}", flush=True)
+        if stop.requested:
+            raise Stopped(f"stopped by SIGTERM after epoch {epoch + 1}; checkpoint saved in {checkpoint_dir}")
+
+    # Test, once, on the best model (selected by valid accuracy only)
+    best = checkpoint.load_best(checkpoint_dir)
+    if best is not None:
+        model.load_state_dict(best)
+    history = progress["history"]
+    best_row = next((h for h in history if h["epoch"] == progress["best_epoch"]), {})
+    final = {"best_epoch": progress["best_epoch"], "epochs_run": len(history),
+             "valid_loss": best_row.get("valid_loss"), "valid_accuracy": best_row.get("valid_acc"),
+             "skipped_files": len(train_ch.skipped) + len(valid_ch.skipped) + (len(test_ch.skipped) if test_ch else 0),
+             "undecodable_images": progress["failed"], "history": history}
+    if test_ch is not None:
+        test = evaluate(model, make_loader(test_ch.samples, eval_transform(pre), pre.resize_size, hp),
+                        criterion, device)
+        final.update(test_loss=test.loss, test_accuracy=test.acc, test_images=test.seen)
+        final["undecodable_images"] += test.failed
+        print(metrics.test_line(test.loss, test.acc), flush=True)
+
+    artifact.save(model_dir, model, hp.backbone, classes, train_ch.folders, pre, hp_dict, final, weights_source)
+    log.info("model saved to %s (best epoch %d, valid accuracy %.4f)", model_dir, progress["best_epoch"],
+             progress["best_acc"])
+    if output_data_dir is not None:
+        write_report(Path(output_data_dir), final, [train_ch, valid_ch] + ([test_ch] if test_ch else []))
+    return final
+
+
+def write_report(directory: Path, final: dict, channels: list[data.Channel]) -> None:
+    """metrics.json and the list of skipped files, uploaded by SageMaker as output.tar.gz."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+    skipped = [f"{ch.name}\t{path}\t{reason}" for ch in channels for path, reason in ch.skipped]
+    if skipped:
+        (directory / "skipped_files.tsv").write_text("channel\tpath\treason\n" + "\n".join(skipped) + "\n")
+        log.warning("skipped %d unreadable file(s); list in %s", len(skipped), directory / "skipped_files.tsv")
