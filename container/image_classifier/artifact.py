@@ -90,7 +90,8 @@ def load(model_dir: Path, device: str | torch.device = "cpu") -> tuple[nn.Module
         raise ArtifactError(f"no {WEIGHTS_FILE} in {model_dir}") from None
     except RuntimeError as e:
         raise ArtifactError(f"{WEIGHTS_FILE} does not match the manifest: {str(e).splitlines()[0]}") from None
-    return model.to(device).eval(), manifest
+    from .models import to_device
+    return to_device(model, torch.device(device)).eval(), manifest
 
 
 def verify(model_dir: Path) -> None:

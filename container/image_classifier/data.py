@@ -121,8 +121,8 @@ def stratified_split(channel: Channel, fraction: float, seed: int) -> tuple[Chan
         n_valid = max(1, round(len(items) * fraction))
         valid += items[:n_valid]
         train += items[n_valid:]
-    as_channel = lambda name, s: Channel(name, channel.root, channel.folders, sorted(s), [])  # noqa: E731
-    return as_channel("train", train), as_channel("valid (split from train)", valid)
+    return (Channel("train", channel.root, channel.folders, sorted(train), channel.skipped),
+            Channel("valid (split from train)", channel.root, channel.folders, sorted(valid), []))
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -105,13 +105,19 @@ def resolve_workers(requested: int) -> int:
     return len(os.sched_getaffinity(0)) if requested < 0 else requested
 
 
+def _one_thread(worker_id: int) -> None:
+    # A loader worker decodes and transforms one image at a time; torch's default of one
+    # thread per core in every worker oversubscribes the CPU.
+    torch.set_num_threads(1)
+
+
 def make_loader(samples, transform, draft_size, hp, sampler=None):
     workers = resolve_workers(hp.num_workers)
     return torch.utils.data.DataLoader(
         data.ImageDataset(samples, transform, draft_size), batch_size=hp.batch_size, sampler=sampler,
         shuffle=False, drop_last=sampler is not None and len(samples) > hp.batch_size,
         num_workers=workers, persistent_workers=workers > 0, collate_fn=data.collate,
-        pin_memory=torch.cuda.is_available())
+        worker_init_fn=_one_thread, pin_memory=torch.cuda.is_available())
 
 
 def build_optimizer(params, hp) -> torch.optim.Optimizer:
@@ -139,7 +145,7 @@ def evaluate(model: nn.Module, loader, criterion, device) -> SimpleNamespace:
         failed += n_failed
         if images is None:
             continue
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images, labels = models.batch_to(images, device), labels.to(device, non_blocking=True)
         logits = model(images)
         loss_sum += criterion(logits, labels).item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
@@ -170,7 +176,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
     model, backbone, weights_source = models.build(hp.backbone, hp.weights, len(classes),
                                                    pretrained_file(channels, hp.backbone))
     n_trainable = models.freeze(model, backbone, hp.trainable)
-    model.to(device)
+    models.to_device(model, device)
     log.info("%s from %s; training %s (%d parameters) on %s", hp.backbone, weights_source, hp.trainable,
              n_trainable, device)
     pre = backbone.preprocessing(hp.image_size)
@@ -213,7 +219,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
         for images, labels, n_failed in train_loader:
             progress["failed"] += n_failed
             if images is not None:
-                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                images, labels = models.batch_to(images, device), labels.to(device, non_blocking=True)
                 logits = model(images)
                 loss = criterion(logits, labels)
                 if not torch.isfinite(loss):

@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from sagemaker_inference.errors import GenericInferenceToolkitError
 
 from .. import artifact
+from ..models import batch_to
 from .limits import max_batch_images, max_payload_bytes, max_pixels
 from ..preprocessing import ImageTooLarge, Preprocessing, decode, eval_transform
 
@@ -146,7 +147,7 @@ def input_fn(body: bytes, content_type: str, options: dict | None = None, model:
 
 @torch.inference_mode()
 def predict_fn(batch: Batch, model: Model) -> Prediction:
-    logits = model.network(batch.images.to(model.device))
+    logits = model.network(batch_to(batch.images, model.device))
     return Prediction(torch.softmax(logits.float(), dim=1).cpu(), batch.top_k, batch.probabilities)
 
 

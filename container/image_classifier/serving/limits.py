@@ -1,10 +1,15 @@
 """Request limits, each overridable with an environment variable on the endpoint."""
 import os
 
+MIB = 1024 * 1024
+
 
 def max_payload_bytes() -> int:
-    # SageMaker's real-time invocation limit is 6 MB; batch transform may send up to 100 MB.
-    return int(os.environ.get("MAX_PAYLOAD_BYTES", 6 * 1024 * 1024))
+    # Real-time endpoints get at most 6 MB; batch transform sets SAGEMAKER_MAX_PAYLOAD_IN_MB
+    # from MaxPayloadInMB (up to 100). `serve` resolves this once and passes it to the workers.
+    if "MAX_PAYLOAD_BYTES" in os.environ:
+        return int(os.environ["MAX_PAYLOAD_BYTES"])
+    return int(os.environ.get("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6)) * MIB
 
 
 def max_pixels() -> int:

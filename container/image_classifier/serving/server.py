@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from .. import paths
-from .limits import max_payload_bytes
+from .limits import MIB, max_payload_bytes
 
 log = logging.getLogger("image_classifier.serve")
 
@@ -100,11 +100,17 @@ def main(argv: list[str] | None = None) -> int:
             "Environment: SAGEMAKER_BIND_TO_PORT (default 8080); SERVE_HOST (default 0.0.0.0, or 127.0.0.1\n"
             "when SAGEMAKER_BASE_DIR is set); SAGEMAKER_MULTI_MODEL=true serves models under\n"
             "$SAGEMAKER_BASE_DIR/models loaded through POST /models; SAGEMAKER_MODEL_SERVER_WORKERS,\n"
-            "SAGEMAKER_MODEL_SERVER_TIMEOUT as in sagemaker-inference; MAX_PAYLOAD_BYTES (default 6291456), MAX_IMAGE_PIXELS (default\n"
-            "40000000) and MAX_BATCH_IMAGES (default 64) limit requests."))
+            "SAGEMAKER_MODEL_SERVER_TIMEOUT as in sagemaker-inference; MAX_PAYLOAD_BYTES (default\n"
+            "SAGEMAKER_MAX_PAYLOAD_IN_MB, else 6 MiB), MAX_IMAGE_PIXELS (default 40000000) and\n"
+            "MAX_BATCH_IMAGES (default 64) limit requests; over a limit the answer is a JSON 413."))
     parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    port = os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080")
+    if not port.isdigit() or not 0 < int(port) < 32767:
+        print(f"serve: SAGEMAKER_BIND_TO_PORT={port!r}: multi-model-server takes ports 1 to 32766 "
+              "(below 32767)", file=sys.stderr)
+        return 1
     if shutil.which("multi-model-server") is None:
         print("serve: multi-model-server is not on PATH", file=sys.stderr)
         return 1
@@ -113,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     env.update(TEMP=str(run_dir), TMPDIR=str(run_dir), LOG_LOCATION=str(run_dir / "logs"),
                METRICS_LOCATION=str(run_dir / "logs"),
                PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_PARENT, env.get("PYTHONPATH")])))
-    # Bodies over our limit get our JSON 413; only far larger ones meet MMS's bare 413.
-    env.setdefault("SAGEMAKER_MAX_REQUEST_SIZE", str(4 * max_payload_bytes()))
+    # Bodies over our limit get our JSON 413 from the handler; only far larger ones meet
+    # MMS's own 413, which has an empty body.
+    limit = max_payload_bytes()
+    env.update(MAX_PAYLOAD_BYTES=str(limit), SAGEMAKER_MAX_PAYLOAD_IN_MB=str(-(-4 * limit // MIB)))
     os.environ.update(env)
 
     model_dir = paths.base_dir() / "model"
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
            "--log-config", model_server.DEFAULT_MMS_LOG_FILE]
     if not multi_model():
         cmd += ["--models", f"model={model_dir}"]
-    log.info("starting MMS on %s:%s (%s)", bind_host(), os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080"),
+    log.info("starting MMS on %s:%s (%s)", bind_host(), port,
              "multi-model" if multi_model() else f"model {model_dir}")
     process = subprocess.Popen(cmd, env=env, cwd=run_dir)
 

@@ -1,0 +1,118 @@
+"""Run the image's own `train` and `serve` programs on this machine, without a container:
+a SageMaker-style /opt/ml tree (what SageMaker writes before it starts a training container),
+the programs' environment, and a `serve` process to start, wait for and stop.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+from .hyperparameters import to_sagemaker
+
+
+def make_tree(base: Path, channels: dict[str, Path], hyperparameters: dict | None = None,
+         copy: bool = False) -> Path:
+    """Config files plus one folder per channel (a symlink to the data unless copy=True)."""
+    base = Path(base)
+    config = base / "input" / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "hyperparameters.json").write_text(json.dumps(to_sagemaker(hyperparameters or {}), indent=2))
+    (config / "inputdataconfig.json").write_text(json.dumps(
+        {name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated",
+                "RecordWrapperType": "None"} for name in channels}, indent=2))
+    # The real host name: SageMaker's 'algo-1' does not resolve outside its network.
+    host = socket.gethostname()
+    (config / "resourceconfig.json").write_text(json.dumps(
+        {"current_host": host, "hosts": [host], "network_interface_name": "lo"}, indent=2))
+    data = base / "input" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for name, source in channels.items():
+        target = data / name
+        if target.is_symlink() or target.exists():
+            continue
+        if copy:
+            import shutil
+            shutil.copytree(source, target)
+        else:
+            os.symlink(Path(source).resolve(), target)
+    for sub in ("model", "output", "checkpoints"):
+        (base / sub).mkdir(exist_ok=True)
+    return base
+
+
+# --- running the image's programs natively ------------------------------------------------------
+CONTAINER_DIR = Path(__file__).resolve().parents[1]  # holds the `train` and `serve` programs
+
+
+def program_env(base: Path, **extra) -> dict:
+    """The environment `train`/`serve` get natively: SAGEMAKER_BASE_DIR plus this interpreter's bin."""
+    import sys
+    env = dict(os.environ)
+    env.update(SAGEMAKER_BASE_DIR=str(base), PYTHONUNBUFFERED="1",
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
+    env.pop("SM_MODEL_DIR", None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def program(name: str) -> list[str]:
+    import sys
+    return [sys.executable, str(CONTAINER_DIR / name)]
+
+
+def free_port() -> int:
+    """A free loopback port below 32767: MMS refuses higher ones (the kernel's ephemeral range)."""
+    import contextlib
+    import random
+    for port in random.sample(range(20000, 32700), 200):
+        with contextlib.closing(socket.socket()) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port below 32767")
+
+
+class Serve:
+    """The image's `serve` program on 127.0.0.1, its output in a log file, stopped by pid."""
+
+    def __init__(self, base: Path, port: int | None = None, log_path: Path | None = None, **env):
+        import subprocess
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_path or Path(base) / f"serve-{self.port}.log", "w+")
+        self.process = subprocess.Popen(program("serve"),
+                                        env=program_env(base, SAGEMAKER_BIND_TO_PORT=self.port, **env),
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_healthy(self, timeout: float = 120) -> float:
+        import time
+        import urllib.error
+        import urllib.request
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited {self.process.returncode}:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(self.url + "/ping", timeout=2) as r:
+                    if r.status == 200:
+                        return time.monotonic() - start
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"no healthy /ping in {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()
+
+    def stop(self, timeout: float = 30) -> int:
+        import signal
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self.log.close()
+        return code

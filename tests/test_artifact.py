@@ -1,0 +1,62 @@
+import json
+
+import pytest
+import torch
+
+from image_classifier import artifact, models
+from image_classifier.preprocessing import Preprocessing
+
+PRE = Preprocessing(64, 73, (0.5,) * 3, (0.5,) * 3, "bicubic")
+
+
+def save_small(model_dir, backbone="resnet18"):
+    model, _, source = models.build(backbone, "none", 3)
+    artifact.save(model_dir, model, backbone, ["A", "B", "C"], ["001.A", "002.B", "003.C"], PRE,
+                  {"epochs": 1}, {"valid_accuracy": 0.5}, source)
+    return model
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = save_small(tmp_path)
+    loaded, manifest = artifact.load(tmp_path)
+    assert not loaded.training
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.allclose(model.eval()(x), loaded(x))
+    assert manifest["class_names"] == ["A", "B", "C"]
+    assert manifest["preprocessing"]["interpolation"] == "bicubic"
+    assert {"torch", "torchvision", "timm", "python"} <= set(manifest["versions"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.pt"]
+
+
+def test_weights_are_a_plain_state_dict(tmp_path):
+    save_small(tmp_path)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_weights_holding_pickled_objects_are_refused(tmp_path):
+    save_small(tmp_path)
+    torch.save({"fc.weight": object()}, tmp_path / "model.pt")
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported"):
+        artifact.load(tmp_path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "model.json").unlink(), "no model.json"),
+    (lambda d: (d / "model.json").write_text("{"), "not valid JSON"),
+    (lambda d: (d / "model.json").write_text(json.dumps({"format_version": 99})), "format_version 99"),
+    (lambda d: (d / "model.pt").unlink(), "no model.pt"),
+])
+def test_damaged_artifacts_give_reasons(tmp_path, damage, message):
+    save_small(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(artifact.ArtifactError, match=message):
+        artifact.load(tmp_path)
+
+
+def test_weights_of_another_shape_are_reported(tmp_path):
+    save_small(tmp_path)
+    other, _, _ = models.build("resnet18", "none", 5)
+    torch.save(other.state_dict(), tmp_path / "model.pt")
+    with pytest.raises(artifact.ArtifactError, match="does not match the manifest"):
+        artifact.verify(tmp_path)

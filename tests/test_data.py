@@ -1,0 +1,76 @@
+import pytest
+from PIL import Image
+
+from image_classifier import data
+from image_classifier.errors import TrainingError
+from imagegen import make_imagefolder
+
+
+def test_class_names_drop_the_number_prefix():
+    assert data.class_name("001.Affenpinscher") == "Affenpinscher"
+    assert data.class_name("117.Leonberger") == "Leonberger"
+    assert data.class_name("cats") == "cats"
+    assert data.class_name("2019") == "2019"
+
+
+def test_scan_reads_classes_and_skips_unreadable_files(tmp_path):
+    root = make_imagefolder(tmp_path / "train", ["001.A", "002.B"], 3)
+    (root / "001.A" / "broken.jpg").write_bytes(b"not a jpeg")
+    (root / "002.B" / "notes.txt").write_text("hello")
+    (root / "002.B" / ".DS_Store").write_bytes(b"\0")
+    ch = data.scan("train", root)
+    assert ch.classes == ["A", "B"] and len(ch.samples) == 6
+    assert sorted(p.rsplit("/", 1)[1] for p, _ in ch.skipped) == ["broken.jpg", "notes.txt"]
+
+
+def test_class_left_without_images_fails(tmp_path):
+    root = make_imagefolder(tmp_path / "train", ["001.A"], 2)
+    (root / "002.B").mkdir()
+    (root / "002.B" / "bad.png").write_bytes(b"garbage")
+    with pytest.raises(TrainingError, match="no readable images for class.*: B"):
+        data.scan("train", root)
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda r: r.mkdir(), "channel 'train' has no class folders"),
+    (lambda r: None, "channel 'train' not found"),
+    (lambda r: [(r / c).mkdir(parents=True) for c in ("001.A", "002.B")], "channel 'train' has no images"),
+    (lambda r: [make_imagefolder(r, [c], 1) for c in ("001.cat", "002.cat")], "several folders for class"),
+])
+def test_bad_channel_layouts_fail_clearly(tmp_path, setup, message):
+    root = tmp_path / "train"
+    setup(root)
+    with pytest.raises(TrainingError, match=message):
+        data.scan("train", root)
+
+
+def test_class_differences_are_named(tmp_path):
+    train = data.scan("train", make_imagefolder(tmp_path / "train", ["001.A", "002.B"], 2))
+    valid = data.scan("valid", make_imagefolder(tmp_path / "valid", ["001.A", "003.C"], 2))
+    with pytest.raises(TrainingError) as e:
+        data.check_same_classes(train, valid)
+    assert str(e.value) == "valid has classes not in train: C; valid lacks classes of train: B"
+
+
+def test_stratified_split_keeps_every_class_on_both_sides(tmp_path):
+    ch = data.scan("train", make_imagefolder(tmp_path / "t", ["001.A", "002.B", "003.C"], 10))
+    train, valid = data.stratified_split(ch, 0.2, seed=1)
+    assert sorted(valid.counts().values()) == [2, 2, 2] and sorted(train.counts().values()) == [8, 8, 8]
+    assert not set(train.samples) & set(valid.samples)
+    assert data.stratified_split(ch, 0.2, seed=1)[1].samples == valid.samples  # reproducible
+
+
+def test_split_needs_two_images_per_class(tmp_path):
+    ch = data.scan("train", make_imagefolder(tmp_path / "t", ["001.A", "002.B"], 1))
+    with pytest.raises(TrainingError, match="need at least 2"):
+        data.stratified_split(ch, 0.2, seed=0)
+
+
+def test_dataset_drops_an_image_that_fails_to_decode(tmp_path):
+    good = tmp_path / "good.jpg"
+    Image.new("RGB", (40, 40), "red").save(good)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[:200])
+    ds = data.ImageDataset([(str(good), 0), (str(truncated), 1)], transform=lambda im: im.size)
+    images, labels, failed = data.collate([ds[0], ds[1]])
+    assert failed == 1 and labels.tolist() == [0]

@@ -1,0 +1,79 @@
+import pytest
+import torch
+from skimage import data as skdata
+from PIL import Image
+
+from image_classifier import models
+from image_classifier.errors import TrainingError
+from image_classifier.preprocessing import eval_transform
+
+
+@pytest.mark.parametrize("name", list(models.BACKBONES))
+def test_every_backbone_builds_with_a_head_for_the_classes(name):
+    model, backbone, source = models.build(name, "none", num_classes=7)
+    assert "random" in source
+    out = model.eval()(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, 7)
+
+
+@pytest.mark.parametrize("trainable, prefixes", [
+    ("head", ("fc.",)), ("last-stage", ("fc.", "layer4.")), ("all", ("",))])
+def test_freeze_policies(trainable, prefixes):
+    model, backbone, _ = models.build("resnet18", "none", 5)
+    n = models.freeze(model, backbone, trainable)
+    expected = sum(p.numel() for k, p in model.named_parameters() if k.startswith(prefixes))
+    assert n == expected
+    models.train_mode(model)
+    assert model.fc.training
+    assert model.bn1.training == (trainable == "all")  # frozen batch norm keeps ImageNet statistics
+
+
+def test_bundled_efficientnet_lite0_weights_are_real_imagenet_weights():
+    model, backbone, source = models.build("efficientnet_lite0", "imagenet", 1000)
+    assert "bundled" in source
+    state = backbone.imagenet_state_dict()
+    model.classifier.load_state_dict({k[len("classifier."):]: v for k, v in state.items()
+                                      if k.startswith("classifier.")})
+    x = eval_transform(backbone.preprocessing(224))(Image.fromarray(skdata.coffee()))
+    probs = torch.softmax(model.eval()(x[None]), 1)[0]
+    assert probs.argmax().item() == 967 and probs[967] > 0.5  # ImageNet 967: espresso
+
+
+def test_failed_download_says_what_to_do(tmp_path, monkeypatch):
+    # The test network guard refuses the real download, as an isolated training job would.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached copy
+    with pytest.raises(TrainingError) as e:
+        models.build("resnet18", "imagenet", 3)
+    assert "pretrained" in str(e.value) and "efficientnet_lite0" in str(e.value)
+
+
+def test_pretrained_file_loads_backbone_and_ignores_its_head(tmp_path):
+    source, _, _ = models.build("resnet18", "none", 1000)
+    torch.nn.init.constant_(source.conv1.weight, 0.5)
+    path = tmp_path / "resnet18.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in source.state_dict().items()}}, path)
+    model, _, where = models.build("resnet18", "imagenet", 4, pretrained_file=path)
+    assert "resnet18.pth" in where and torch.all(model.conv1.weight == 0.5) and model.fc.out_features == 4
+
+
+def test_pretrained_file_for_another_architecture_is_refused(tmp_path):
+    other, _, _ = models.build("resnet34", "none", 1000)
+    path = tmp_path / "w.pt"
+    torch.save(other.state_dict(), path)
+    with pytest.raises(TrainingError, match="does not fit resnet18 .*unexpected"):
+        models.build("resnet18", "imagenet", 4, pretrained_file=path)
+
+
+def test_pickled_objects_are_never_loaded(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"weights": object()}, path)  # not a plain state_dict: needs unpickling
+    with pytest.raises(TrainingError, match="cannot be read"):
+        models.build("resnet18", "imagenet", 4, pretrained_file=path)
+
+
+def test_untrained_pretrained_file_is_flagged(tmp_path, caplog):
+    fresh, _, _ = models.build("resnet18", "none", 1000)
+    path = tmp_path / "resnet18.pt"
+    torch.save(fresh.state_dict(), path)
+    models.build("resnet18", "imagenet", 4, pretrained_file=path)
+    assert "look untrained" in caplog.text

@@ -1,0 +1,172 @@
+"""The real `serve` program (sagemaker-inference + MMS + our handler) over HTTP on 127.0.0.1."""
+import base64
+import concurrent.futures
+import io
+import json
+import os
+import time
+
+import psutil
+import pytest
+import requests
+from PIL import Image
+
+from conftest import CLASSES, Server
+from image_classifier.data import class_name
+
+pytestmark = pytest.mark.slow
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def labelled_images(tiny_data):
+    return [(p, class_name(p.parent.name)) for p in sorted(tiny_data["test"].rglob("*.jpg"))]
+
+
+def assert_json_error(response, status):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["code"] == status and body["message"] and "Traceback" not in response.text
+    return body["message"]
+
+
+def test_ping_and_predictions_over_http(server, tiny_data):
+    assert requests.get(server.url + "/ping").status_code == 200
+    correct = 0
+    for path, label in labelled_images(tiny_data):
+        response = server.invoke(path.read_bytes())
+        assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+        [p] = response.json()["predictions"]
+        assert len(p["top_k"]) == 3 and p["label"] == p["top_k"][0]["label"]
+        correct += p["label"] == label
+    assert correct / len(labelled_images(tiny_data)) > 0.5  # chance is 1/3
+
+
+def test_every_image_content_type_and_mode(server, tiny_data):
+    path, label = labelled_images(tiny_data)[0]
+    image = Image.open(path)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    cases = [(encode(image, "PNG"), "image/png"), (path.read_bytes(), "application/x-image"),
+             (encode(image.convert("L")), "image/jpeg"), (encode(image.convert("CMYK")), "image/jpeg"),
+             (encode(image.convert("RGBA"), "PNG"), "image/png"), (encode(image, "JPEG", exif=exif), "image/jpeg"),
+             (encode(image, "WEBP"), "image/webp")]
+    for body, content_type in cases:
+        response = server.invoke(body, content_type)
+        assert response.status_code == 200, (content_type, response.text)
+
+
+def test_json_batch_top_k_and_probabilities(server, tiny_data):
+    paths = [p for p, _ in labelled_images(tiny_data)[:3]]
+    body = json.dumps({"instances": [base64.b64encode(p.read_bytes()).decode() for p in paths]})
+    response = server.invoke(body.encode(), "application/json",
+                             **{"X-Amzn-SageMaker-Custom-Attributes": "top_k=2,probabilities=true"})
+    preds = response.json()["predictions"]
+    assert len(preds) == 3
+    for p in preds:
+        assert len(p["top_k"]) == 2
+        assert set(p["probabilities"]) == {class_name(c) for c in CLASSES}
+        assert abs(sum(p["probabilities"].values()) - 1) < 1e-3
+
+
+def test_bad_requests_are_json_4xx_and_the_server_stays_healthy(server, tiny_data):
+    good = labelled_images(tiny_data)[0][0].read_bytes()
+    huge = encode(Image.new("L", (9000, 9000)), "PNG")  # 81 megapixels in a few hundred kB
+    cases = [
+        (server.invoke(good, "text/plain"), 415, "unsupported content type"),
+        (server.invoke(b"not an image", "image/jpeg"), 400, "not an image"),
+        (server.invoke(good[: len(good) // 3], "image/jpeg"), 400, "could not be decoded"),
+        (server.invoke(b"", "image/jpeg"), 400, "empty"),
+        (server.invoke(b"{bad json", "application/json"), 400, "not valid JSON"),
+        (server.invoke(b'{"instances": ["***"]}', "application/json"), 400, "not valid base64"),
+        (server.invoke(good, "image/jpeg", **{"X-Amzn-SageMaker-Custom-Attributes": "top_k=-1"}), 400, "top_k"),
+        (server.invoke(huge, "image/png"), 413, "pixels"),
+        (server.invoke(os.urandom(7 * 1024 * 1024), "image/jpeg"), 413, "limit is 6291456"),
+        (server.invoke(good, "image/jpeg", Accept="text/csv"), 406, "accept application/json"),
+    ]
+    for response, status, text in cases:
+        assert text in assert_json_error(response, status)
+    assert requests.get(server.url + "/ping").status_code == 200
+    assert server.invoke(good).status_code == 200
+    assert "Traceback" not in requests.get(server.url + "/nothing-here").text
+
+
+def test_concurrent_requests(server, tiny_data):
+    bodies = [p.read_bytes() for p, _ in labelled_images(tiny_data)] * 2
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda b: server.invoke(b).status_code, bodies))
+    assert codes == [200] * len(bodies)
+
+
+def test_binds_loopback_when_run_natively(server):
+    assert f"Inference address: http://127.0.0.1:{server.port}" in server.output()
+
+
+def test_sigterm_stops_every_process(trained, tmp_path):
+    (tmp_path / "model").symlink_to(trained / "model")
+    srv = Server(tmp_path)
+    srv.wait_healthy()
+    tree = psutil.Process(srv.process.pid).children(recursive=True)
+    assert any("java" in p.name() for p in tree) and any("model_service_worker" in " ".join(p.cmdline()) for p in tree)
+    assert srv.stop() == 0
+    time.sleep(0.5)
+    assert [p.pid for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+
+
+def test_ping_is_healthy_only_once_the_model_is_loaded(trained, tmp_path):
+    (tmp_path / "model").symlink_to(trained / "model")
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    # Delay each MMS worker's start by 6 s, as a large model's load would.
+    (slow / "sitecustomize.py").write_text(
+        "import sys, time\nif any('model_service_worker' in a for a in sys.argv):\n    time.sleep(6)\n")
+    srv = Server(tmp_path, PYTHONPATH=slow)
+    try:
+        started = time.monotonic()
+        while True:
+            try:
+                ping = requests.get(srv.url + "/ping", timeout=2).status_code
+            except requests.ConnectionError:
+                ping = None
+            if ping == 200:
+                break
+            assert time.monotonic() - started < 120, srv.output()
+            time.sleep(0.1)
+        assert time.monotonic() - started > 5
+        image = encode(Image.new("RGB", (64, 64), "red"))
+        assert srv.invoke(image).status_code == 200  # healthy means it can answer
+    finally:
+        assert srv.stop() == 0
+
+
+def test_a_broken_model_is_refused_before_the_server_starts(trained, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.json").write_text((trained / "model" / "model.json").read_text())
+    (model / "model.pt").write_bytes(b"truncated")
+    srv = Server(tmp_path)
+    assert srv.process.wait(120) == 1
+    assert "cannot serve" in srv.output() and "java" not in srv.output().lower()
+
+
+def test_a_port_mms_cannot_bind_is_refused_clearly(trained, tmp_path):
+    (tmp_path / "model").symlink_to(trained / "model")
+    import subprocess
+    import sys
+    from conftest import CONTAINER, program_env
+    out = subprocess.run([sys.executable, str(CONTAINER / "serve")], capture_output=True, text=True, timeout=60,
+                         env=program_env(tmp_path, SAGEMAKER_BIND_TO_PORT=40000))
+    assert out.returncode == 1 and "below 32767" in out.stderr
+
+
+def test_help():
+    import subprocess
+    import sys
+    from conftest import CONTAINER
+    out = subprocess.run([sys.executable, str(CONTAINER / "serve"), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "SAGEMAKER_BIND_TO_PORT" in out.stdout
