@@ -199,8 +199,12 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         progress.update(json.loads(saved["progress"]))
-        log.info("resuming from %s: epoch %d, step %d", checkpoint_dir, progress["epoch"] + 1,
-                 progress["batches_done"])
+        if progress["epoch"] >= hp.epochs:
+            log.info("the checkpoint in %s holds a finished run: evaluating and saving its best model "
+                     "(use a new checkpoint directory to train again)", checkpoint_dir)
+        else:
+            log.info("resuming from %s: epoch %d, step %d", checkpoint_dir, progress["epoch"] + 1,
+                     progress["batches_done"])
 
     def save_checkpoint():
         checkpoint.save(checkpoint_dir, {
@@ -262,7 +266,6 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
         progress.update(epoch=epoch + 1, batches_done=0, loss_sum=0.0, correct=0, seen=0, seconds=0.0)
         early_stopped = 0 < hp.early_stopping_patience <= progress["stale_epochs"]
         if early_stopped:
-            progress["epochs_planned"] = hp.epochs
             progress["epoch"] = hp.epochs  # a rerun of a finished job does not train on
         save_checkpoint()
         if early_stopped:
