@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DATA ?= ../shared/data/imagewoof10
 
-.PHONY: venv test test-fast demo clean
+.PHONY: venv docker-prereqs test test-fast test-docker demo clean
 
 venv: $(VENV)/.installed
 
@@ -16,8 +16,14 @@ $(VENV)/.installed: container/requirements.txt requirements-dev.txt Makefile
 	$(PY) -m pip install --quiet --progress-bar off "$(TORCH_SPEC)" -r container/requirements.txt -r requirements-dev.txt
 	touch $@
 
-test: venv
+docker-prereqs:
+	@docker/install_prereqs.sh
+
+test: venv docker-prereqs
 	$(PY) -m pytest
+
+test-docker: venv docker-prereqs
+	$(PY) -m pytest tests/test_docker_e2e.py tests/test_build_and_push.py
 
 test-fast: venv
 	$(PY) -m pytest -m "not slow"
