@@ -170,3 +170,41 @@ def test_help():
     from conftest import CONTAINER
     out = subprocess.run([sys.executable, str(CONTAINER / "serve"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "SAGEMAKER_BIND_TO_PORT" in out.stdout
+
+
+def test_multi_model_mode_loads_invokes_and_unloads(trained, tmp_path):
+    """SAGEMAKER_MULTI_MODEL=true, as a SageMaker multi-model endpoint drives MMS's /models API."""
+    models = tmp_path / "models"
+    (models / "dogs").mkdir(parents=True)
+    (models / "dogs" / "model").symlink_to(trained / "model")
+    broken = models / "broken" / "model"
+    broken.mkdir(parents=True)
+    (broken / "model.json").write_text((trained / "model" / "model.json").read_text())
+    (broken / "model.pt").write_bytes(b"not weights")
+    srv = Server(tmp_path, SAGEMAKER_MULTI_MODEL="true")
+    try:
+        srv.wait_healthy()  # healthy with no model loaded yet, as SageMaker expects
+        load = requests.post(srv.url + "/models", json={"model_name": "dogs", "url": str(models / "dogs" / "model")},
+                             timeout=120)
+        assert load.status_code == 200, load.text
+        assert [m["modelName"] for m in requests.get(srv.url + "/models").json()["models"]] == ["dogs"]
+        image = encode(Image.new("RGB", (64, 64), "red"))
+        answer = requests.post(srv.url + "/models/dogs/invoke", data=image,
+                               headers={"Content-Type": "image/jpeg"}, timeout=60)
+        assert answer.status_code == 200 and len(answer.json()["predictions"][0]["top_k"]) == 3
+        bad = requests.post(srv.url + "/models/dogs/invoke", data=b"x", headers={"Content-Type": "text/plain"})
+        assert bad.status_code == 415 and "Traceback" not in bad.text
+        # MMS registers a model before a worker loads it; the broken one then answers every
+        # request with a JSON 500 that names the reason, and the others keep working.
+        requests.post(srv.url + "/models", json={"model_name": "broken", "url": str(broken)}, timeout=120)
+        failed = requests.post(srv.url + "/models/broken/invoke", data=image, headers={"Content-Type": "image/jpeg"},
+                               timeout=60)
+        assert failed.status_code == 500 and "model failed to load" in failed.json()["message"]
+        assert "Traceback" not in failed.text
+        assert requests.post(srv.url + "/models/dogs/invoke", data=image, headers={"Content-Type": "image/jpeg"},
+                             timeout=60).status_code == 200
+        assert requests.post(srv.url + "/models/nothing/invoke", data=image).status_code == 404
+        assert requests.delete(srv.url + "/models/dogs").status_code == 200
+        assert requests.get(srv.url + "/ping").status_code == 200
+    finally:
+        assert srv.stop() == 0

@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             "image/png, application/x-image or application/json {\"instances\": [base64, ...]}; the answer\n"
             "is JSON with the top-k labels (CustomAttributes 'top_k=N,probabilities=true').\n\n"
             "Environment: SAGEMAKER_BIND_TO_PORT (default 8080); SERVE_HOST (default 0.0.0.0, or 127.0.0.1\n"
-            "when SAGEMAKER_BASE_DIR is set); SAGEMAKER_MULTI_MODEL=true serves models under\n"
-            "$SAGEMAKER_BASE_DIR/models loaded through POST /models; SAGEMAKER_MODEL_SERVER_WORKERS,\n"
+            "when SAGEMAKER_BASE_DIR is set); SAGEMAKER_MULTI_MODEL=true serves a multi-model endpoint:\n"
+            "models loaded through POST /models {model_name, url: an absolute path}; SAGEMAKER_MODEL_SERVER_WORKERS,\n"
             "SAGEMAKER_MODEL_SERVER_TIMEOUT as in sagemaker-inference; MAX_PAYLOAD_BYTES (default\n"
             "SAGEMAKER_MAX_PAYLOAD_IN_MB, else 6 MiB), MAX_IMAGE_PIXELS (default 40000000) and\n"
             "MAX_BATCH_IMAGES (default 64) limit requests; over a limit the answer is a JSON 413."))
@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         from sagemaker_inference import model_server  # after the environment is final
 
     cmd = ["multi-model-server", "--start", "--foreground", "--mms-config", str(mms_config(run_dir)),
-           "--model-store", str(paths.base_dir() / "models") if multi_model() else "/",
+           # "/": MMS resolves a model's URL under the store, and SageMaker sends absolute paths.
+           "--model-store", "/",
            "--log-config", model_server.DEFAULT_MMS_LOG_FILE]
     if not multi_model():
         cmd += ["--models", f"model={model_dir}"]

@@ -38,9 +38,10 @@ class ImageTransformer(Transformer):
     def transform(self, data, context):
         try:
             self.validate_and_initialize(model_dir=context.system_properties.get("model_dir"), context=context)
-        except Exception:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001
             log.exception("model failed to load")
-            return self._fail_all(data, context, 500, "model failed to load; see the endpoint's log")
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return self._fail_all(data, context, 500, f"model failed to load: {reason}")
         responses = []
         for i, request in enumerate(data):  # MMS may hand us several requests at once
             headers = context.get_all_request_header(i)
