@@ -10,10 +10,10 @@ DATA ?= ../shared/data/imagewoof10
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: container/requirements.txt requirements-dev.txt Makefile
+$(VENV)/.installed: container/requirements.txt launch/requirements.txt requirements-dev.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip==26.3"
-	$(PY) -m pip install --quiet --progress-bar off "$(TORCH_SPEC)" -r container/requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --progress-bar off "$(TORCH_SPEC)" -r container/requirements.txt -r launch/requirements.txt -r requirements-dev.txt
 	touch $@
 
 docker-prereqs:

@@ -96,6 +96,7 @@ def trained(tmp_path_factory, tiny_data) -> Path:
     base = local.make_tree(tmp_path_factory.mktemp("trained"), tiny_data, FAST_HP)
     result = run_train(base)
     assert result.returncode == 0, result.stdout + result.stderr
+    (base / "train.log").write_text(result.stdout + result.stderr)  # what the container really printed
     return base
 
 

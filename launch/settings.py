@@ -1,0 +1,108 @@
+"""One settings source for every launch script: defaults < config file (TOML) < environment
+(IC_<NAME>, and AWS_REGION / AWS_DEFAULT_REGION for the region) < command-line flags.
+
+The config file is --config PATH, else $IC_CONFIG, else launch/config.toml if it exists
+(see launch/config.example.toml).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from pathlib import Path
+
+from . import CONTAINER  # noqa: F401  (puts image_classifier on sys.path)
+from image_classifier import hyperparameters, search_space
+from image_classifier.metrics import OBJECTIVE_METRIC, OBJECTIVE_TYPE
+
+DEFAULT_CONFIG = Path(__file__).with_name("config.toml")
+
+
+@dataclasses.dataclass
+class Settings:
+    region: str | None = None
+    role: str | None = None  # IAM role SageMaker assumes (ARN)
+    bucket: str | None = None
+    prefix: str = "image-classifier"  # S3 key prefix and name prefix of every resource
+    image_uri: str | None = None  # from build_and_push.sh
+    train_instance_type: str = "ml.g4dn.xlarge"
+    train_instance_count: int = 1
+    volume_size_gb: int = 50
+    max_run_seconds: int = 24 * 3600
+    spot: bool = False
+    max_wait_seconds: int = 48 * 3600  # with spot: running plus waiting for capacity
+    inference_instance_type: str = "ml.m5.large"
+    transform_instance_type: str = "ml.m5.large"
+    debugger: bool = True  # save tensors with SageMaker Debugger
+    profiler: bool = True  # system monitoring
+    strategy: str = "Bayesian"
+    max_jobs: int = 8
+    max_parallel_jobs: int = 2
+    early_stopping: str = "Auto"
+    objective_metric: str = OBJECTIVE_METRIC
+    objective_type: str = OBJECTIVE_TYPE
+    hyperparameters: dict = dataclasses.field(default_factory=dict)  # static, for every job
+    search_space: dict = dataclasses.field(default_factory=lambda: dict(search_space.SEARCH_SPACE))
+
+    def s3(self, *parts: str) -> str:
+        if not self.bucket:
+            raise SystemExit("no S3 bucket: set bucket in the config, IC_BUCKET, or --bucket")
+        return "s3://" + "/".join([self.bucket, self.prefix, *[p.strip("/") for p in parts if p]])
+
+    def require(self, *names: str) -> None:
+        missing = [n for n in names if not getattr(self, n)]
+        if missing:
+            flags = ", ".join(f"--{n.replace('_', '-')}" for n in missing)
+            raise SystemExit(f"missing settings: {', '.join(missing)} (config file, IC_<NAME> or {flags})")
+
+
+_SCALARS = [f for f in dataclasses.fields(Settings) if f.name not in ("hyperparameters", "search_space")]
+
+
+def _coerce(field: dataclasses.Field, value):
+    kind = type(Settings().__getattribute__(field.name)) if getattr(Settings(), field.name) is not None else str
+    if kind is bool and isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes")
+    return kind(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (override the config file and IC_* variables)")
+    group.add_argument("--config", type=Path, help="TOML settings file (default launch/config.toml)")
+    for f in _SCALARS:
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(getattr(Settings(), f.name), bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            group.add_argument(flag, default=None)
+    group.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
+                       help="a static hyperparameter for the job(s); repeatable")
+
+
+def load(args: argparse.Namespace | None = None, environ: dict | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    settings = Settings()
+    path = getattr(args, "config", None) or environ.get("IC_CONFIG") or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    table = tomllib.loads(Path(path).read_text()) if path else {}
+    for f in _SCALARS:
+        if f.name in table:
+            setattr(settings, f.name, _coerce(f, table[f.name]))
+    settings.hyperparameters = dict(table.get("hyperparameters", {}))
+    if "search_space" in table:
+        settings.search_space = search_space.from_config(table["search_space"])
+    settings.region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or settings.region
+    for f in _SCALARS:
+        if f"IC_{f.name.upper()}" in environ:
+            setattr(settings, f.name, _coerce(f, environ[f"IC_{f.name.upper()}"]))
+    for f in _SCALARS:
+        value = getattr(args, f.name, None) if args is not None else None
+        if value is not None:
+            setattr(settings, f.name, _coerce(f, value))
+    for item in getattr(args, "hp", None) or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--hp takes NAME=VALUE, got {item!r}")
+        settings.hyperparameters[name] = value
+    hyperparameters.to_sagemaker(settings.hyperparameters)  # fails early on a name or value the image refuses
+    return settings

@@ -1,0 +1,53 @@
+"""Train with the image: a SageMaker training job (generic Estimator), or --local on this machine.
+
+    python -m launch.train [--data s3://BUCKET/PREFIX/data] [--hp epochs=5 ...] [--spot] [--no-wait]
+    python -m launch.train --local --data DIR [--local-runner native|docker]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import aws, jobs, settings as settings_mod
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m launch.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="where train/ valid/ test/ are: an S3 prefix (default "
+                        "s3://BUCKET/PREFIX/data) or, with --local, a folder")
+    parser.add_argument("--channels", default="train,valid,test", help="channels to give the job")
+    parser.add_argument("--job-name", help="default: PREFIX-<timestamp>")
+    parser.add_argument("--checkpoint-s3-uri", help="default: s3://BUCKET/PREFIX/checkpoints/JOB; reuse one to resume")
+    parser.add_argument("--no-wait", action="store_true", help="return once the job is created")
+    parser.add_argument("--local", action="store_true", help="run the image's train on this machine")
+    parser.add_argument("--local-runner", choices=("native", "docker"), default="native")
+    parser.add_argument("--local-dir", default="local-jobs", help="with --local: where job folders go")
+    settings_mod.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None, session=None) -> int:
+    args = parse_args(argv)
+    settings = settings_mod.load(args)
+    channels = [c for c in args.channels.split(",") if c]
+    if args.local:
+        from .local import jobs as local_jobs
+        result = local_jobs.run_training_job(settings, args.data, channels, args.local_dir, args.local_runner,
+                                             job_name=args.job_name)
+        return 0 if result.succeeded else 1
+
+    session = session or aws.session(settings)
+    name = args.job_name or aws.job_name(settings)
+    checkpoints = args.checkpoint_s3_uri or settings.s3("checkpoints", name)
+    estimator = jobs.estimator(settings, session, checkpoint_s3_uri=checkpoints)
+    estimator.fit(jobs.inputs(settings, args.data, channels), job_name=name, wait=not args.no_wait, logs="All")
+    print(f"training job: {name}")
+    print(f"checkpoints: {checkpoints}")
+    if not args.no_wait:
+        print(f"model: {estimator.model_data}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

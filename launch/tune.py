@@ -1,0 +1,137 @@
+"""Tune with SageMaker's HyperparameterTuner (or --local on this machine), wait, print the best
+training job, and write the analytics table and plots.
+
+    python -m launch.tune [--strategy Bayesian|Random|Grid|Hyperband] [--max-jobs 8]
+                          [--max-parallel-jobs 2] [--early-stopping Auto|Off] [--hp backbone=resnet50]
+    python -m launch.tune --local --data DIR [--max-jobs 4]
+The objective is valid:accuracy, maximized: the test set is never used to choose.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import aws, jobs, settings as settings_mod, tuning_report
+from . import CONTAINER  # noqa: F401
+from image_classifier.metrics import METRIC_DEFINITIONS
+from image_classifier.search_space import Categorical, Continuous, Integer, as_grid
+
+TERMINAL = ("Completed", "Stopped", "Failed")
+
+
+def sdk_ranges(space: dict) -> dict:
+    from sagemaker.tuner import CategoricalParameter, ContinuousParameter, IntegerParameter
+    out = {}
+    for name, rng in space.items():
+        if isinstance(rng, Categorical):
+            out[name] = CategoricalParameter([str(v) for v in rng.values])
+        elif isinstance(rng, Integer):
+            out[name] = IntegerParameter(rng.low, rng.high, scaling_type=rng.scaling)
+        elif isinstance(rng, Continuous):
+            out[name] = ContinuousParameter(rng.low, rng.high, scaling_type=rng.scaling)
+    return out
+
+
+def tuning_space(settings) -> dict:
+    return as_grid(settings.search_space) if settings.strategy == "Grid" else settings.search_space
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m launch.tune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="S3 prefix with train/ valid/ (default s3://BUCKET/PREFIX/data), "
+                        "or a folder with --local")
+    parser.add_argument("--channels", default="train,valid", help="channels for every training job")
+    parser.add_argument("--job-name", help="tuning job name (32 characters at most)")
+    parser.add_argument("--no-wait", action="store_true", help="return once the tuning job is created")
+    parser.add_argument("--poll-seconds", type=float, default=30.0, help="progress interval while waiting")
+    parser.add_argument("--results", default="tuning-results", help="where analytics.csv and objective.png go")
+    parser.add_argument("--local", action="store_true", help="tune on this machine with the image's train")
+    parser.add_argument("--local-runner", choices=("native", "docker"), default="native")
+    parser.add_argument("--local-dir", default="local-jobs", help="with --local: where job folders go")
+    settings_mod.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def wait(client, name: str, poll_seconds: float) -> dict:
+    """Poll the tuning job and print progress until it ends."""
+    while True:
+        job = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+        counts, best = job["TrainingJobStatusCounters"], job.get("BestTrainingJob")
+        line = (f"{time.strftime('%H:%M:%S')} {job['HyperParameterTuningJobStatus']}: "
+                f"{counts.get('Completed', 0)} completed, {counts.get('InProgress', 0)} running, "
+                f"{counts.get('Stopped', 0)} stopped early, "
+                f"{counts.get('NonRetryableError', 0) + counts.get('RetryableError', 0)} failed")
+        if best:
+            metric = best["FinalHyperParameterTuningJobObjectiveMetric"]
+            line += f"; best {metric['MetricName']} {metric['Value']:.4f} ({best['TrainingJobName']})"
+        print(line, flush=True)
+        if job["HyperParameterTuningJobStatus"] in TERMINAL:
+            return job
+        time.sleep(poll_seconds)
+
+
+def analytics_rows(tuner, space: dict) -> list[dict]:
+    frame = tuner.analytics().dataframe()
+    columns = ["TrainingJobName", "TrainingJobStatus", "FinalObjectiveValue", *space]
+    rows = frame[[c for c in columns if c in frame.columns]].to_dict("records")
+    for row in rows:
+        value = row.get("FinalObjectiveValue")
+        row["FinalObjectiveValue"] = None if value is None or value != value else float(value)  # NaN: no value
+    return rows
+
+
+def main(argv=None, session=None) -> int:
+    args = parse_args(argv)
+    settings = settings_mod.load(args)
+    space = tuning_space(settings)
+    channels = [c for c in args.channels.split(",") if c]
+    if args.local:
+        from .local import tuner as local_tuner
+        best = local_tuner.tune(settings, space, args.data, channels, args.local_dir, args.local_runner,
+                                Path(args.results))
+        return 0 if best is not None else 1
+
+    from sagemaker.tuner import HyperparameterTuner
+    session = session or aws.session(settings)
+    tuner = HyperparameterTuner(
+        jobs.estimator(settings, session),
+        objective_metric_name=settings.objective_metric,
+        objective_type=settings.objective_type,
+        hyperparameter_ranges=sdk_ranges(space),
+        metric_definitions=METRIC_DEFINITIONS,
+        strategy=settings.strategy,
+        max_jobs=settings.max_jobs,
+        max_parallel_jobs=settings.max_parallel_jobs,
+        early_stopping_type="Off" if settings.strategy == "Hyperband" else settings.early_stopping,
+        base_tuning_job_name=settings.prefix[:20],
+        tags=jobs.TAGS,
+    )
+    name = args.job_name or aws.job_name(settings, "hpo")[:32]
+    tuner.fit(jobs.inputs(settings, args.data, channels), job_name=name, wait=False)
+    print(f"tuning job: {name} ({settings.strategy}, {settings.max_jobs} jobs, "
+          f"{settings.max_parallel_jobs} at a time, objective {settings.objective_metric} maximized)", flush=True)
+    if args.no_wait:
+        return 0
+    final = wait(session.sagemaker_client, name, args.poll_seconds)
+    if final["HyperParameterTuningJobStatus"] != "Completed" or not final.get("BestTrainingJob"):
+        print(f"tuning job {name} ended {final['HyperParameterTuningJobStatus']}: "
+              f"{final.get('FailureReason', 'no training job gave an objective value')}", file=sys.stderr)
+        return 1
+    best = tuner.best_training_job()
+    described = session.sagemaker_client.describe_training_job(TrainingJobName=best)
+    tuned = {k: v for k, v in described["HyperParameters"].items() if not k.startswith(("sagemaker_", "_"))}
+    print(f"best training job: {best}")
+    print(f"  {settings.objective_metric}: {final['BestTrainingJob']['FinalHyperParameterTuningJobObjectiveMetric']['Value']:.4f}")
+    print("  hyperparameters: " + ", ".join(f"{k}={v}" for k, v in sorted(tuned.items())))
+    print(f"  model: {described['ModelArtifacts']['S3ModelArtifacts']}")
+    table, plot = tuning_report.write(analytics_rows(tuner, space), space, settings.objective_metric,
+                                      Path(args.results) / name)
+    print(f"analytics: {table}\nplot: {plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""launch/train.py against a stubbed SageMaker client (requests validated by botocore)."""
+import re
+
+import pytest
+
+from conftest import ROOT
+from image_classifier import hyperparameters, metrics
+from sagemaker_stub import BUCKET, IMAGE, ROLE, SETTINGS_ARGS, StubbedSageMaker
+
+
+@pytest.fixture
+def sm(monkeypatch):
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for var in ("AWS_PROFILE", "IC_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    return StubbedSageMaker()
+
+
+def run_train(sm, *args):
+    from launch import settings as settings_mod, train
+    parsed = train.parse_args([*SETTINGS_ARGS, *args])
+    return train.main([*SETTINGS_ARGS, *args], session=sm.session(settings_mod.load(parsed)))
+
+
+def test_create_training_job_request(sm, trained):
+    sm.respond("create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:123456789012:training-job/x"})
+    assert run_train(sm, "--no-wait", "--job-name", "ic-job-1", "--hp", "backbone=efficientnet_lite0",
+                     "--hp", "epochs=3", "--hp", "lr=0.0005", "--spot") == 0
+    sm.done()
+    req = sm.sent("CreateTrainingJob")
+    assert req["TrainingJobName"] == "ic-job-1"
+    assert req["AlgorithmSpecification"]["TrainingImage"] == IMAGE
+    assert req["AlgorithmSpecification"]["TrainingInputMode"] == "File"
+    assert req["RoleArn"] == ROLE
+    # Hyperparameters: strings that the container parses back to the same values.
+    sent = req["HyperParameters"]
+    assert all(isinstance(v, str) for v in sent.values())
+    parsed = hyperparameters.as_dict(hyperparameters.parse(sent))
+    assert (parsed["backbone"], parsed["epochs"], parsed["lr"]) == ("efficientnet_lite0", 3, 0.0005)
+    # Metric regexes: the package's, and they read what the real container printed.
+    assert req["AlgorithmSpecification"]["MetricDefinitions"] == metrics.METRIC_DEFINITIONS
+    log = (trained / "train.log").read_text()
+    for definition in req["AlgorithmSpecification"]["MetricDefinitions"]:
+        assert re.findall(definition["Regex"], log), definition["Name"]
+    # Channels, output, checkpoints, spot.
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in req["InputDataConfig"]}
+    assert channels == {c: f"s3://{BUCKET}/image-classifier/data/{c}/" for c in ("train", "valid", "test")}
+    assert req["OutputDataConfig"]["S3OutputPath"] == f"s3://{BUCKET}/image-classifier/models"
+    assert req["CheckpointConfig"]["S3Uri"] == f"s3://{BUCKET}/image-classifier/checkpoints/ic-job-1"
+    assert req["EnableManagedSpotTraining"] is True
+    assert req["StoppingCondition"]["MaxWaitTimeInSeconds"] >= req["StoppingCondition"]["MaxRuntimeInSeconds"]
+    # Debugger and profiler configuration.
+    collections = {c["CollectionName"] for c in req["DebugHookConfig"]["CollectionConfigurations"]}
+    assert collections == {"losses", "weights", "biases", "gradients"}
+    assert req["DebugHookConfig"]["S3OutputPath"] == f"s3://{BUCKET}/image-classifier/debug"
+    assert req["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
+    assert {"Key": "created-by", "Value": "image-classifier-launch"} in req["Tags"]
+
+
+def test_debugger_and_profiler_can_be_off_and_channels_chosen(sm):
+    sm.respond("create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:123456789012:training-job/y"})
+    run_train(sm, "--no-wait", "--no-debugger", "--no-profiler", "--channels", "train,valid",
+              "--data", "s3://other/dogs")
+    req = sm.sent("CreateTrainingJob")
+    assert "DebugHookConfig" not in req
+    assert req.get("ProfilerConfig", {}).get("DisableProfiler", True)
+    assert [c["DataSource"]["S3DataSource"]["S3Uri"] for c in req["InputDataConfig"]] == [
+        "s3://other/dogs/train/", "s3://other/dogs/valid/"]
+    assert "EnableManagedSpotTraining" not in req or req["EnableManagedSpotTraining"] is False
+
+
+def test_settings_the_image_would_refuse_fail_before_any_request(sm):
+    with pytest.raises(Exception, match="unknown hyperparameter|must be one of"):
+        run_train(sm, "--no-wait", "--hp", "backbone=vgg")
+    assert sm.requests == []
