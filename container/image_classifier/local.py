@@ -79,12 +79,13 @@ def free_port() -> int:
 class Serve:
     """The image's `serve` program on 127.0.0.1, its output in a log file, stopped by pid."""
 
-    def __init__(self, base: Path, port: int | None = None, log_path: Path | None = None, **env):
+    def __init__(self, base: Path, port: int | None = None, log_path: Path | None = None, command=None, **env):
+        """command(port) -> argv replaces the native program (e.g. `docker run ... IMAGE serve`)."""
         import subprocess
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path or Path(base) / f"serve-{self.port}.log", "w+")
-        self.process = subprocess.Popen(program("serve"),
+        self.process = subprocess.Popen(command(self.port) if command else program("serve"),
                                         env=program_env(base, SAGEMAKER_BIND_TO_PORT=self.port, **env),
                                         stdout=self.log, stderr=subprocess.STDOUT)
 

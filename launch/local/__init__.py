@@ -1,0 +1,1 @@
+"""The launch scripts' --local backend: the image's own programs on this machine."""

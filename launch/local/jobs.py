@@ -1,0 +1,115 @@
+"""Local training jobs: a per-job /opt/ml tree and the image's own `train`, run natively
+(SAGEMAKER_BASE_DIR) or in the image (--local-runner docker). The log is kept, and its metric
+lines are read with the same regexes SageMaker uses."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from .. import CONTAINER  # noqa: F401
+from image_classifier import local, metrics
+from image_classifier.hyperparameters import to_sagemaker
+
+
+@dataclasses.dataclass
+class LocalJob:
+    name: str
+    base: Path  # its /opt/ml
+    process: subprocess.Popen | None = None
+    returncode: int | None = None
+    started: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def log(self) -> Path:
+        return self.base / "job.log"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.base / "model"
+
+    @property
+    def succeeded(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def status(self) -> str:
+        return {None: "InProgress", 0: "Completed", 143: "Stopped"}.get(self.returncode, "Failed")
+
+    def metrics(self) -> dict[str, list[float]]:
+        return metrics.parse(self.log.read_text()) if self.log.exists() else {}
+
+    def failure(self) -> str | None:
+        path = self.base / "output" / "failure"
+        return path.read_text().strip() if path.exists() else None
+
+
+def start(name: str, root: Path, data: Path, channels: list[str], hyperparameters: dict,
+          runner: str = "native", image: str | None = None) -> LocalJob:
+    data = Path(data).resolve()
+    missing = [c for c in channels if not (data / c).is_dir()]
+    if missing:
+        raise SystemExit(f"{data} has no {', '.join(missing)} folder(s) for the channel(s)")
+    base = Path(root).resolve() / name
+    local.make_tree(base, {c: data / c for c in channels}, hyperparameters)
+    job = LocalJob(name, base, started=time.monotonic())
+    log = open(job.log, "w")
+    if runner == "docker":
+        if not image:
+            raise SystemExit("--local-runner docker needs the image: set image_uri (or --image-uri)")
+        # Channels are symlinks into the data folder: mount it at the same path, read-only.
+        cmd = [os.environ.get("DOCKER", "docker"), "run", "--rm", "--network=host", "--name", name,
+               "-v", f"{base}:/opt/ml", "-v", f"{data}:{data}:ro", image, "train"]
+        job.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    else:
+        job.process = subprocess.Popen(local.program("train"), env=local.program_env(base), stdout=log,
+                                       stderr=subprocess.STDOUT)
+    log.close()
+    return job
+
+
+def stop(job: LocalJob) -> None:
+    """SIGTERM, as SageMaker stops a job: `train` checkpoints and exits 143."""
+    if job.process and job.process.poll() is None:
+        job.process.send_signal(signal.SIGTERM)
+
+
+def wait(job: LocalJob) -> LocalJob:
+    job.returncode = job.process.wait()
+    job.seconds = time.monotonic() - job.started
+    return job
+
+
+def follow(job: LocalJob, on_line, poll: float = 0.5) -> LocalJob:
+    """Call on_line(line) for each new log line until the job ends."""
+    with open(job.log) as f:
+        while True:
+            line = f.readline()
+            if line:
+                on_line(line.rstrip("\n"))
+                continue
+            if job.process.poll() is not None:
+                for rest in f:
+                    on_line(rest.rstrip("\n"))
+                return wait(job)
+            time.sleep(poll)
+
+
+def run_training_job(settings, data, channels: list[str], local_dir, runner: str = "native",
+                     job_name: str | None = None) -> LocalJob:
+    if not data:
+        raise SystemExit("--local needs --data: a folder with train/ (valid/, test/) class folders")
+    name = job_name or f"{settings.prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    to_sagemaker(settings.hyperparameters)
+    job = start(name, Path(local_dir), Path(data), channels, settings.hyperparameters, runner, settings.image_uri)
+    print(f"local training job {name} in {job.base} ({runner})", flush=True)
+    follow(job, lambda line: print(line, flush=True))
+    if job.succeeded:
+        print(f"model: {job.model_dir}")
+    else:
+        print(f"job {name} {job.status.lower()} (exit {job.returncode}): {job.failure() or 'see ' + str(job.log)}")
+    return job

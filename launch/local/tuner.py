@@ -1,0 +1,128 @@
+"""A local hyperparameter tuner with SageMaker's strategies (Bayesian, Random, Grid, Hyperband)
+over the same search space, driven by optuna. Each trial is a local training job; its metric
+lines are read with the same regexes SageMaker uses; with early stopping "Auto", a trial whose
+valid accuracy falls below the median of earlier trials at the same epoch is stopped (SIGTERM),
+as SageMaker's early stopping does."""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from pathlib import Path
+
+from .. import CONTAINER, tuning_report  # noqa: F401
+from . import jobs
+from image_classifier import metrics
+from image_classifier.search_space import Categorical, Continuous, Integer
+
+EPOCH = "valid:accuracy"
+
+
+class JobFailed(Exception):
+    pass
+
+
+def sampler(strategy: str, space: dict, seed: int):
+    import optuna
+    if strategy == "Grid":
+        return optuna.samplers.GridSampler({n: list(r.values) for n, r in space.items()}, seed=seed)
+    if strategy == "Random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if strategy in ("Bayesian", "Hyperband"):
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=2)
+    raise SystemExit(f"unknown strategy {strategy!r} (Bayesian, Random, Grid or Hyperband)")
+
+
+def pruner(settings):
+    import optuna
+    if settings.strategy == "Hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    if settings.early_stopping == "Auto":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    return optuna.pruners.NopPruner()
+
+
+def suggest(trial, name: str, rng):
+    if isinstance(rng, Categorical):
+        return trial.suggest_categorical(name, list(rng.values))
+    log = rng.scaling == "Logarithmic"
+    if isinstance(rng, Integer):
+        return trial.suggest_int(name, rng.low, rng.high, log=log)
+    return trial.suggest_float(name, rng.low, rng.high, log=log)
+
+
+def tune(settings, space: dict, data, channels: list[str], local_dir, runner: str, results: Path):
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not data:
+        raise SystemExit("--local needs --data: a folder with train/ and valid/ class folders")
+    name = f"{settings.prefix[:20]}-hpo-{time.strftime('%y%m%d-%H%M%S')}"
+    root = Path(local_dir) / name
+    n_trials = settings.max_jobs
+    if settings.strategy == "Grid":
+        n_trials = min(n_trials, math.prod(len(r.values) for r in space.values()))
+    parallel = max(1, min(settings.max_parallel_jobs, n_trials))
+    static = dict(settings.hyperparameters)
+    # Parallel trials share this machine's cores: give each its share of loader workers.
+    static.setdefault("num-workers", max(0, (os.cpu_count() or 1) // parallel - 1))
+    print(f"local tuning {name}: {settings.strategy}, {n_trials} trials, {parallel} at a time, "
+          f"early stopping {settings.early_stopping}, objective {settings.objective_metric} maximized; "
+          f"jobs in {root}", flush=True)
+    rows, finished, lock = [], [], threading.Lock()
+    study = optuna.create_study(direction="maximize", sampler=sampler(settings.strategy, space, seed=17),
+                                pruner=pruner(settings))
+
+    def objective(trial):
+        params = {n: suggest(trial, n, r) for n, r in space.items()}
+        job_name = f"{name}-{trial.number + 1:03d}"
+        job = jobs.start(job_name, root, Path(data), channels, {**static, **params}, runner, settings.image_uri)
+        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+        print(f"[{job_name}] started: {shown}", flush=True)
+        pruned, epochs_seen = [], [0]
+
+        def on_line(line):
+            values = metrics.parse(line)
+            if values[EPOCH] and not pruned:
+                epoch = epochs_seen[0]
+                epochs_seen[0] += 1
+                trial.report(values[EPOCH][0], epoch)
+                print(f"[{job_name}] epoch {epoch + 1}: valid_acc={values[EPOCH][0]:.4f}", flush=True)
+                if trial.should_prune():
+                    pruned.append(epoch + 1)
+                    print(f"[{job_name}] stopping early: below the median of earlier trials at epoch {epoch + 1}",
+                          flush=True)
+                    jobs.stop(job)
+
+        jobs.follow(job, on_line)
+        found = job.metrics()
+        value = max(found.get(settings.objective_metric) or [float("nan")])
+        with lock:
+            rows.append({"TrainingJobName": job_name, "TrainingJobStatus": job.status,
+                         "FinalObjectiveValue": None if math.isnan(value) else value,
+                         "TrainingElapsedTimeSeconds": round(job.seconds, 1), **params})
+            finished.append(job)
+        if pruned:
+            print(f"[{job_name}] stopped early after {job.seconds:.0f} s", flush=True)
+            raise optuna.TrialPruned()
+        if not job.succeeded:
+            print(f"[{job_name}] failed: {job.failure() or 'see ' + str(job.log)}", flush=True)
+            raise JobFailed(job.failure())
+        print(f"[{job_name}] done in {job.seconds:.0f} s: {settings.objective_metric} {value:.4f}", flush=True)
+        return value
+
+    study.optimize(objective, n_trials=n_trials, n_jobs=parallel, catch=(JobFailed,))
+    table, plot = tuning_report.write(rows, space, settings.objective_metric, Path(results) / name)
+    completed = [r for r in rows if r["TrainingJobStatus"] == "Completed" and r["FinalObjectiveValue"] is not None]
+    if not completed:
+        print(f"no trial completed; logs in {root}")
+        return None
+    best = max(completed, key=lambda r: r["FinalObjectiveValue"])
+    best_job = next(j for j in finished if j.name == best["TrainingJobName"])
+    print(f"best training job: {best_job.name}")
+    print(f"  {settings.objective_metric}: {best['FinalObjectiveValue']:.4f}")
+    print("  hyperparameters: " + ", ".join(f"{k}={best[k]}" for k in space))
+    print(f"  model: {best_job.model_dir}")
+    print(f"analytics: {table}\nplot: {plot}")
+    (Path(results) / name / "best_job.txt").write_text(str(best_job.base) + "\n")
+    return best_job

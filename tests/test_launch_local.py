@@ -1,0 +1,106 @@
+"""The local pipeline end to end: local tune -> best job -> local endpoint -> the AWS CLI."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from conftest import ROOT, free_port
+from image_classifier.data import class_name
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """
+prefix = "ic-test"
+max_jobs = 3
+max_parallel_jobs = 2
+[hyperparameters]
+backbone = "efficientnet_lite0"
+image-size = 64
+[search_space]
+lr = { min = 0.003, max = 0.05, scaling = "Logarithmic" }
+batch-size = { values = [8, 16] }
+epochs = { min = 1, max = 3, type = "integer" }
+"""
+
+
+def launch(module, *args, cwd, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "IC_CONFIG": str(cwd / "config.toml"),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, "-m", f"launch.{module}", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, tiny_data):
+    work = tmp_path_factory.mktemp("local-tune")
+    (work / "config.toml").write_text(CONFIG)
+    data = tiny_data["train"].parent
+    result = launch("tune", "--local", "--data", str(data), "--local-dir", str(work / "jobs"),
+                    "--results", str(work / "results"), cwd=work, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return work, result.stdout
+
+
+def test_local_tuner_runs_trials_and_reports(tuned):
+    work, out = tuned
+    assert "local tuning ic-test-hpo-" in out and "3 trials, 2 at a time" in out
+    assert out.count("] started: ") == 3
+    assert "best training job: ic-test-hpo-" in out
+    results = next((work / "results").iterdir())
+    rows = (results / "analytics.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("TrainingJobName,TrainingJobStatus,FinalObjectiveValue")
+    assert (results / "objective.png").stat().st_size > 10_000
+    best = Path((results / "best_job.txt").read_text().strip())
+    assert (best / "model" / "model.json").exists()
+
+
+def test_deploy_local_and_invoke_with_the_aws_cli(tuned, tiny_data):
+    work, _ = tuned
+    results = next((work / "results").iterdir())
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "IC_CONFIG": str(work / "config.toml"), "PYTHONPATH": str(ROOT)}
+    deploy = subprocess.Popen([sys.executable, "-m", "launch.deploy", "--local", "--tuning-results", str(results),
+                               "--endpoint-name", "dogs", "--port", str(port)], cwd=work, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in deploy.stdout:
+            lines.append(line)
+            if "InService" in line:
+                break
+        assert "InService" in "".join(lines), "".join(lines)
+        cli_env = {**os.environ, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+                   "AWS_DEFAULT_REGION": "eu-west-1", "ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                   "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        image = sorted(tiny_data["test"].rglob("*.jpg"))[0]
+        invoke = subprocess.run([str(ROOT / "launch" / "invoke.sh"), "dogs", str(image)], env=cli_env,
+                                capture_output=True, text=True, timeout=120)
+        assert invoke.returncode == 0, invoke.stderr
+        answer = json.loads(invoke.stdout)["predictions"][0]
+        assert answer["label"] in {class_name(p.name) for p in tiny_data["test"].iterdir()}
+        assert '"InvokedProductionVariant": "AllTraffic"' in invoke.stderr
+        assert '"ContentType": "application/json"' in invoke.stderr
+
+        bad = subprocess.run([str(ROOT / "launch" / "invoke.sh"), "dogs", str(ROOT / "README.md")],
+                             env={**cli_env, "CONTENT_TYPE": "text/plain"}, capture_output=True, text=True)
+        assert bad.returncode != 0 and "ModelError" in bad.stderr and "(415)" in bad.stderr
+        unknown = subprocess.run([str(ROOT / "launch" / "invoke.sh"), "cats", str(image)], env=cli_env,
+                                 capture_output=True, text=True)
+        assert unknown.returncode != 0 and "Endpoint cats not found" in unknown.stderr
+
+        runtime = boto3.client("sagemaker-runtime", region_name="eu-west-1", endpoint_url=f"http://127.0.0.1:{port}",
+                               aws_access_key_id="local", aws_secret_access_key="local")
+        response = runtime.invoke_endpoint(EndpointName="dogs", Body=image.read_bytes(), ContentType="image/jpeg",
+                                           CustomAttributes="top_k=1")
+        assert len(json.loads(response["Body"].read())["predictions"][0]["top_k"]) == 1
+    finally:
+        deploy.send_signal(signal.SIGTERM)
+        code = deploy.wait(60)
+    assert code == 0, deploy.stdout.read()
+    assert not list((work / "local-endpoints").glob("*.json"))
