@@ -2,7 +2,6 @@
 hyperparameters as the strings the container parses, S3 channels, spot, Debugger and profiler."""
 from __future__ import annotations
 
-from . import CONTAINER  # noqa: F401
 from image_classifier.hyperparameters import to_sagemaker
 from image_classifier.metrics import METRIC_DEFINITIONS
 

@@ -12,7 +12,6 @@ import os
 import tomllib
 from pathlib import Path
 
-from . import CONTAINER  # noqa: F401  (puts image_classifier on sys.path)
 from image_classifier import hyperparameters, search_space
 from image_classifier.metrics import OBJECTIVE_METRIC, OBJECTIVE_TYPE
 

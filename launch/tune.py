@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from . import aws, jobs, settings as settings_mod, tuning_report
-from . import CONTAINER  # noqa: F401
 from image_classifier.metrics import METRIC_DEFINITIONS
 from image_classifier.search_space import Categorical, Continuous, Integer, as_grid
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import CONTAINER  # noqa: F401
 from image_classifier.search_space import Categorical, Integer
 
 

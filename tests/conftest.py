@@ -112,3 +112,16 @@ def server(trained, tmp_path_factory):
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+@pytest.fixture
+def sm(monkeypatch):
+    """A stubbed SageMaker client for the launch scripts (see sagemaker_stub.py)."""
+    from sagemaker_stub import StubbedSageMaker
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    for var in ("AWS_PROFILE", "IC_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    import sagemaker.session
+    monkeypatch.setattr(sagemaker.session.time, "sleep", lambda s: None)  # the SDK polls every 30 s
+    return StubbedSageMaker()

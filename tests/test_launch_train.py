@@ -3,17 +3,10 @@ import re
 
 import pytest
 
-from conftest import ROOT
 from image_classifier import hyperparameters, metrics
-from sagemaker_stub import BUCKET, IMAGE, ROLE, SETTINGS_ARGS, StubbedSageMaker
+from sagemaker_stub import BUCKET, IMAGE, ROLE, SETTINGS_ARGS
 
 
-@pytest.fixture
-def sm(monkeypatch):
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    for var in ("AWS_PROFILE", "IC_CONFIG"):
-        monkeypatch.delenv(var, raising=False)
-    return StubbedSageMaker()
 
 
 def run_train(sm, *args):

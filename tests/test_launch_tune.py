@@ -2,21 +2,13 @@
 import csv
 import re
 
-import pytest
-
-from conftest import ROOT
 from image_classifier import hyperparameters, metrics, search_space
-from sagemaker_stub import (SETTINGS_ARGS, StubbedSageMaker, arn, best_job, describe_training_job,
+from sagemaker_stub import (SETTINGS_ARGS, arn, best_job, describe_training_job,
                             describe_tuning_job)
 
 SPACE = search_space.SEARCH_SPACE
 
 
-@pytest.fixture
-def sm(monkeypatch):
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.delenv("IC_CONFIG", raising=False)
-    return StubbedSageMaker()
 
 
 def run_tune(sm, *args):

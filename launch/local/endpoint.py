@@ -7,12 +7,10 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
 
-from .. import CONTAINER  # noqa: F401
 from image_classifier import local
 from .gateway import Gateway
 

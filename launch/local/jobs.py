@@ -10,7 +10,6 @@ import subprocess
 import time
 from pathlib import Path
 
-from .. import CONTAINER  # noqa: F401
 from image_classifier import local, metrics
 from image_classifier.hyperparameters import to_sagemaker
 

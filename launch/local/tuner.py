@@ -11,10 +11,10 @@ import threading
 import time
 from pathlib import Path
 
-from .. import CONTAINER, tuning_report  # noqa: F401
+from .. import tuning_report
 from . import jobs
 from image_classifier import metrics
-from image_classifier.search_space import Categorical, Continuous, Integer
+from image_classifier.search_space import Categorical, Integer
 
 EPOCH = "valid:accuracy"
 

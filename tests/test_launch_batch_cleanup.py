@@ -1,0 +1,72 @@
+"""launch/batch_transform.py and launch/cleanup.py against a stubbed SageMaker client."""
+from sagemaker_stub import BUCKET, IMAGE, NOW, SETTINGS_ARGS, arn
+
+OURS = [{"Key": "created-by", "Value": "image-classifier-launch"}]
+
+
+
+
+def run(sm, module_name, *args):
+    import importlib
+    from launch import settings as settings_mod
+    module = importlib.import_module(f"launch.{module_name}")
+    argv = [*SETTINGS_ARGS, *args]
+    return module.main(argv, session=sm.session(settings_mod.load(module.parse_args(argv))))
+
+
+def test_batch_transform_from_model_data(sm):
+    sm.respond("create_model", {"ModelArn": arn("model", "bt")})
+    sm.respond("create_transform_job", {"TransformJobArn": arn("transform-job", "bt")})
+    assert run(sm, "batch_transform", "--model-data", f"s3://{BUCKET}/m/model.tar.gz", "--input",
+               f"s3://{BUCKET}/images/", "--job-name", "bt", "--no-wait") == 0
+    sm.done()
+    assert sm.sent("CreateModel")["PrimaryContainer"]["Image"] == IMAGE
+    job = sm.sent("CreateTransformJob")
+    assert job["ModelName"] == "bt" and job["BatchStrategy"] == "SingleRecord"
+    source = job["TransformInput"]["DataSource"]["S3DataSource"]
+    assert (source["S3DataType"], source["S3Uri"]) == ("S3Prefix", f"s3://{BUCKET}/images/")
+    assert job["TransformInput"]["ContentType"] == "application/x-image"
+    assert job["TransformInput"]["SplitType"] == "None"
+    assert job["TransformOutput"] == {"S3OutputPath": f"s3://{BUCKET}/image-classifier/transform/bt",
+                                      "Accept": "application/json"}
+    assert job["MaxPayloadInMB"] == 6
+
+
+def test_cleanup_deletes_only_tagged_resources(sm, capsys):
+    sm.respond("list_endpoints", {"Endpoints": [
+        {"EndpointName": "image-classifier-a", "EndpointArn": arn("endpoint", "image-classifier-a"),
+         "CreationTime": NOW, "LastModifiedTime": NOW, "EndpointStatus": "InService"},
+        {"EndpointName": "image-classifier-theirs", "EndpointArn": arn("endpoint", "image-classifier-theirs"),
+         "CreationTime": NOW, "LastModifiedTime": NOW, "EndpointStatus": "InService"}]})
+    sm.respond("list_tags", {"Tags": OURS})
+    sm.respond("list_tags", {"Tags": [{"Key": "team", "Value": "other"}]})
+    sm.respond("list_endpoint_configs", {"EndpointConfigs": [
+        {"EndpointConfigName": "image-classifier-a", "EndpointConfigArn": arn("endpoint-config", "image-classifier-a"),
+         "CreationTime": NOW}]})
+    sm.respond("list_tags", {"Tags": OURS})
+    sm.respond("list_models", {"Models": [
+        {"ModelName": "image-classifier-a", "ModelArn": arn("model", "image-classifier-a"), "CreationTime": NOW}]})
+    sm.respond("list_tags", {"Tags": OURS})
+    sm.respond("delete_endpoint")
+    sm.respond("delete_endpoint_config")
+    sm.respond("delete_model")
+    assert run(sm, "cleanup") == 0
+    sm.done()
+    assert sm.sent("DeleteEndpoint") == {"EndpointName": "image-classifier-a"}
+    assert sm.sent("ListEndpoints")["NameContains"] == "image-classifier"
+    assert "image-classifier-theirs" not in capsys.readouterr().out
+
+
+def test_cleanup_one_endpoint_dry_run_deletes_nothing(sm, capsys):
+    sm.respond("describe_endpoint", {"EndpointName": "e", "EndpointArn": arn("endpoint", "e"),
+                                     "EndpointConfigName": "e-config", "EndpointStatus": "InService",
+                                     "CreationTime": NOW, "LastModifiedTime": NOW})
+    sm.respond("describe_endpoint_config", {"EndpointConfigName": "e-config",
+                                            "EndpointConfigArn": arn("endpoint-config", "e-config"),
+                                            "CreationTime": NOW, "ProductionVariants": [
+                                                {"VariantName": "AllTraffic", "ModelName": "e-model"}]})
+    assert run(sm, "cleanup", "--endpoint", "e", "--dry-run") == 0
+    sm.done()
+    assert not [op for op in sm.operations() if op.startswith("Delete")]
+    out = capsys.readouterr().out
+    assert "would delete endpoint e" in out and "would delete model e-model" in out
