@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import local as local_args
 from . import aws, jobs, settings as settings_mod
 from .predictor import image_predictor_class
 
@@ -29,8 +30,7 @@ def parse_args(argv=None):
     parser.add_argument("--endpoint-name", help="default: PREFIX-<timestamp>")
     parser.add_argument("--test-image", help="after deploying, send this image and print the answer")
     parser.add_argument("--no-wait", action="store_true", help="return once the endpoint is being created")
-    parser.add_argument("--local", action="store_true", help="a local endpoint: the image's serve + a gateway")
-    parser.add_argument("--local-runner", choices=("native", "docker"), default="native")
+    local_args.add_arguments(parser, job_dir=False)
     parser.add_argument("--port", type=int, default=8080, help="with --local: the gateway's port on 127.0.0.1")
     settings_mod.add_arguments(parser)
     return parser.parse_args(argv)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import local as local_args
 from . import aws, jobs, settings as settings_mod
 
 
@@ -20,9 +21,7 @@ def parse_args(argv=None):
     parser.add_argument("--job-name", help="default: PREFIX-<timestamp>")
     parser.add_argument("--checkpoint-s3-uri", help="default: s3://BUCKET/PREFIX/checkpoints/JOB; reuse one to resume")
     parser.add_argument("--no-wait", action="store_true", help="return once the job is created")
-    parser.add_argument("--local", action="store_true", help="run the image's train on this machine")
-    parser.add_argument("--local-runner", choices=("native", "docker"), default="native")
-    parser.add_argument("--local-dir", default="local-jobs", help="with --local: where job folders go")
+    local_args.add_arguments(parser)
     settings_mod.add_arguments(parser)
     return parser.parse_args(argv)
 

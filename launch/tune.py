@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import local as local_args
 from . import aws, jobs, settings as settings_mod, tuning_report
 from image_classifier.metrics import METRIC_DEFINITIONS
 from image_classifier.search_space import Categorical, Continuous, Integer, as_grid
@@ -47,9 +48,7 @@ def parse_args(argv=None):
     parser.add_argument("--no-wait", action="store_true", help="return once the tuning job is created")
     parser.add_argument("--poll-seconds", type=float, default=30.0, help="progress interval while waiting")
     parser.add_argument("--results", default="tuning-results", help="where analytics.csv and objective.png go")
-    parser.add_argument("--local", action="store_true", help="tune on this machine with the image's train")
-    parser.add_argument("--local-runner", choices=("native", "docker"), default="native")
-    parser.add_argument("--local-dir", default="local-jobs", help="with --local: where job folders go")
+    local_args.add_arguments(parser)
     settings_mod.add_arguments(parser)
     return parser.parse_args(argv)
 

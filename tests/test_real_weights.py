@@ -28,7 +28,7 @@ def imagewoof():
     if not IMAGEWOOF.is_dir():
         if IN_CI:
             pytest.fail(f"{IMAGEWOOF} is missing; CI must have ../shared beside the checkout")
-        pytest.skip(f"{IMAGEWOOF} is not here (it lives in ../shared/data)")
+        pytest.skip(reason=f"{IMAGEWOOF} is not here (it lives in ../shared/data)")
     return IMAGEWOOF
 
 
