@@ -9,6 +9,7 @@ import argparse
 import concurrent.futures
 import csv
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -65,7 +66,6 @@ def predict_over_http(url: str, images: list[tuple[Path, str]], workers: int = 4
         request = urllib.request.Request(url + "/invocations", data=path.read_bytes(),
                                          headers={"Content-Type": "image/jpeg"})
         with urllib.request.urlopen(request, timeout=60) as response:
-            import json
             top = json.loads(response.read())["predictions"][0]
         return {"image": str(path), "label": label, "predicted": top["label"], "probability": top["probability"]}
 

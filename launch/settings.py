@@ -57,10 +57,12 @@ class Settings:
 
 
 _SCALARS = [f for f in dataclasses.fields(Settings) if f.name not in ("hyperparameters", "search_space")]
+# Each scalar setting's type, from its default (None defaults are strings: region, role, ...).
+_KINDS = {f.name: str if f.default is None else type(f.default) for f in _SCALARS}
 
 
 def _coerce(field: dataclasses.Field, value):
-    kind = type(Settings().__getattribute__(field.name)) if getattr(Settings(), field.name) is not None else str
+    kind = _KINDS[field.name]
     if kind is bool and isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes")
     return kind(value)
@@ -71,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", type=Path, help="TOML settings file (default launch/config.toml)")
     for f in _SCALARS:
         flag = "--" + f.name.replace("_", "-")
-        if isinstance(getattr(Settings(), f.name), bool):
+        if _KINDS[f.name] is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
             group.add_argument(flag, default=None)

@@ -4,6 +4,8 @@ import concurrent.futures
 import io
 import json
 import os
+import subprocess
+import sys
 import time
 
 import psutil
@@ -11,7 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import CLASSES, Server
+from conftest import CLASSES, CONTAINER, Server, program_env
 from image_classifier.data import class_name
 
 pytestmark = pytest.mark.slow
@@ -156,18 +158,12 @@ def test_a_broken_model_is_refused_before_the_server_starts(trained, tmp_path):
 
 def test_a_port_mms_cannot_bind_is_refused_clearly(trained, tmp_path):
     (tmp_path / "model").symlink_to(trained / "model")
-    import subprocess
-    import sys
-    from conftest import CONTAINER, program_env
     out = subprocess.run([sys.executable, str(CONTAINER / "serve")], capture_output=True, text=True, timeout=60,
                          env=program_env(tmp_path, SAGEMAKER_BIND_TO_PORT=40000))
     assert out.returncode == 1 and "below 32767" in out.stderr
 
 
 def test_help():
-    import subprocess
-    import sys
-    from conftest import CONTAINER
     out = subprocess.run([sys.executable, str(CONTAINER / "serve"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "SAGEMAKER_BIND_TO_PORT" in out.stdout
 

@@ -4,9 +4,18 @@ the programs' environment, and a `serve` process to start, wait for and stop.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from .hyperparameters import to_sagemaker
@@ -33,7 +42,6 @@ def make_tree(base: Path, channels: dict[str, Path], hyperparameters: dict | Non
         if target.is_symlink() or target.exists():
             continue
         if copy:
-            import shutil
             shutil.copytree(source, target)
         else:
             os.symlink(Path(source).resolve(), target)
@@ -48,7 +56,6 @@ CONTAINER_DIR = Path(__file__).resolve().parents[1]  # holds the `train` and `se
 
 def program_env(base: Path, **extra) -> dict:
     """The environment `train`/`serve` get natively: SAGEMAKER_BASE_DIR plus this interpreter's bin."""
-    import sys
     env = dict(os.environ)
     env.update(SAGEMAKER_BASE_DIR=str(base), PYTHONUNBUFFERED="1",
                PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
@@ -58,14 +65,11 @@ def program_env(base: Path, **extra) -> dict:
 
 
 def program(name: str) -> list[str]:
-    import sys
     return [sys.executable, str(CONTAINER_DIR / name)]
 
 
 def free_port() -> int:
     """A free loopback port below 32767: MMS refuses higher ones (the kernel's ephemeral range)."""
-    import contextlib
-    import random
     for port in random.sample(range(20000, 32700), 200):
         with contextlib.closing(socket.socket()) as s:
             try:
@@ -81,7 +85,6 @@ class Serve:
 
     def __init__(self, base: Path, port: int | None = None, log_path: Path | None = None, command=None, **env):
         """command(port) -> argv replaces the native program (e.g. `docker run ... IMAGE serve`)."""
-        import subprocess
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path or Path(base) / f"serve-{self.port}.log", "w+")
@@ -90,9 +93,6 @@ class Serve:
                                         stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_healthy(self, timeout: float = 120) -> float:
-        import time
-        import urllib.error
-        import urllib.request
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             if self.process.poll() is not None:
@@ -111,7 +111,6 @@ class Serve:
         return Path(self.log.name).read_text()
 
     def stop(self, timeout: float = 30) -> int:
-        import signal
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout)

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 from image_classifier import local, metrics
-from image_classifier.hyperparameters import to_sagemaker
 
 
 @dataclasses.dataclass
@@ -103,7 +102,6 @@ def run_training_job(settings, data, channels: list[str], local_dir, runner: str
     if not data:
         raise SystemExit("--local needs --data: a folder with train/ (valid/, test/) class folders")
     name = job_name or f"{settings.prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-    to_sagemaker(settings.hyperparameters)
     job = start(name, Path(local_dir), Path(data), channels, settings.hyperparameters, runner, settings.image_uri)
     print(f"local training job {name} in {job.base} ({runner})", flush=True)
     follow(job, lambda line: print(line, flush=True))

@@ -56,13 +56,13 @@ def mms_config(run_dir: Path) -> Path:
     return path
 
 
-def check_model(model_dir: Path, env: dict) -> str | None:
+def check_model(model_dir: Path) -> str | None:
     """Load the model and run it once, in a child process that then frees its memory.
 
     MMS answers /ping with 200 even while every worker fails to load the model, so a broken
     artifact is refused here, before the server starts.
     """
-    result = subprocess.run([sys.executable, "-m", "image_classifier.artifact", str(model_dir)], env=env,
+    result = subprocess.run([sys.executable, "-m", "image_classifier.artifact", str(model_dir)],
                             capture_output=True, text=True)
     if result.returncode != 0:
         return (result.stderr.strip().splitlines() or ["model check failed"])[-1]
@@ -115,19 +115,18 @@ def main(argv: list[str] | None = None) -> int:
         print("serve: multi-model-server is not on PATH", file=sys.stderr)
         return 1
     run_dir = Path(tempfile.mkdtemp(prefix="mms-"))  # short path: it holds Unix sockets
-    env = dict(os.environ)
-    env.update(TEMP=str(run_dir), TMPDIR=str(run_dir), LOG_LOCATION=str(run_dir / "logs"),
-               METRICS_LOCATION=str(run_dir / "logs"),
-               PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_PARENT, env.get("PYTHONPATH")])))
+    # The toolkit reads these at import and MMS's processes inherit them.
+    os.environ.update(TEMP=str(run_dir), TMPDIR=str(run_dir), LOG_LOCATION=str(run_dir / "logs"),
+                      METRICS_LOCATION=str(run_dir / "logs"),
+                      PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")])))
     # Bodies over our limit get our JSON 413 from the handler; only far larger ones meet
     # MMS's own 413, which has an empty body.
     limit = max_payload_bytes()
-    env.update(MAX_PAYLOAD_BYTES=str(limit), SAGEMAKER_MAX_PAYLOAD_IN_MB=str(-(-4 * limit // MIB)))
-    os.environ.update(env)
+    os.environ.update(MAX_PAYLOAD_BYTES=str(limit), SAGEMAKER_MAX_PAYLOAD_IN_MB=str(-(-4 * limit // MIB)))
 
     model_dir = paths.base_dir() / "model"
     if not multi_model():
-        problem = check_model(model_dir, env)
+        problem = check_model(model_dir)
         if problem:
             shutil.rmtree(run_dir, ignore_errors=True)
             print(f"serve: cannot serve {model_dir}: {problem}", file=sys.stderr)
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["--models", f"model={model_dir}"]
     log.info("starting MMS on %s:%s (%s)", bind_host(), port,
              "multi-model" if multi_model() else f"model {model_dir}")
-    process = subprocess.Popen(cmd, env=env, cwd=run_dir)
+    process = subprocess.Popen(cmd, cwd=run_dir)
 
     stopping = []
 
