@@ -20,8 +20,13 @@ def test_save_and_load_round_trip(tmp_path):
     model = save_small(tmp_path)
     loaded, manifest = artifact.load(tmp_path)
     assert not loaded.training
+    saved, restored = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == restored.keys()
+    assert all(torch.equal(saved[k], restored[k]) for k in saved)  # bit for bit
+    # Outputs agree only to rounding: the loaded model runs channels_last, whose
+    # conv kernels sum in another order (exact equality failed on CI's CPU).
     x = torch.rand(1, 3, 64, 64)
-    assert torch.allclose(model.eval()(x), loaded(x))
+    torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-4, atol=1e-5)
     assert manifest["class_names"] == ["A", "B", "C"]
     assert manifest["preprocessing"]["interpolation"] == "bicubic"
     assert {"torch", "torchvision", "timm", "python"} <= set(manifest["versions"])
