@@ -7,15 +7,18 @@ import os
 SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
 
 
-def session(settings, boto_session=None, sagemaker_client=None, runtime_client=None):
+def session(settings, boto_session=None, sagemaker_client=None, runtime_client=None, s3_client=None):
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     import boto3
     import sagemaker
 
     boto_session = boto_session or boto3.Session(region_name=settings.region)
-    return sagemaker.Session(boto_session=boto_session, sagemaker_client=sagemaker_client,
-                             sagemaker_runtime_client=runtime_client, default_bucket=settings.bucket,
-                             sagemaker_config=SDK_CONFIG)
+    sm = sagemaker.Session(boto_session=boto_session, sagemaker_client=sagemaker_client,
+                           sagemaker_runtime_client=runtime_client, default_bucket=settings.bucket,
+                           sagemaker_config=SDK_CONFIG)
+    if s3_client is not None:  # the SDK makes its own; its multi-model and upload code use this one
+        sm.s3_client = s3_client
+    return sm
 
 
 def job_name(settings, kind: str = "") -> str:

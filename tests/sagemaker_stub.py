@@ -1,5 +1,5 @@
-"""A real boto3 SageMaker client behind botocore's Stubber: every request the SDK sends is
-validated by botocore against SageMaker's service model, and recorded for the tests to check."""
+"""Real boto3 SageMaker and S3 clients behind botocore's Stubber: every request the scripts send
+is validated by botocore against the service's model, and recorded for the tests to check."""
 from __future__ import annotations
 
 import copy
@@ -22,21 +22,36 @@ class StubbedSageMaker:
         self.boto = boto3.Session(region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
         self.client = self.boto.client("sagemaker")
         self.runtime = self.boto.client("sagemaker-runtime")
-        self.stubber = Stubber(self.client)
+        self.s3 = self.boto.client("s3")
+        self.stubber, self.s3_stubber = Stubber(self.client), Stubber(self.s3)
         self.requests: list[tuple[str, dict]] = []
         self.client.meta.events.register("before-parameter-build.sagemaker.*", self._capture)
+        self.s3.meta.events.register("before-parameter-build.s3.*", self._capture)
         self.stubber.activate()
+        self.s3_stubber.activate()
 
     def _capture(self, params, model, **kwargs):
-        self.requests.append((model.name, copy.deepcopy(params)))
+        # An upload's Body is an open file: record that one was sent, not its bytes.
+        self.requests.append((model.name, {k: "<body>" if k == "Body" else copy.deepcopy(v) for k, v in params.items()}))
 
     def respond(self, operation: str, response: dict | None = None) -> None:
         self.stubber.add_response(operation, response or {})
 
+    def respond_s3(self, operation: str, response: dict | None = None, params: dict | None = None) -> None:
+        self.s3_stubber.add_response(operation, response or {}, params)
+
     def session(self, settings):
         from launch import aws
         return aws.session(settings, boto_session=self.boto, sagemaker_client=self.client,
-                           runtime_client=self.runtime)
+                           runtime_client=self.runtime, s3_client=self.s3)
+
+    def run(self, script: str, *args: str) -> int:
+        """launch/SCRIPT.py's main() with the test settings and this stubbed session."""
+        import importlib
+        from launch import settings as settings_mod
+        module = importlib.import_module(f"launch.{script}")
+        argv = [*SETTINGS_ARGS, *args]
+        return module.main(argv, session=self.session(settings_mod.load(module.parse_args(argv))))
 
     def sent(self, operation: str) -> dict:
         found = [p for op, p in self.requests if op == operation]
@@ -46,8 +61,12 @@ class StubbedSageMaker:
     def operations(self) -> list[str]:
         return [op for op, _ in self.requests]
 
+    def sent_all(self, operation: str) -> list[dict]:
+        return [p for op, p in self.requests if op == operation]
+
     def done(self) -> None:
         self.stubber.assert_no_pending_responses()
+        self.s3_stubber.assert_no_pending_responses()
 
 
 def arn(kind: str, name: str) -> str:

@@ -1,23 +1,13 @@
 """launch/batch_transform.py and launch/cleanup.py against a stubbed SageMaker client."""
-from sagemaker_stub import BUCKET, IMAGE, NOW, SETTINGS_ARGS, arn
+from sagemaker_stub import BUCKET, IMAGE, NOW, arn
 
 OURS = [{"Key": "created-by", "Value": "image-classifier-launch"}]
-
-
-
-
-def run(sm, module_name, *args):
-    import importlib
-    from launch import settings as settings_mod
-    module = importlib.import_module(f"launch.{module_name}")
-    argv = [*SETTINGS_ARGS, *args]
-    return module.main(argv, session=sm.session(settings_mod.load(module.parse_args(argv))))
 
 
 def test_batch_transform_from_model_data(sm):
     sm.respond("create_model", {"ModelArn": arn("model", "bt")})
     sm.respond("create_transform_job", {"TransformJobArn": arn("transform-job", "bt")})
-    assert run(sm, "batch_transform", "--model-data", f"s3://{BUCKET}/m/model.tar.gz", "--input",
+    assert sm.run("batch_transform", "--model-data", f"s3://{BUCKET}/m/model.tar.gz", "--input",
                f"s3://{BUCKET}/images/", "--job-name", "bt", "--no-wait") == 0
     sm.done()
     assert sm.sent("CreateModel")["PrimaryContainer"]["Image"] == IMAGE
@@ -50,7 +40,7 @@ def test_cleanup_deletes_only_tagged_resources(sm, capsys):
     sm.respond("delete_endpoint")
     sm.respond("delete_endpoint_config")
     sm.respond("delete_model")
-    assert run(sm, "cleanup") == 0
+    assert sm.run("cleanup") == 0
     sm.done()
     assert sm.sent("DeleteEndpoint") == {"EndpointName": "image-classifier-a"}
     assert sm.sent("ListEndpoints")["NameContains"] == "image-classifier"
@@ -65,7 +55,7 @@ def test_cleanup_one_endpoint_dry_run_deletes_nothing(sm, capsys):
                                             "EndpointConfigArn": arn("endpoint-config", "e-config"),
                                             "CreationTime": NOW, "ProductionVariants": [
                                                 {"VariantName": "AllTraffic", "ModelName": "e-model"}]})
-    assert run(sm, "cleanup", "--endpoint", "e", "--dry-run") == 0
+    assert sm.run("cleanup", "--endpoint", "e", "--dry-run") == 0
     sm.done()
     assert not [op for op in sm.operations() if op.startswith("Delete")]
     out = capsys.readouterr().out

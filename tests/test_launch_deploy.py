@@ -2,16 +2,8 @@
 import pytest
 
 from image_classifier import search_space
-from sagemaker_stub import (IMAGE, NOW, ROLE, SETTINGS_ARGS, arn, best_job, describe_training_job,
+from sagemaker_stub import (IMAGE, NOW, ROLE, arn, best_job, describe_training_job,
                             describe_tuning_job)
-
-
-
-
-def run_deploy(sm, *args):
-    from launch import deploy, settings as settings_mod
-    argv = [*SETTINGS_ARGS, *args]
-    return deploy.main(argv, session=sm.session(settings_mod.load(deploy.parse_args(argv))))
 
 
 def test_deploy_best_model_of_a_tuning_job(sm, capsys):
@@ -26,7 +18,7 @@ def test_deploy_best_model_of_a_tuning_job(sm, capsys):
     sm.respond("describe_endpoint", {"EndpointName": "dogs-endpoint", "EndpointArn": arn("endpoint", "dogs-endpoint"),
                                      "EndpointConfigName": "dogs-endpoint", "EndpointStatus": "InService",
                                      "CreationTime": NOW, "LastModifiedTime": NOW})
-    assert run_deploy(sm, "--tuning-job", "ic-hpo", "--endpoint-name", "dogs-endpoint",
+    assert sm.run("deploy", "--tuning-job", "ic-hpo", "--endpoint-name", "dogs-endpoint",
                       "--inference-instance-type", "ml.c5.xlarge") == 0
     sm.done()
     model = sm.sent("CreateModel")
@@ -49,5 +41,5 @@ def test_a_training_job_that_did_not_complete_is_not_deployed(sm):
     job["TrainingJobStatus"] = "Failed"
     sm.respond("describe_training_job", job)
     with pytest.raises(SystemExit, match="is Failed, not Completed"):
-        run_deploy(sm, "--training-job", "ic-1")
+        sm.run("deploy", "--training-job", "ic-1")
     assert "CreateModel" not in sm.operations()

@@ -4,20 +4,12 @@ import re
 import pytest
 
 from image_classifier import hyperparameters, metrics
-from sagemaker_stub import BUCKET, IMAGE, ROLE, SETTINGS_ARGS
-
-
-
-
-def run_train(sm, *args):
-    from launch import settings as settings_mod, train
-    parsed = train.parse_args([*SETTINGS_ARGS, *args])
-    return train.main([*SETTINGS_ARGS, *args], session=sm.session(settings_mod.load(parsed)))
+from sagemaker_stub import BUCKET, IMAGE, ROLE
 
 
 def test_create_training_job_request(sm, trained):
     sm.respond("create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:123456789012:training-job/x"})
-    assert run_train(sm, "--no-wait", "--job-name", "ic-job-1", "--hp", "backbone=efficientnet_lite0",
+    assert sm.run("train", "--no-wait", "--job-name", "ic-job-1", "--hp", "backbone=efficientnet_lite0",
                      "--hp", "epochs=3", "--hp", "lr=0.0005", "--spot") == 0
     sm.done()
     req = sm.sent("CreateTrainingJob")
@@ -52,7 +44,7 @@ def test_create_training_job_request(sm, trained):
 
 def test_debugger_and_profiler_can_be_off_and_channels_chosen(sm):
     sm.respond("create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:123456789012:training-job/y"})
-    run_train(sm, "--no-wait", "--no-debugger", "--no-profiler", "--channels", "train,valid",
+    sm.run("train", "--no-wait", "--no-debugger", "--no-profiler", "--channels", "train,valid",
               "--data", "s3://other/dogs")
     req = sm.sent("CreateTrainingJob")
     assert "DebugHookConfig" not in req
@@ -64,5 +56,5 @@ def test_debugger_and_profiler_can_be_off_and_channels_chosen(sm):
 
 def test_settings_the_image_would_refuse_fail_before_any_request(sm):
     with pytest.raises(Exception, match="unknown hyperparameter|must be one of"):
-        run_train(sm, "--no-wait", "--hp", "backbone=vgg")
+        sm.run("train", "--no-wait", "--hp", "backbone=vgg")
     assert sm.requests == []

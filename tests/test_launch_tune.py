@@ -3,18 +3,10 @@ import csv
 import re
 
 from image_classifier import hyperparameters, metrics, search_space
-from sagemaker_stub import (SETTINGS_ARGS, arn, best_job, describe_training_job,
+from sagemaker_stub import (arn, best_job, describe_training_job,
                             describe_tuning_job)
 
 SPACE = search_space.SEARCH_SPACE
-
-
-
-
-def run_tune(sm, *args):
-    from launch import settings as settings_mod, tune
-    argv = [*SETTINGS_ARGS, *args]
-    return tune.main(argv, session=sm.session(settings_mod.load(tune.parse_args(argv))))
 
 
 def summary(name, value, tuned):
@@ -37,7 +29,7 @@ def test_tuning_job_request_progress_best_job_and_report(sm, tmp_path, trained, 
     sm.respond("list_training_jobs_for_hyper_parameter_tuning_job", {"TrainingJobSummaries": [
         summary(f"{name}-001", 0.93, tuned[0]), summary(f"{name}-002", 0.71, tuned[1])]})
 
-    assert run_tune(sm, "--job-name", name, "--poll-seconds", "0", "--max-jobs", "4", "--hp", "backbone=resnet50",
+    assert sm.run("tune", "--job-name", name, "--poll-seconds", "0", "--max-jobs", "4", "--hp", "backbone=resnet50",
                     "--results", str(tmp_path)) == 0
     sm.done()
     req = sm.sent("CreateHyperParameterTuningJob")
@@ -78,7 +70,7 @@ def test_tuning_job_request_progress_best_job_and_report(sm, tmp_path, trained, 
 
 def test_grid_strategy_sends_only_categorical_ranges(sm):
     sm.respond("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", "g")})
-    assert run_tune(sm, "--job-name", "g", "--strategy", "Grid", "--no-wait") == 0
+    assert sm.run("tune", "--job-name", "g", "--strategy", "Grid", "--no-wait") == 0
     ranges = sm.sent("CreateHyperParameterTuningJob")["HyperParameterTuningJobConfig"]["ParameterRanges"]
     assert not ranges.get("ContinuousParameterRanges") and not ranges.get("IntegerParameterRanges")
     values = {r["Name"]: r["Values"] for r in ranges["CategoricalParameterRanges"]}
@@ -90,6 +82,6 @@ def test_grid_strategy_sends_only_categorical_ranges(sm):
 
 def test_hyperband_turns_sagemaker_early_stopping_off(sm):
     sm.respond("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", "h")})
-    run_tune(sm, "--job-name", "h", "--strategy", "Hyperband", "--no-wait")
+    sm.run("tune", "--job-name", "h", "--strategy", "Hyperband", "--no-wait")
     config = sm.sent("CreateHyperParameterTuningJob")["HyperParameterTuningJobConfig"]
     assert config["Strategy"] == "Hyperband" and config.get("TrainingJobEarlyStoppingType", "Off") == "Off"
