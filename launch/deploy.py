@@ -46,11 +46,8 @@ def model_data(session, args) -> str:
         if not tuning.get("BestTrainingJob"):
             raise SystemExit(f"tuning job {args.tuning_job} has no best training job (yet)")
         job = tuning["BestTrainingJob"]["TrainingJobName"]
-    described = client.describe_training_job(TrainingJobName=job)
-    if described["TrainingJobStatus"] != "Completed":
-        raise SystemExit(f"training job {job} is {described['TrainingJobStatus']}, not Completed")
     print(f"model of training job {job}")
-    return described["ModelArtifacts"]["S3ModelArtifacts"]
+    return jobs.model_artifact(session, job)
 
 
 def local_model_dir(args) -> Path:

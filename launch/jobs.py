@@ -50,3 +50,11 @@ def inputs(settings, data: str | None, channels: list[str]) -> dict:
     from sagemaker.inputs import TrainingInput
     root = (data or settings.s3("data")).rstrip("/")
     return {name: TrainingInput(f"{root}/{name}/", distribution="FullyReplicated") for name in channels}
+
+
+def model_artifact(session, job_name: str) -> str:
+    """The S3 model.tar.gz of a completed training job."""
+    described = session.sagemaker_client.describe_training_job(TrainingJobName=job_name)
+    if described["TrainingJobStatus"] != "Completed":
+        raise SystemExit(f"training job {job_name} is {described['TrainingJobStatus']}, not Completed")
+    return described["ModelArtifacts"]["S3ModelArtifacts"]

@@ -1,13 +1,16 @@
 """The local pipeline end to end: local tune -> best job -> local endpoint -> the AWS CLI."""
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from conftest import ROOT, free_port
 from image_classifier.data import class_name
@@ -59,47 +62,94 @@ def test_local_tuner_runs_trials_and_reports(tuned):
     assert (best / "model" / "model.json").exists()
 
 
-def test_deploy_local_and_invoke_with_the_aws_cli(tuned, tiny_data):
-    work, _ = tuned
-    results = next((work / "results").iterdir())
+@contextlib.contextmanager
+def local_endpoint(work, script, *args):
+    """launch.SCRIPT --local ... running until it reports InService; SIGTERM (its pid) afterwards."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "IC_CONFIG": str(work / "config.toml"), "PYTHONPATH": str(ROOT)}
-    deploy = subprocess.Popen([sys.executable, "-m", "launch.deploy", "--local", "--tuning-results", str(results),
-                               "--endpoint-name", "dogs", "--port", str(port)], cwd=work, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([sys.executable, "-m", f"launch.{script}", "--local", *args, "--port", str(port)],
+                               cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
-        for line in deploy.stdout:
+        for line in process.stdout:
             lines.append(line)
             if "InService" in line:
                 break
         assert "InService" in "".join(lines), "".join(lines)
-        cli_env = {**os.environ, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
-                   "AWS_DEFAULT_REGION": "eu-west-1", "ENDPOINT_URL": f"http://127.0.0.1:{port}",
-                   "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-        image = sorted(tiny_data["test"].rglob("*.jpg"))[0]
-        invoke = subprocess.run([str(ROOT / "launch" / "invoke.sh"), "dogs", str(image)], env=cli_env,
-                                capture_output=True, text=True, timeout=120)
+        yield port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(60)
+    assert code == 0, process.stdout.read()
+    assert not list((work / "local-endpoints").glob("*.json"))
+
+
+def cli(port, *args, **env):
+    """launch/invoke.sh (the AWS CLI) against the local gateway."""
+    cli_env = {**os.environ, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+               "AWS_DEFAULT_REGION": "eu-west-1", "ENDPOINT_URL": f"http://127.0.0.1:{port}",
+               "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
+    return subprocess.run([str(ROOT / "launch" / "invoke.sh"), *map(str, args)], env=cli_env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def runtime(port):
+    return boto3.client("sagemaker-runtime", region_name="eu-west-1", endpoint_url=f"http://127.0.0.1:{port}",
+                        aws_access_key_id="local", aws_secret_access_key="local")
+
+
+def test_deploy_local_and_invoke_with_the_aws_cli(tuned, tiny_data):
+    work, _ = tuned
+    results = next((work / "results").iterdir())
+    image = sorted(tiny_data["test"].rglob("*.jpg"))[0]
+    labels = {class_name(p.name) for p in tiny_data["test"].iterdir()}
+    with local_endpoint(work, "deploy", "--tuning-results", str(results), "--endpoint-name", "dogs") as port:
+        invoke = cli(port, "dogs", image)
         assert invoke.returncode == 0, invoke.stderr
-        answer = json.loads(invoke.stdout)["predictions"][0]
-        assert answer["label"] in {class_name(p.name) for p in tiny_data["test"].iterdir()}
+        assert json.loads(invoke.stdout)["predictions"][0]["label"] in labels
         assert '"InvokedProductionVariant": "AllTraffic"' in invoke.stderr
         assert '"ContentType": "application/json"' in invoke.stderr
 
-        bad = subprocess.run([str(ROOT / "launch" / "invoke.sh"), "dogs", str(ROOT / "README.md")],
-                             env={**cli_env, "CONTENT_TYPE": "text/plain"}, capture_output=True, text=True)
+        bad = cli(port, "dogs", ROOT / "README.md", CONTENT_TYPE="text/plain")
         assert bad.returncode != 0 and "ModelError" in bad.stderr and "(415)" in bad.stderr
-        unknown = subprocess.run([str(ROOT / "launch" / "invoke.sh"), "cats", str(image)], env=cli_env,
-                                 capture_output=True, text=True)
+        unknown = cli(port, "cats", image)
         assert unknown.returncode != 0 and "Endpoint cats not found" in unknown.stderr
 
-        runtime = boto3.client("sagemaker-runtime", region_name="eu-west-1", endpoint_url=f"http://127.0.0.1:{port}",
-                               aws_access_key_id="local", aws_secret_access_key="local")
-        response = runtime.invoke_endpoint(EndpointName="dogs", Body=image.read_bytes(), ContentType="image/jpeg",
-                                           CustomAttributes="top_k=1")
+        response = runtime(port).invoke_endpoint(EndpointName="dogs", Body=image.read_bytes(),
+                                                 ContentType="image/jpeg", CustomAttributes="top_k=1")
         assert len(json.loads(response["Body"].read())["predictions"][0]["top_k"]) == 1
-    finally:
-        deploy.send_signal(signal.SIGTERM)
-        code = deploy.wait(60)
-    assert code == 0, deploy.stdout.read()
-    assert not list((work / "local-endpoints").glob("*.json"))
+        with pytest.raises(ClientError, match="not a multi-model endpoint"):
+            runtime(port).invoke_endpoint(EndpointName="dogs", Body=image.read_bytes(), ContentType="image/jpeg",
+                                          TargetModel="dogs.tar.gz")
+
+
+def test_local_multi_model_endpoint_loads_each_target_model(tuned, tiny_data, tmp_path):
+    work, _ = tuned
+    jobs = sorted(p.parent.parent for p in (work / "jobs").glob("*/*/model/model.json"))
+    packed = tmp_path / "model.tar.gz"  # a second model as SageMaker stores it
+    with tarfile.open(packed, "w:gz") as tar:
+        tar.add(jobs[1] / "model", arcname=".")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text((jobs[0] / "model" / "model.json").read_text())
+    (broken / "model.pt").write_bytes(b"not weights")
+    image = sorted(tiny_data["test"].rglob("*.jpg"))[0]
+    labels = {class_name(p.name) for p in tiny_data["test"].iterdir()}
+    with local_endpoint(work, "multi_model", "--endpoint-name", "zoo", "--model", f"first={jobs[0]}",
+                        "--model", f"second={packed}", "--model", f"broken={broken}") as port:
+        for target in ("first.tar.gz", "second.tar.gz", "first"):
+            invoke = cli(port, "zoo", image, TARGET_MODEL=target)
+            assert invoke.returncode == 0, invoke.stderr
+            assert json.loads(invoke.stdout)["predictions"][0]["label"] in labels
+        client = runtime(port)
+        with pytest.raises(ClientError, match="TargetModel is required"):
+            client.invoke_endpoint(EndpointName="zoo", Body=image.read_bytes(), ContentType="image/jpeg")
+        with pytest.raises(ClientError, match="Failed to download model data for TargetModel third.tar.gz"):
+            client.invoke_endpoint(EndpointName="zoo", Body=image.read_bytes(), ContentType="image/jpeg",
+                                   TargetModel="third.tar.gz")
+        with pytest.raises(ClientError, match="ModelError.*model failed to load"):
+            client.invoke_endpoint(EndpointName="zoo", Body=image.read_bytes(), ContentType="image/jpeg",
+                                   TargetModel="broken.tar.gz")
+        again = client.invoke_endpoint(EndpointName="zoo", Body=image.read_bytes(), ContentType="image/jpeg",
+                                       TargetModel="second.tar.gz")  # the others keep working
+        assert json.loads(again["Body"].read())["predictions"][0]["label"] in labels

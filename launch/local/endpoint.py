@@ -7,53 +7,79 @@ import json
 import os
 import shutil
 import signal
+import tarfile
 import threading
 import time
 from pathlib import Path
 
 from image_classifier import local
-from .gateway import Gateway
+from .gateway import Backend, Gateway
 
 STATE_DIR = Path("local-endpoints")
 
 
-def _docker_command(base: Path, image: str, name: str):
-    """`docker run IMAGE serve` on the host network, bound to 127.0.0.1, the model mounted."""
-    model = (base / "model").resolve()
+def _docker_command(image: str, name: str, mounts: dict[Path, str], env: dict):
+    """`docker run IMAGE serve` on the host network, bound to 127.0.0.1, the model(s) mounted."""
+    volumes = [arg for host, inside in mounts.items() for arg in ("-v", f"{host}:{inside}:ro")]
+    variables = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
     return lambda port: [os.environ.get("DOCKER", "docker"), "run", "--rm", "--network=host", "--name", name,
-                         "-e", "SERVE_HOST=127.0.0.1", "-e", f"SAGEMAKER_BIND_TO_PORT={port}",
-                         "-v", f"{model}:/opt/ml/model:ro", image, "serve"]
+                         "-e", "SERVE_HOST=127.0.0.1", "-e", f"SAGEMAKER_BIND_TO_PORT={port}", *variables,
+                         *volumes, image, "serve"]
 
 
-def run(name: str, model_dir: Path, port: int, runner: str = "native", image: str | None = None,
-        state_dir: Path = STATE_DIR) -> int:
-    model_dir = Path(model_dir).resolve()
-    if not (model_dir / "model.json").exists():
-        raise SystemExit(f"no model in {model_dir} (model.json missing)")
+def _model_folder(source: Path, unpack_to: Path) -> Path:
+    """A model folder from a folder or a model.tar.gz (unpacked, as SageMaker does)."""
+    source = Path(source).resolve()
+    if source.is_file() and source.name.endswith(".tar.gz"):
+        unpack_to.mkdir(parents=True)
+        with tarfile.open(source) as tar:
+            tar.extractall(unpack_to, filter="data")  # no paths outside, no devices or links out
+        source = unpack_to
+    if not (source / "model.json").exists():
+        raise SystemExit(f"no model in {source} (model.json missing)")
+    return source
+
+
+def run(name: str, model_dir: Path | None, port: int, runner: str = "native", image: str | None = None,
+        state_dir: Path = STATE_DIR, models: dict[str, Path] | None = None) -> int:
+    """Serve model_dir, or with models={'dogs': folder or model.tar.gz, ...} a multi-model endpoint."""
     base = Path(state_dir).resolve() / name
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    (base / "model").symlink_to(model_dir)
-    print(f"starting endpoint {name}: `serve` ({runner}) for {model_dir}", flush=True)
+    if models:
+        folders = {m: _model_folder(src, base / "unpacked" / m) for m, src in models.items()}
+        inside = {m: f"/opt/ml/models/{m}" if runner == "docker" else str(f) for m, f in folders.items()}
+        env = {"SAGEMAKER_MULTI_MODEL": "true"}
+        mounts = {f: inside[m] for m, f in folders.items()}
+        what = f"multi-model endpoint of {', '.join(folders)}"
+    else:
+        model_dir = _model_folder(model_dir, base / "unpacked" / "model")
+        (base / "model").symlink_to(model_dir)
+        inside, env, mounts, what = None, {}, {model_dir: "/opt/ml/model"}, str(model_dir)
+    print(f"starting endpoint {name}: `serve` ({runner}) for {what}", flush=True)
     if runner == "docker":
         if not image:
             raise SystemExit("--local-runner docker needs the image: set image_uri (or --image-uri)")
-        serve = local.Serve(base, log_path=base / "serve.log", command=_docker_command(base, image, f"{name}-serve"))
+        command = _docker_command(image, f"{name}-serve", mounts, env)
+        serve = local.Serve(base, log_path=base / "serve.log", command=command)
     else:
-        serve = local.Serve(base, log_path=base / "serve.log")
+        serve = local.Serve(base, log_path=base / "serve.log", **env)
     try:
         seconds = serve.wait_healthy()
     except Exception:
         serve.stop()
         raise
-    gateway = Gateway({name: serve.url}, port=port)
+    gateway = Gateway({name: Backend(serve.url, inside)}, port=port)
     gateway.start()
     state = Path(state_dir).resolve() / f"{name}.json"
     state.write_text(json.dumps({"name": name, "pid": os.getpid(), "url": gateway.url, "serve": serve.url,
-                                 "model_dir": str(model_dir)}, indent=2))
+                                 "model_dir": str(model_dir) if not models else None,
+                                 "models": {m: str(p) for m, p in (models or {}).items()}}, indent=2))
     print(f"endpoint {name} InService after {seconds:.1f} s at {gateway.url}", flush=True)
+    target = f" --target-model {next(iter(models))}.tar.gz" if models else ""
     print(f"  aws sagemaker-runtime invoke-endpoint --endpoint-name {name} --body fileb://IMAGE.jpg "
-          f"--content-type image/jpeg --accept application/json --endpoint-url {gateway.url} out.json", flush=True)
+          f"--content-type image/jpeg --accept application/json{target} --endpoint-url {gateway.url} out.json",
+          flush=True)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())

@@ -6,9 +6,16 @@ unchanged AWS CLI / boto3 call works with --endpoint-url http://127.0.0.1:PORT:
 Headers pass as SageMaker passes them (Content-Type, Accept, X-Amzn-SageMaker-Custom-Attributes;
 the answer carries x-Amzn-Invoked-Production-Variant). A container error comes back as SageMaker
 reports it: HTTP 424 ModelError with OriginalStatusCode and OriginalMessage. Binds 127.0.0.1.
+
+A multi-model endpoint (`serve` with SAGEMAKER_MULTI_MODEL=true) is driven as SageMaker drives
+one: the request's TargetModel (X-Amzn-SageMaker-Target-Model, 'dogs.tar.gz' or 'dogs') is
+loaded through the container's POST /models on first use, then invoked at /models/NAME/invoke.
+Unlike SageMaker, nothing is unloaded under memory pressure.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import http.client
 import json
 import re
@@ -21,11 +28,34 @@ FORWARD = ("content-type", "accept", "x-amzn-sagemaker-custom-attributes")
 VARIANT = "AllTraffic"
 
 
+TARGET_MODEL = "x-amzn-sagemaker-target-model"
+
+
+@dataclasses.dataclass
+class Backend:
+    """One endpoint: serve's base URL; for a multi-model endpoint, its models by name
+    (each the model folder's path as `serve` sees it)."""
+    url: str
+    models: dict[str, str] | None = None
+    loaded: set = dataclasses.field(default_factory=set)
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def target(self, name: str) -> str | None:
+        """TargetModel -> model folder: 'dogs.tar.gz' names the artifact SageMaker would fetch."""
+        return self.models.get(name) or self.models.get(name.removesuffix(".tar.gz"))
+
+
+class LoadFailed(Exception):
+    def __init__(self, status: int, answer: bytes):
+        super().__init__(status)
+        self.status, self.answer = status, answer
+
+
 class Gateway(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, endpoints: dict[str, str], port: int = 0, host: str = "127.0.0.1"):
-        self.endpoints = endpoints  # name -> serve's base URL
+    def __init__(self, endpoints: dict[str, Backend], port: int = 0, host: str = "127.0.0.1"):
+        self.endpoints = endpoints
         super().__init__((host, port), _Handler)
 
     @property
@@ -66,26 +96,68 @@ class _Handler(BaseHTTPRequestHandler):
         if backend is None:
             return self._error(400, "ValidationError", {"message": f"Endpoint {name} not found."})
         headers = {k: v for k, v in self.headers.items() if k.lower() in FORWARD}
-        target = urllib.parse.urlsplit(backend)
-        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+        target = self.headers.get(TARGET_MODEL)
+        path = "/invocations"
+        if backend.models is None and target:
+            return self._error(400, "ValidationError", {"message": f"Endpoint {name} is not a multi-model endpoint "
+                                                        "and does not take TargetModel."})
+        if backend.models is not None:
+            if not target:
+                return self._error(400, "ValidationError", {"message": f"Endpoint {name} is a multi-model "
+                                                            "endpoint: TargetModel is required."})
+            if backend.target(target) is None:
+                return self._error(400, "ValidationError", {"message": f"Failed to download model data for "
+                                                            f"TargetModel {target}: no such model."})
+            try:
+                path = self._load(backend, target)
+            except OSError as e:
+                return self._container_down(e)
+            except LoadFailed as e:  # the container's answer, as SageMaker passes it on
+                return self._model_error(e.status, e.answer)
         try:
-            conn.request("POST", "/invocations", body=body, headers=headers)
-            response = conn.getresponse()
-            answer, status = response.read(), response.status
-            content_type = response.getheader("Content-Type", "application/json")
-            attributes = response.getheader("X-Amzn-SageMaker-Custom-Attributes")
+            status, answer, content_type, attributes = _post(backend.url, path, body, headers)
         except OSError as e:
-            return self._error(424, "ModelError", {"Message": f"the model container did not answer: {e}",
-                                                   "OriginalStatusCode": 502, "OriginalMessage": str(e)})
-        finally:
-            conn.close()
+            return self._container_down(e)
         if 200 <= status < 300:
             out = {"Content-Type": content_type, "x-Amzn-Invoked-Production-Variant": VARIANT}
             if attributes:
                 out["X-Amzn-SageMaker-Custom-Attributes"] = attributes
             return self._send(200, answer, out)
+        self._model_error(status, answer)
+
+    def _load(self, backend: Backend, target: str) -> str:
+        """The invoke path of TargetModel, loading it into the container first if needed."""
+        model = "m" + hashlib.sha1(target.removesuffix(".tar.gz").encode()).hexdigest()[:16]  # MMS-safe name
+        with backend.lock:
+            if model not in backend.loaded:
+                request = json.dumps({"model_name": model, "url": backend.target(target)}).encode()
+                status, answer, _, _ = _post(backend.url, "/models", request, {"Content-Type": "application/json"},
+                                             timeout=300)
+                if status != 200:
+                    raise LoadFailed(status, answer)
+                backend.loaded.add(model)
+        return f"/models/{model}/invoke"
+
+    def _container_down(self, e: OSError) -> None:
+        self._error(424, "ModelError", {"Message": f"the model container did not answer: {e}",
+                                        "OriginalStatusCode": 502, "OriginalMessage": str(e)})
+
+    def _model_error(self, status: int, answer: bytes) -> None:
         original = answer.decode("utf-8", "replace")
         kind = "client" if status < 500 else "server"
         self._error(424, "ModelError", {
             "Message": f'Received {kind} error ({status}) from primary with message "{original}".',
             "OriginalStatusCode": status, "OriginalMessage": original, "LogStreamArn": ""})
+
+
+def _post(base: str, path: str, body: bytes, headers: dict, timeout: float = 60):
+    """POST to serve: (status, body, content type, custom attributes)."""
+    url = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        return (response.status, response.read(), response.getheader("Content-Type", "application/json"),
+                response.getheader("X-Amzn-SageMaker-Custom-Attributes"))
+    finally:
+        conn.close()
