@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import IN_CI, ROOT, free_port
+from conftest import FAST_HP, IN_CI, ROOT, free_port
+from launch_helpers import cli, launch, local_endpoint
 
 pytestmark = pytest.mark.slow
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")  # Debian's client: BuildKit without buildx
@@ -166,3 +167,23 @@ def test_sigterm_reaches_training_in_a_container(docker_env, test_dir):
     assert run.wait(120) == 143, run.stdout.read()
     assert (test_dir / "checkpoints" / "checkpoint.pt").exists()
     assert not (test_dir / "output" / "failure").exists()
+
+
+def test_launch_local_with_the_docker_runner(docker_env, tiny_data, tmp_path):
+    """launch.train and launch.deploy --local --local-runner docker: the same scripts, the image's programs."""
+    (tmp_path / "config.toml").write_text(f'image_uri = "{IMAGE}"\n')
+    env = {"DOCKER": DOCKER, "DOCKER_HOST": docker_env["DOCKER_HOST"]}
+    train = launch("train", "--local", "--local-runner", "docker", "--data", str(tiny_data["train"].parent),
+                   "--local-dir", str(tmp_path / "jobs"), "--job-name", "in-docker",
+                   *[a for hp in FAST_HP.items() for a in ("--hp", "=".join(map(str, hp)))],
+                   cwd=tmp_path, env=env, timeout=600)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    assert "(docker)" in train.stdout and "valid_acc=" in train.stdout
+    model = tmp_path / "jobs" / "in-docker" / "model"
+    assert (model / "model.json").exists()
+    with local_endpoint(tmp_path, "deploy", "--local-runner", "docker", "--model-dir", str(model),
+                        "--endpoint-name", "docker-dogs", env=env) as port:
+        invoke = cli(port, "docker-dogs", sorted(tiny_data["test"].rglob("*.jpg"))[0])
+        assert invoke.returncode == 0, invoke.stderr
+        assert len(json.loads(invoke.stdout)["predictions"][0]["top_k"]) == 3
+    assert "docker-dogs-serve" not in docker(docker_env, "ps", "-a", "--format", "{{.Names}}").stdout

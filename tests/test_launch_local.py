@@ -1,19 +1,14 @@
 """The local pipeline end to end: local tune -> best job -> local endpoint -> the AWS CLI."""
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import ROOT, free_port
+from conftest import ROOT
 from image_classifier.data import class_name
+from launch_helpers import cli, launch, local_endpoint, runtime
 
 pytestmark = pytest.mark.slow
 
@@ -29,13 +24,6 @@ lr = { min = 0.003, max = 0.05, scaling = "Logarithmic" }
 batch-size = { values = [8, 16] }
 epochs = { min = 1, max = 3, type = "integer" }
 """
-
-
-def launch(module, *args, cwd, **kw):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "IC_CONFIG": str(cwd / "config.toml"),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    return subprocess.run([sys.executable, "-m", f"launch.{module}", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -60,42 +48,6 @@ def test_local_tuner_runs_trials_and_reports(tuned):
     assert (results / "objective.png").stat().st_size > 10_000
     best = Path((results / "best_job.txt").read_text().strip())
     assert (best / "model" / "model.json").exists()
-
-
-@contextlib.contextmanager
-def local_endpoint(work, script, *args):
-    """launch.SCRIPT --local ... running until it reports InService; SIGTERM (its pid) afterwards."""
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "IC_CONFIG": str(work / "config.toml"), "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", f"launch.{script}", "--local", *args, "--port", str(port)],
-                               cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    try:
-        for line in process.stdout:
-            lines.append(line)
-            if "InService" in line:
-                break
-        assert "InService" in "".join(lines), "".join(lines)
-        yield port
-    finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(60)
-    assert code == 0, process.stdout.read()
-    assert not list((work / "local-endpoints").glob("*.json"))
-
-
-def cli(port, *args, **env):
-    """launch/invoke.sh (the AWS CLI) against the local gateway."""
-    cli_env = {**os.environ, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
-               "AWS_DEFAULT_REGION": "eu-west-1", "ENDPOINT_URL": f"http://127.0.0.1:{port}",
-               "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
-    return subprocess.run([str(ROOT / "launch" / "invoke.sh"), *map(str, args)], env=cli_env,
-                          capture_output=True, text=True, timeout=120)
-
-
-def runtime(port):
-    return boto3.client("sagemaker-runtime", region_name="eu-west-1", endpoint_url=f"http://127.0.0.1:{port}",
-                        aws_access_key_id="local", aws_secret_access_key="local")
 
 
 def test_deploy_local_and_invoke_with_the_aws_cli(tuned, tiny_data):
@@ -153,3 +105,20 @@ def test_local_multi_model_endpoint_loads_each_target_model(tuned, tiny_data, tm
         again = client.invoke_endpoint(EndpointName="zoo", Body=image.read_bytes(), ContentType="image/jpeg",
                                        TargetModel="second.tar.gz")  # the others keep working
         assert json.loads(again["Body"].read())["predictions"][0]["label"] in labels
+
+
+def test_train_local_runs_the_image_train_and_reports_a_failure(tmp_path, tiny_data):
+    (tmp_path / "config.toml").write_text(CONFIG)
+    data = tiny_data["train"].parent
+    fast = ["--hp", "epochs=1", "--hp", "batch-size=8"]
+    ok = launch("train", "--local", "--data", str(data), "--local-dir", str(tmp_path / "jobs"), "--job-name", "one",
+                *fast, cwd=tmp_path, timeout=600)
+    assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
+    assert f"local training job one in {tmp_path / 'jobs' / 'one'} (native)" in ok.stdout
+    assert "valid_acc=" in ok.stdout and f"model: {tmp_path / 'jobs' / 'one' / 'model'}" in ok.stdout
+    assert (tmp_path / "jobs" / "one" / "model" / "model.json").exists()
+
+    bad = launch("train", "--local", "--data", str(data), "--local-dir", str(tmp_path / "jobs"), "--job-name", "two",
+                 "--channels", "valid", *fast, cwd=tmp_path, timeout=600)  # no train channel
+    assert bad.returncode == 1
+    assert "job two failed (exit 1): no 'train' channel: give one with class folders of images" in bad.stdout
