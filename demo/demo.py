@@ -1,7 +1,15 @@
-"""`make demo`: fine-tune EfficientNet-Lite0 on imagewoof10 with the image's own `train`, serve
-the model with the image's own `serve` on 127.0.0.1, send every test image over HTTP and print
-the test accuracy. No AWS account, no Docker: SAGEMAKER_BASE_DIR points the programs at a local
-/opt/ml tree.
+"""`make demo`: the whole pipeline on this machine, no AWS account and no Docker, through the
+launch scripts' --local mode (the same scripts that drive SageMaker):
+
+  1. tune    python -m launch.tune --local: 4 trials of EfficientNet-Lite0 (new head) on a slice
+             of the training set, Bayesian (TPE) over lr, batch size, epochs and weight decay,
+             2 at a time, median early stopping; analytics table and plot
+  2. deploy  python -m launch.deploy --local: the best job's model in the image's `serve`, behind
+             a SageMaker Runtime gateway on 127.0.0.1
+  3. invoke  launch/invoke.sh (the unchanged AWS CLI call) on one test image per class, then the
+             same InvokeEndpoint call through boto3 for every test image: test accuracy
+
+The test set is used only here, after tuning chose the model by valid accuracy.
 """
 from __future__ import annotations
 
@@ -10,7 +18,9 @@ import concurrent.futures
 import csv
 import hashlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -21,8 +31,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "container"))
 
-from image_classifier import local, metrics  # noqa: E402
+from image_classifier import local  # noqa: E402
 from image_classifier.data import IMAGE_EXTENSIONS, class_name  # noqa: E402
+
+CONFIG = """# written by demo/demo.py: the launch settings of the demo
+prefix = "demo"
+strategy = "Bayesian"
+max_jobs = {trials}
+max_parallel_jobs = 2
+early_stopping = "Auto"
+
+[hyperparameters]
+backbone = "efficientnet_lite0"
+trainable = "head"
+image-size = 224
+
+[search_space]
+lr = {{ min = 0.001, max = 0.03, scaling = "Logarithmic" }}
+batch-size = {{ values = [16, 32] }}
+epochs = {{ min = 1, max = 3, type = "integer" }}
+weight-decay = {{ min = 0.000001, max = 0.01, scaling = "Logarithmic" }}
+"""
+# Not a SageMaker secret: the AWS CLI and boto3 sign every request, and the local gateway ignores it.
+LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "us-east-1"}
 
 # fast.ai's Imagewoof (320 px). SHA-256 as registered by MLDatasets.jl; this machine has no
 # internet, so the download path has not been run here.
@@ -60,20 +91,65 @@ def download_imagewoof(target: Path) -> Path:
     return target
 
 
-def predict_over_http(url: str, images: list[tuple[Path, str]], workers: int = 4) -> list[dict]:
+
+
+def images_of(folder: Path) -> list[tuple[Path, str]]:
+    return [(p, class_name(p.parent.name)) for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
+
+
+def slice_of(data: Path, out: Path, per_class: dict[str, int]) -> Path:
+    """The first N images of each class of each channel, as symlinks: trials train on a slice."""
+    shutil.rmtree(out, ignore_errors=True)
+    for channel, n in per_class.items():
+        for folder in sorted(p for p in (data / channel).iterdir() if p.is_dir()):
+            (out / channel / folder.name).mkdir(parents=True)
+            for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)[:n]:
+                (out / channel / folder.name / path.name).symlink_to(path.resolve())
+    return out
+
+
+def launch(script: str, *args: str, env: dict) -> subprocess.Popen:
+    """python -m launch.SCRIPT, its output echoed by the caller."""
+    return subprocess.Popen([sys.executable, "-m", f"launch.{script}", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def echo_until(process: subprocess.Popen, marker: str | None = None) -> list[str]:
+    lines = []
+    for line in process.stdout:
+        print("  " + line, end="", flush=True)
+        lines.append(line)
+        if marker and marker in line:
+            break
+    return lines
+
+
+def invoke_with_cli(url: str, endpoint: str, image: Path, env: dict) -> dict:
+    out = subprocess.run([str(ROOT / "launch" / "invoke.sh"), endpoint, str(image)], capture_output=True, text=True,
+                         env={**env, "ENDPOINT_URL": url, "CUSTOM_ATTRIBUTES": "top_k=1"}, timeout=120)
+    if out.returncode != 0:
+        raise SystemExit(f"aws sagemaker-runtime invoke-endpoint failed: {out.stderr.strip()}")
+    return json.loads(out.stdout)["predictions"][0]
+
+
+def invoke_all(url: str, endpoint: str, images: list[tuple[Path, str]], workers: int = 4) -> list[dict]:
+    """InvokeEndpoint for every image through boto3 (the AWS CLI's own client library)."""
+    import boto3
+    runtime = boto3.client("sagemaker-runtime", endpoint_url=url, region_name=LOCAL_CREDENTIALS["AWS_DEFAULT_REGION"],
+                           aws_access_key_id="local", aws_secret_access_key="local")
+
     def one(item):
         path, label = item
-        request = urllib.request.Request(url + "/invocations", data=path.read_bytes(),
-                                         headers={"Content-Type": "image/jpeg"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            top = json.loads(response.read())["predictions"][0]
+        answer = runtime.invoke_endpoint(EndpointName=endpoint, Body=path.read_bytes(), ContentType="image/jpeg",
+                                         Accept="application/json", CustomAttributes="top_k=1")
+        top = json.loads(answer["Body"].read())["predictions"][0]
         return {"image": str(path), "label": label, "predicted": top["label"], "probability": top["probability"]}
 
     results, started = [], time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         for i, result in enumerate(pool.map(one, images), start=1):
             results.append(result)
-            if i % max(1, len(images) // 10) == 0 or i == len(images):
+            if i % max(1, len(images) // 5) == 0 or i == len(images):
                 print(f"  predicted {i}/{len(images)} ({i / (time.monotonic() - started):.1f} images/s)", flush=True)
     return results
 
@@ -82,53 +158,62 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "imagewoof10",
                         help="ImageFolder data set with train/valid/test (downloaded from fast.ai if missing)")
-    parser.add_argument("--out", type=Path, default=ROOT / "demo-output", help="where the /opt/ml tree goes")
-    parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "demo-output", help="where everything the demo makes goes")
+    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--train-per-class", type=int, default=100, help="training images per class for the trials")
+    parser.add_argument("--valid-per-class", type=int, default=50, help="validation images per class")
     args = parser.parse_args()
-
-    data = args.data if args.data.is_dir() else download_imagewoof(args.out / "imagewoof")
-    channels = {s: data / s for s in ("train", "valid", "test") if (data / s).is_dir()}
-    shutil.rmtree(args.out / "ml", ignore_errors=True)
-    base = local.make_tree(args.out / "ml", channels, {
-        "backbone": args.backbone, "epochs": args.epochs, "batch-size": 16, "lr": 0.001, "log-interval": 25})
-
-    print(f"== train: {args.backbone} on {data} ({', '.join(channels)})", flush=True)
     started = time.monotonic()
-    train = subprocess.Popen(local.program("train"), env=local.program_env(base), stdout=subprocess.PIPE,
-                             text=True)  # logs (stderr) pass through; stdout is echoed as it comes and kept
-    train_stdout = []
-    for line in train.stdout:
-        print(line, end="", flush=True)
-        train_stdout.append(line)
-    if train.wait() != 0:
-        reason = (base / "output" / "failure").read_text() if (base / "output" / "failure").exists() else "?"
-        print(f"training failed ({train.returncode}): {reason}", file=sys.stderr)
+    data = args.data if args.data.is_dir() else download_imagewoof(args.out / "imagewoof")
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.toml").write_text(CONFIG.format(trials=args.trials))
+    env = {**os.environ, **LOCAL_CREDENTIALS, "IC_CONFIG": str(out / "config.toml"), "PYTHONUNBUFFERED": "1",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    trial_data = slice_of(data, out / "data", {"train": args.train_per_class, "valid": args.valid_per_class})
+
+    print(f"== 1. tune: {args.trials} local trials on {trial_data} "
+          f"({args.train_per_class} train / {args.valid_per_class} valid images per class)", flush=True)
+    shutil.rmtree(out / "results", ignore_errors=True)
+    tune = launch("tune", "--local", "--data", str(trial_data), "--local-dir", str(out / "jobs"),
+                  "--results", str(out / "results"), env=env)
+    lines = echo_until(tune)
+    if tune.wait() != 0:
+        print("tuning failed", file=sys.stderr)
         return 1
-    print(f"trained in {time.monotonic() - started:.0f} s; model in {base / 'model'}")
+    results = next(p.parent for p in (out / "results").glob("*/best_job.txt"))
+    best_valid = next(line.split()[-1] for line in lines if line.strip().startswith("valid:accuracy"))
 
-    print("== serve: the image's `serve` on 127.0.0.1", flush=True)
-    server = local.Serve(base, log_path=args.out / "serve.log")
+    print("== 2. deploy: the best job's model on a local endpoint", flush=True)
+    port = local.free_port()
+    deploy = launch("deploy", "--local", "--tuning-results", str(results), "--endpoint-name", "demo-dogs",
+                    "--port", str(port), env={**env, "PYTHONPATH": str(ROOT)})
     try:
-        print(f"  healthy after {server.wait_healthy():.1f} s at {server.url}", flush=True)
-        images = [(p, class_name(p.parent.name)) for p in sorted((data / "test").rglob("*"))
-                  if p.suffix.lower() in IMAGE_EXTENSIONS]
-        print(f"== predict: {len(images)} test images over HTTP", flush=True)
-        results = predict_over_http(server.url, images)
+        if "InService" not in "".join(echo_until(deploy, "InService")):
+            print("the endpoint did not start", file=sys.stderr)
+            return 1
+        url = f"http://127.0.0.1:{port}"
+        images = images_of(data / "test")
+        print("== 3. invoke: the AWS CLI (launch/invoke.sh), one test image per class", flush=True)
+        for path, label in {label: (path, label) for path, label in images}.values():
+            top = invoke_with_cli(url, "demo-dogs", path, env)
+            print(f"  {path.name}: {top['label']} ({top['probability']:.3f}); true: {label}", flush=True)
+        print(f"== 3. invoke: InvokeEndpoint (boto3) for all {len(images)} test images", flush=True)
+        predictions = invoke_all(url, "demo-dogs", images)
     finally:
-        server.stop()
+        deploy.send_signal(signal.SIGTERM)  # deletes the local endpoint
+        deploy.wait(60)
 
-    with open(args.out / "predictions.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(results[0]))
+    with open(out / "predictions.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(predictions[0]))
         writer.writeheader()
-        writer.writerows(results)
-    accuracy = sum(r["label"] == r["predicted"] for r in results) / len(results)
-    job_accuracy = metrics.parse("".join(train_stdout))["test:accuracy"]
-    n_classes = len({r["label"] for r in results})
-    print(f"\ntest accuracy over HTTP: {accuracy:.4f} ({len(results)} images, {n_classes} classes)")
-    if job_accuracy:
-        print(f"test accuracy reported by the training job: {job_accuracy[0]:.4f}")
-    print(f"predictions: {args.out / 'predictions.csv'}; server log: {args.out / 'serve.log'}")
+        writer.writerows(predictions)
+    accuracy = sum(p["label"] == p["predicted"] for p in predictions) / len(predictions)
+    print(f"\ntest accuracy through the endpoint: {accuracy:.4f} ({len(predictions)} images, "
+          f"{len({p['label'] for p in predictions})} classes); best trial's valid accuracy {best_valid}")
+    print(f"tuning analytics: {results / 'analytics.csv'}\nobjective plot:   {results / 'objective.png'}")
+    print(f"predictions:      {out / 'predictions.csv'}\njob folders:      {out / 'jobs'}")
+    print(f"demo took {(time.monotonic() - started) / 60:.1f} min")
     return 0
 
 

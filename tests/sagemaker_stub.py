@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 import datetime
 
+import json
+from pathlib import Path
+
 import boto3
 from botocore.stub import Stubber
 
@@ -67,6 +70,31 @@ class StubbedSageMaker:
     def done(self) -> None:
         self.stubber.assert_no_pending_responses()
         self.s3_stubber.assert_no_pending_responses()
+        # The IAM policy README gives the launching user covers every request the scripts sent.
+        denied = sorted({f"{service}:{op}" for service, op in self.requests_by_service()} - allowed_actions())
+        assert not denied, f"launch/iam/launcher-policy.json does not allow {denied}"
+
+    def requests_by_service(self):
+        for op, _ in self.requests:
+            if hasattr(self.client, _snake(op)):
+                yield "sagemaker", op
+            else:  # S3 authorizes some operations under another action's name
+                yield "s3", S3_PERMISSION.get(op, op)
+
+
+LAUNCHER_POLICY = Path(__file__).resolve().parents[1] / "launch" / "iam" / "launcher-policy.json"
+S3_PERMISSION = {"HeadObject": "GetObject", "ListObjectsV2": "ListBucket", "CopyObject": "PutObject"}
+
+
+def allowed_actions() -> set[str]:
+    statements = json.loads(LAUNCHER_POLICY.read_text())["Statement"]
+    return {a for s in statements if s["Effect"] == "Allow"
+            for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+
+
+def _snake(operation: str) -> str:
+    import botocore
+    return botocore.xform_name(operation)
 
 
 def arn(kind: str, name: str) -> str:

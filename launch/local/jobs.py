@@ -47,7 +47,9 @@ class LocalJob:
 
 
 def start(name: str, root: Path, data: Path, channels: list[str], hyperparameters: dict,
-          runner: str = "native", image: str | None = None) -> LocalJob:
+          runner: str = "native", image: str | None = None, env: dict | None = None) -> LocalJob:
+    """Start `train` in a fresh /opt/ml tree ROOT/NAME; env adds variables (e.g. OMP_NUM_THREADS)."""
+    env = {k: str(v) for k, v in (env or {}).items()}
     data = Path(data).resolve()
     missing = [c for c in channels if not (data / c).is_dir()]
     if missing:
@@ -61,10 +63,11 @@ def start(name: str, root: Path, data: Path, channels: list[str], hyperparameter
             raise SystemExit("--local-runner docker needs the image: set image_uri (or --image-uri)")
         # Channels are symlinks into the data folder: mount it at the same path, read-only.
         cmd = [os.environ.get("DOCKER", "docker"), "run", "--rm", "--network=host", "--name", name,
+               *[a for k, v in env.items() for a in ("-e", f"{k}={v}")],
                "-v", f"{base}:/opt/ml", "-v", f"{data}:{data}:ro", image, "train"]
         job.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     else:
-        job.process = subprocess.Popen(local.program("train"), env=local.program_env(base), stdout=log,
+        job.process = subprocess.Popen(local.program("train"), env=local.program_env(base, **env), stdout=log,
                                        stderr=subprocess.STDOUT)
     log.close()
     return job

@@ -64,8 +64,11 @@ def tune(settings, space: dict, data, channels: list[str], local_dir, runner: st
         n_trials = min(n_trials, math.prod(len(r.values) for r in space.values()))
     parallel = max(1, min(settings.max_parallel_jobs, n_trials))
     static = dict(settings.hyperparameters)
-    # Parallel trials share this machine's cores: give each its share of loader workers.
-    static.setdefault("num-workers", max(0, (os.cpu_count() or 1) // parallel - 1))
+    # Parallel trials share this machine's cores: give each its share of loader workers and of
+    # torch's compute threads (each process would otherwise start one thread per core).
+    share = max(1, len(os.sched_getaffinity(0)) // parallel)
+    static.setdefault("num-workers", share - 1)
+    threads = {"OMP_NUM_THREADS": share}
     print(f"local tuning {name}: {settings.strategy}, {n_trials} trials, {parallel} at a time, "
           f"early stopping {settings.early_stopping}, objective {settings.objective_metric} maximized; "
           f"jobs in {root}", flush=True)
@@ -76,7 +79,8 @@ def tune(settings, space: dict, data, channels: list[str], local_dir, runner: st
     def objective(trial):
         params = {n: suggest(trial, n, r) for n, r in space.items()}
         job_name = f"{name}-{trial.number + 1:03d}"
-        job = jobs.start(job_name, root, Path(data), channels, {**static, **params}, runner, settings.image_uri)
+        job = jobs.start(job_name, root, Path(data), channels, {**static, **params}, runner, settings.image_uri,
+                         env=threads)
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
         print(f"[{job_name}] started: {shown}", flush=True)
         pruned, epochs_seen = [], [0]
