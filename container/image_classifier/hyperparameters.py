@@ -89,6 +89,11 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    minimum=0.01, maximum=0.5),
     Hyperparameter("log-interval", int, 0,
                    "Print progress every N training steps; 0 prints once per epoch.", minimum=0),
+    Hyperparameter("debug-dir", str, "",
+                   "Save SageMaker Debugger tensors (losses, weights, biases, gradients) to this folder, "
+                   "relative to /opt/ml/output, without SageMaker Debugger; empty: only when SageMaker's "
+                   "Debugger is on."),
+    Hyperparameter("debug-interval", int, 50, "Steps between the tensors the debug-dir hook saves.", minimum=1),
 )
 
 BY_NAME = {hp.name: hp for hp in HYPERPARAMETERS}

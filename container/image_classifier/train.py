@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import artifact, checkpoint, data, hyperparameters, metrics, models
+from . import artifact, checkpoint, data, hyperparameters, metrics, models, paths
+from .debugger import Debugger
 from .errors import TrainingError
 from .preprocessing import eval_transform, train_transform
 
@@ -138,8 +139,10 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, criterion, device) -> SimpleNamespace:
+def evaluate(model: nn.Module, loader, criterion, device, debug: Debugger | None = None) -> SimpleNamespace:
     model.eval()
+    if debug:
+        debug.eval()
     loss_sum, correct, seen, failed = 0.0, 0, 0, 0
     for images, labels, n_failed in loader:
         failed += n_failed
@@ -185,6 +188,8 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
     valid_loader = make_loader(valid_ch.samples, eval_transform(pre), pre.resize_size, hp)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+    debug = Debugger.create(hp.debug_dir, hp.debug_interval, paths.output_dir())
+    debug.register(model, criterion)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], hp)
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
@@ -219,6 +224,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
         seed_everything(hp.seed + epoch)  # augmentation in workers is reproducible per epoch
         sampler.set_epoch(epoch, skip=progress["batches_done"] * hp.batch_size)
         models.train_mode(model)
+        debug.train()
         started = time.perf_counter() - progress["seconds"]
         for images, labels, n_failed in train_loader:
             progress["failed"] += n_failed
@@ -245,13 +251,14 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
             if stop.requested:
                 progress["seconds"] = time.perf_counter() - started
                 save_checkpoint()
+                debug.close()
                 raise Stopped(f"stopped by SIGTERM at epoch {epoch + 1} step {progress['batches_done']}; "
                               f"checkpoint saved in {checkpoint_dir}")
         seconds = time.perf_counter() - started
         train_loss = progress["loss_sum"] / max(progress["seen"], 1)
         train_acc = progress["correct"] / max(progress["seen"], 1)
         ips = progress["seen"] / max(seconds, 1e-9)
-        val = evaluate(model, valid_loader, criterion, device)
+        val = evaluate(model, valid_loader, criterion, device, debug)
         progress["failed"] += val.failed
         print(metrics.epoch_line(epoch + 1, hp.epochs, train_loss, train_acc, val.loss, val.acc, seconds, ips,
                                  scheduler.get_last_lr()[0]), flush=True)
@@ -272,6 +279,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
             print(f"early stopping: no better valid accuracy in {hp.early_stopping_patience} epoch(s); "
                   f"best epoch {progress['best_epoch']}", flush=True)
         if stop.requested:
+            debug.close()
             raise Stopped(f"stopped by SIGTERM after epoch {epoch + 1}; checkpoint saved in {checkpoint_dir}")
 
     # Test, once, on the best model (selected by valid accuracy only)
@@ -284,6 +292,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
              "valid_loss": best_row.get("valid_loss"), "valid_accuracy": best_row.get("valid_acc"),
              "skipped_files": len(train_ch.skipped) + len(valid_ch.skipped) + (len(test_ch.skipped) if test_ch else 0),
              "undecodable_images": progress["failed"], "history": history}
+    debug.predict()  # the test pass is not part of the valid (EVAL) curves
     if test_ch is not None:
         test = evaluate(model, make_loader(test_ch.samples, eval_transform(pre), pre.resize_size, hp),
                         criterion, device)
@@ -291,6 +300,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
         final["undecodable_images"] += test.failed
         print(metrics.test_line(test.loss, test.acc), flush=True)
 
+    debug.close()
     artifact.save(model_dir, model, hp.backbone, classes, train_ch.folders, pre, hp_dict, final, weights_source)
     log.info("model saved to %s (best epoch %d, valid accuracy %.4f)", model_dir, progress["best_epoch"],
              progress["best_acc"])
