@@ -7,13 +7,31 @@ from image_classifier.metrics import METRIC_DEFINITIONS
 
 TAGS = [{"Key": "created-by", "Value": "image-classifier-launch"}]  # cleanup.py finds resources by it
 DEBUG_COLLECTIONS = ("losses", "weights", "biases", "gradients")
+# SageMaker's built-in rules (rule_configs names), run in SageMaker's rule containers beside the job.
+DEBUG_RULES = ("vanishing_gradient", "exploding_tensor", "overfit", "overtraining", "poor_weight_initialization",
+               "loss_not_decreasing")
+PROFILER_RULES = ("ProfilerReport", "LowGPUUtilization")
+# Tuning jobs take no hook or rules (CreateHyperParameterTuningJob has no such fields): their trials
+# save tensors with the image's own hook into output/data, which SageMaker uploads as output.tar.gz.
+TUNING_DEBUG_DIR = "data/debug"
 
 
 def debugger_config(settings):
     from sagemaker.debugger import CollectionConfig, DebuggerHookConfig
+    interval = str(settings.debug_interval)
     return DebuggerHookConfig(
         s3_output_path=settings.s3("debug"),
-        collection_configs=[CollectionConfig(name, parameters={"save_interval": "50"}) for name in DEBUG_COLLECTIONS])
+        collection_configs=[CollectionConfig(name, parameters={"save_interval": interval})
+                            for name in DEBUG_COLLECTIONS])
+
+
+def rules(settings) -> list:
+    """Debugger rules over the saved tensors (with Debugger on) and profiler rules (with the profiler on)."""
+    from sagemaker.debugger import ProfilerRule, Rule, rule_configs
+    found = [Rule.sagemaker(getattr(rule_configs, name)()) for name in DEBUG_RULES] if settings.debugger else []
+    if settings.profiler:
+        found += [ProfilerRule.sagemaker(getattr(rule_configs, name)()) for name in PROFILER_RULES]
+    return found
 
 
 def profiler_config(settings):
@@ -21,7 +39,7 @@ def profiler_config(settings):
     return ProfilerConfig(s3_output_path=settings.s3("profiler"), system_monitor_interval_millis=500)
 
 
-def estimator(settings, session, checkpoint_s3_uri: str | None = None, rules: list | None = None):
+def estimator(settings, session, checkpoint_s3_uri: str | None = None, with_rules: bool = True):
     from sagemaker.estimator import Estimator
     settings.require("role", "image_uri", "bucket")
     return Estimator(
@@ -37,10 +55,10 @@ def estimator(settings, session, checkpoint_s3_uri: str | None = None, rules: li
         checkpoint_s3_uri=checkpoint_s3_uri,
         hyperparameters=to_sagemaker(settings.hyperparameters),
         metric_definitions=METRIC_DEFINITIONS,
-        debugger_hook_config=debugger_config(settings) if settings.debugger else False,
+        debugger_hook_config=debugger_config(settings) if settings.debugger and with_rules else False,
         profiler_config=profiler_config(settings) if settings.profiler else None,
         disable_profiler=not settings.profiler,
-        rules=rules or None,
+        rules=(rules(settings) or None) if with_rules else None,
         tags=TAGS,
         sagemaker_session=session,
     )
@@ -58,3 +76,9 @@ def model_artifact(session, job_name: str) -> str:
     if described["TrainingJobStatus"] != "Completed":
         raise SystemExit(f"training job {job_name} is {described['TrainingJobStatus']}, not Completed")
     return described["ModelArtifacts"]["S3ModelArtifacts"]
+
+
+def rule_statuses(described: dict) -> list[tuple[str, str, str]]:
+    """(rule, status, detail) of the Debugger and profiler rules in a DescribeTrainingJob answer."""
+    found = described.get("DebugRuleEvaluationStatuses", []) + described.get("ProfilerRuleEvaluationStatuses", [])
+    return [(r["RuleConfigurationName"], r["RuleEvaluationStatus"], r.get("StatusDetails", "")) for r in found]

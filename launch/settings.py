@@ -33,7 +33,8 @@ class Settings:
     max_wait_seconds: int = 48 * 3600  # with spot: running plus waiting for capacity
     inference_instance_type: str = "ml.m5.large"
     transform_instance_type: str = "ml.m5.large"
-    debugger: bool = True  # save tensors with SageMaker Debugger
+    debugger: bool = True  # save tensors with SageMaker Debugger and run its rules
+    debug_interval: int = 50  # steps between saved tensors
     profiler: bool = True  # system monitoring
     strategy: str = "Bayesian"
     max_jobs: int = 8

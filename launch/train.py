@@ -45,7 +45,15 @@ def main(argv=None, session=None) -> int:
     print(f"checkpoints: {checkpoints}")
     if not args.no_wait:
         print(f"model: {estimator.model_data}")
+        print_rule_statuses(session.sagemaker_client, name)
     return 0
+
+
+def print_rule_statuses(client, name: str) -> None:
+    """The Debugger and profiler rules' verdicts (rules may still be running when the job ends)."""
+    described = client.describe_training_job(TrainingJobName=name)
+    for rule, status, detail in jobs.rule_statuses(described):
+        print(f"rule {rule}: {status}" + (f" ({detail})" if detail else ""))
 
 
 if __name__ == "__main__":

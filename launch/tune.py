@@ -94,8 +94,12 @@ def main(argv=None, session=None) -> int:
 
     from sagemaker.tuner import HyperparameterTuner
     session = session or aws.session(settings)
+    if settings.debugger:
+        settings.hyperparameters.setdefault("debug-dir", jobs.TUNING_DEBUG_DIR)
+        print("Debugger: tuning jobs take no hook or rules; each trial saves its tensors into its "
+              f"output.tar.gz instead (debug-dir={jobs.TUNING_DEBUG_DIR})")
     tuner = HyperparameterTuner(
-        jobs.estimator(settings, session),
+        jobs.estimator(settings, session, with_rules=False),
         objective_metric_name=settings.objective_metric,
         objective_type=settings.objective_type,
         hyperparameter_ranges=sdk_ranges(space),

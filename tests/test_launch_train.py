@@ -35,10 +35,21 @@ def test_create_training_job_request(sm, trained):
     assert req["EnableManagedSpotTraining"] is True
     assert req["StoppingCondition"]["MaxWaitTimeInSeconds"] >= req["StoppingCondition"]["MaxRuntimeInSeconds"]
     # Debugger and profiler configuration.
-    collections = {c["CollectionName"] for c in req["DebugHookConfig"]["CollectionConfigurations"]}
-    assert collections == {"losses", "weights", "biases", "gradients"}
+    collections = {c["CollectionName"]: c["CollectionParameters"]
+                   for c in req["DebugHookConfig"]["CollectionConfigurations"]}
+    # ours every debug_interval steps; relu_input is what PoorWeightInitialization adds for itself
+    assert collections == {**{c: {"save_interval": "50"} for c in ("losses", "weights", "biases", "gradients")},
+                           "relu_input": {"include_regex": ".*relu_input", "save_interval": "500"}}
     assert req["DebugHookConfig"]["S3OutputPath"] == f"s3://{BUCKET}/image-classifier/debug"
     assert req["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
+    # SageMaker's built-in rules, each run by its rule container.
+    debug_rules = {r["RuleConfigurationName"]: r for r in req["DebugRuleConfigurations"]}
+    assert set(debug_rules) == {"VanishingGradient", "ExplodingTensor", "Overfit", "Overtraining",
+                                "PoorWeightInitialization", "LossNotDecreasing"}
+    assert all(".dkr.ecr.eu-west-1.amazonaws.com/" in r["RuleEvaluatorImage"] for r in debug_rules.values())
+    assert debug_rules["Overfit"]["RuleParameters"]["rule_to_invoke"] == "Overfit"
+    profiler_rules = {r["RuleConfigurationName"] for r in req["ProfilerRuleConfigurations"]}
+    assert profiler_rules == {"ProfilerReport", "LowGPUUtilization"}
     assert {"Key": "created-by", "Value": "image-classifier-launch"} in req["Tags"]
 
 
@@ -47,7 +58,8 @@ def test_debugger_and_profiler_can_be_off_and_channels_chosen(sm):
     sm.run("train", "--no-wait", "--no-debugger", "--no-profiler", "--channels", "train,valid",
               "--data", "s3://other/dogs")
     req = sm.sent("CreateTrainingJob")
-    assert "DebugHookConfig" not in req
+    assert "DebugHookConfig" not in req and "DebugRuleConfigurations" not in req
+    assert "ProfilerRuleConfigurations" not in req
     assert req.get("ProfilerConfig", {}).get("DisableProfiler", True)
     assert [c["DataSource"]["S3DataSource"]["S3Uri"] for c in req["InputDataConfig"]] == [
         "s3://other/dogs/train/", "s3://other/dogs/valid/"]
@@ -58,3 +70,23 @@ def test_settings_the_image_would_refuse_fail_before_any_request(sm):
     with pytest.raises(Exception, match="unknown hyperparameter|must be one of"):
         sm.run("train", "--no-wait", "--hp", "backbone=vgg")
     assert sm.requests == []
+
+
+def test_rule_statuses_are_printed_after_a_job(sm, capsys):
+    from launch import train
+    from sagemaker_stub import describe_training_job
+    job = describe_training_job("ic-job-2", {})
+    job["DebugRuleEvaluationStatuses"] = [
+        {"RuleConfigurationName": "Overfit", "RuleEvaluationStatus": "IssuesFound",
+         "StatusDetails": "RuleEvaluationConditionMet: Evaluation of the rule Overfit at step 300 resulted in the "
+                          "condition being met"},
+        {"RuleConfigurationName": "VanishingGradient", "RuleEvaluationStatus": "NoIssuesFound"}]
+    job["ProfilerRuleEvaluationStatuses"] = [
+        {"RuleConfigurationName": "ProfilerReport", "RuleEvaluationStatus": "InProgress"}]
+    sm.respond("describe_training_job", job)
+    train.print_rule_statuses(sm.client, "ic-job-2")
+    sm.done()
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["rule Overfit: IssuesFound (RuleEvaluationConditionMet: Evaluation of the rule Overfit at step "
+                   "300 resulted in the condition being met)", "rule VanishingGradient: NoIssuesFound",
+                   "rule ProfilerReport: InProgress"]

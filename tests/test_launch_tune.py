@@ -52,6 +52,10 @@ def test_tuning_job_request_progress_best_job_and_report(sm, tmp_path, trained, 
     static = definition["StaticHyperParameters"]
     assert static["backbone"] == "resnet50" and not set(static) & set(SPACE)
     hyperparameters.parse(static)  # the container accepts them (sagemaker_* keys are ignored)
+    # No hook or rules exist for tuning jobs: each trial's own hook writes into output.tar.gz.
+    assert static["debug-dir"] == "data/debug"
+    out = capsys.readouterr().out
+    assert "Debugger: tuning jobs take no hook or rules" in out
     # The objective is one of the metric definitions and reads the real container's output.
     defs = definition["AlgorithmSpecification"]["MetricDefinitions"]
     assert defs == metrics.METRIC_DEFINITIONS
@@ -59,7 +63,6 @@ def test_tuning_job_request_progress_best_job_and_report(sm, tmp_path, trained, 
     assert re.findall(objective["Regex"], (trained / "train.log").read_text())
     assert "test" not in objective["Name"]
 
-    out = capsys.readouterr().out
     assert "InProgress: 1 completed, 1 running" in out and "best valid:accuracy 0.9300" in out
     assert f"best training job: {name}-001" in out and "lr=0.001" in out and "_tuning_objective_metric" not in out
     rows = list(csv.DictReader(open(tmp_path / name / "analytics.csv")))
