@@ -37,8 +37,7 @@ def parse_args(argv=None):
                         help="copy the models to an existing endpoint's prefix; create nothing")
     parser.add_argument("--test-image", help="after deploying, send this image to every model and print the answers")
     parser.add_argument("--no-wait", action="store_true", help="return once the endpoint is being created")
-    local_args.add_arguments(parser, job_dir=False)
-    parser.add_argument("--port", type=int, default=8080, help="with --local: the gateway's port on 127.0.0.1")
+    local_args.add_arguments(parser, job_dir=False, endpoint=True)
     settings_mod.add_arguments(parser)
     return parser.parse_args(argv)
 

@@ -152,3 +152,8 @@ def describe_training_job(name: str, hyperparameters: dict) -> dict:
             "RoleArn": ROLE, "ResourceConfig": {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1,
                                                 "VolumeSizeInGB": 50},
             "StoppingCondition": {"MaxRuntimeInSeconds": 86400}, "CreationTime": NOW}
+
+
+def describe_endpoint(name: str, status: str = "InService") -> dict:
+    return {"EndpointName": name, "EndpointArn": arn("endpoint", name), "EndpointConfigName": name,
+            "EndpointStatus": status, "CreationTime": NOW, "LastModifiedTime": NOW}

@@ -2,7 +2,7 @@
 import pytest
 
 from image_classifier import search_space
-from sagemaker_stub import (IMAGE, NOW, ROLE, arn, best_job, describe_training_job,
+from sagemaker_stub import (IMAGE, ROLE, arn, best_job, describe_endpoint, describe_training_job,
                             describe_tuning_job)
 
 
@@ -15,9 +15,7 @@ def test_deploy_best_model_of_a_tuning_job(sm, capsys):
     sm.respond("create_model", {"ModelArn": arn("model", "dogs-endpoint")})
     sm.respond("create_endpoint_config", {"EndpointConfigArn": arn("endpoint-config", "dogs-endpoint")})
     sm.respond("create_endpoint", {"EndpointArn": arn("endpoint", "dogs-endpoint")})
-    sm.respond("describe_endpoint", {"EndpointName": "dogs-endpoint", "EndpointArn": arn("endpoint", "dogs-endpoint"),
-                                     "EndpointConfigName": "dogs-endpoint", "EndpointStatus": "InService",
-                                     "CreationTime": NOW, "LastModifiedTime": NOW})
+    sm.respond("describe_endpoint", describe_endpoint("dogs-endpoint"))
     assert sm.run("deploy", "--tuning-job", "ic-hpo", "--endpoint-name", "dogs-endpoint",
                       "--inference-instance-type", "ml.c5.xlarge") == 0
     sm.done()

@@ -3,7 +3,7 @@ import tarfile
 
 import pytest
 
-from sagemaker_stub import BUCKET, IMAGE, NOW, ROLE, arn, describe_training_job
+from sagemaker_stub import BUCKET, IMAGE, ROLE, arn, describe_endpoint, describe_training_job
 
 PREFIX = "image-classifier/multi-model/dogs-mme"
 
@@ -27,9 +27,7 @@ def test_multi_model_endpoint_from_s3_a_training_job_and_a_local_file(sm, traine
     sm.respond("create_model", {"ModelArn": arn("model", "dogs-mme")})
     sm.respond("create_endpoint_config", {"EndpointConfigArn": arn("endpoint-config", "dogs-mme")})
     sm.respond("create_endpoint", {"EndpointArn": arn("endpoint", "dogs-mme")})
-    sm.respond("describe_endpoint", {"EndpointName": "dogs-mme", "EndpointArn": arn("endpoint", "dogs-mme"),
-                                     "EndpointConfigName": "dogs-mme", "EndpointStatus": "InService",
-                                     "CreationTime": NOW, "LastModifiedTime": NOW})
+    sm.respond("describe_endpoint", describe_endpoint("dogs-mme"))
     assert sm.run("multi_model", "--endpoint-name", "dogs-mme", "--model", f"dogs={source}",
                   "--model", "cats=ic-2", "--model", f"birds.tar.gz={local}") == 0
     sm.done()

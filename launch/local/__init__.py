@@ -1,10 +1,12 @@
 """The launch scripts' --local backend: the image's own programs on this machine."""
 
 
-def add_arguments(parser, job_dir: bool = True) -> None:
+def add_arguments(parser, job_dir: bool = True, endpoint: bool = False) -> None:
     """The --local flags the launch scripts share."""
     parser.add_argument("--local", action="store_true", help="run on this machine with the image's own programs")
     parser.add_argument("--local-runner", choices=("native", "docker"), default="native",
                         help="natively (default) or in the image (needs image_uri)")
     if job_dir:
         parser.add_argument("--local-dir", default="local-jobs", help="with --local: where job folders go")
+    if endpoint:
+        parser.add_argument("--port", type=int, default=8080, help="with --local: the gateway's port on 127.0.0.1")
