@@ -28,7 +28,16 @@ def debugger_config(settings):
 def rules(settings) -> list:
     """Debugger rules over the saved tensors (with Debugger on) and profiler rules (with the profiler on)."""
     from sagemaker.debugger import ProfilerRule, Rule, rule_configs
-    found = [Rule.sagemaker(getattr(rule_configs, name)()) for name in DEBUG_RULES] if settings.debugger else []
+    found = []
+    if settings.debugger:
+        # A rule brings its own collection configs (gradients every 500 steps, ...). The SDK puts
+        # them beside ours in a set, so the request would name a collection twice with two
+        # intervals, in hash order. Ours replace the rule's where the names meet.
+        ours = {c.name: c for c in debugger_config(settings).collection_configs}
+        for name in DEBUG_RULES:
+            config = getattr(rule_configs, name)()
+            theirs = Rule.sagemaker(config).collection_configs
+            found.append(Rule.sagemaker(config, collections_to_save=[ours.get(c.name, c) for c in theirs]))
     if settings.profiler:
         found += [ProfilerRule.sagemaker(getattr(rule_configs, name)()) for name in PROFILER_RULES]
     return found

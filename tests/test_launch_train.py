@@ -35,8 +35,9 @@ def test_create_training_job_request(sm, trained):
     assert req["EnableManagedSpotTraining"] is True
     assert req["StoppingCondition"]["MaxWaitTimeInSeconds"] >= req["StoppingCondition"]["MaxRuntimeInSeconds"]
     # Debugger and profiler configuration.
-    collections = {c["CollectionName"]: c["CollectionParameters"]
-                   for c in req["DebugHookConfig"]["CollectionConfigurations"]}
+    sent = req["DebugHookConfig"]["CollectionConfigurations"]
+    collections = {c["CollectionName"]: c["CollectionParameters"] for c in sent}
+    assert len(collections) == len(sent)  # each collection once, with one interval
     # ours every debug_interval steps; relu_input is what PoorWeightInitialization adds for itself
     assert collections == {**{c: {"save_interval": "50"} for c in ("losses", "weights", "biases", "gradients")},
                            "relu_input": {"include_regex": ".*relu_input", "save_interval": "500"}}
