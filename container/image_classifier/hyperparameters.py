@@ -94,6 +94,9 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    "relative to /opt/ml/output, without SageMaker Debugger; empty: only when SageMaker's "
                    "Debugger is on."),
     Hyperparameter("debug-interval", int, 50, "Steps between the tensors the debug-dir hook saves.", minimum=1),
+    Hyperparameter("profile-steps", int, 0,
+                   "Record a torch.profiler trace of this many training steps (output profile/trace.json); 0: none.",
+                   minimum=0),
 )
 
 BY_NAME = {hp.name: hp for hp in HYPERPARAMETERS}

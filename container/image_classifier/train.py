@@ -22,6 +22,7 @@ from torch import nn
 
 from . import artifact, checkpoint, data, hyperparameters, metrics, models, paths
 from .debugger import Debugger
+from .profiling import Profiling
 from .errors import TrainingError
 from .preprocessing import eval_transform, train_transform
 
@@ -219,6 +220,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
 
     # Epochs
     early_stopped = False
+    profiling = Profiling(Path(output_data_dir) / "profile" if output_data_dir else None, device, hp.profile_steps)
     while progress["epoch"] < hp.epochs:
         epoch = progress["epoch"]
         seed_everything(hp.seed + epoch)  # augmentation in workers is reproducible per epoch
@@ -226,7 +228,9 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
         models.train_mode(model)
         debug.train()
         started = time.perf_counter() - progress["seconds"]
+        profiling.timer.restart()
         for images, labels, n_failed in train_loader:
+            profiling.timer.data_ready()
             progress["failed"] += n_failed
             if images is not None:
                 images, labels = models.batch_to(images, device), labels.to(device, non_blocking=True)
@@ -237,12 +241,14 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
                                         f"{progress['batches_done'] + 1}; lower lr (now {hp.lr:g})")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                profiling.timer.backward_done()
                 optimizer.step()
                 progress["loss_sum"] += loss.item() * len(labels)
                 progress["correct"] += (logits.argmax(1) == labels).sum().item()
                 progress["seen"] += len(labels)
             scheduler.step()
             progress["batches_done"] += 1
+            profiling.step_done(epoch + 1, progress["batches_done"])
             if hp.log_interval and progress["batches_done"] % hp.log_interval == 0:
                 elapsed = time.perf_counter() - started
                 print(f"epoch {epoch + 1} step {progress['batches_done']}/{steps_per_epoch} "
@@ -252,6 +258,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
                 progress["seconds"] = time.perf_counter() - started
                 save_checkpoint()
                 debug.close()
+                profiling.close()
                 raise Stopped(f"stopped by SIGTERM at epoch {epoch + 1} step {progress['batches_done']}; "
                               f"checkpoint saved in {checkpoint_dir}")
         seconds = time.perf_counter() - started
@@ -262,6 +269,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
         progress["failed"] += val.failed
         print(metrics.epoch_line(epoch + 1, hp.epochs, train_loss, train_acc, val.loss, val.acc, seconds, ips,
                                  scheduler.get_last_lr()[0]), flush=True)
+        print(f"profile epoch={epoch + 1} {profiling.epoch_summary()}", flush=True)
         progress["history"].append(dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc,
                                         valid_loss=val.loss, valid_acc=val.acc, seconds=seconds,
                                         images_per_second=ips))
@@ -280,7 +288,10 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
                   f"best epoch {progress['best_epoch']}", flush=True)
         if stop.requested:
             debug.close()
+            profiling.close()
             raise Stopped(f"stopped by SIGTERM after epoch {epoch + 1}; checkpoint saved in {checkpoint_dir}")
+
+    profiling.close()
 
     # Test, once, on the best model (selected by valid accuracy only)
     best = checkpoint.load_best(checkpoint_dir)
