@@ -48,7 +48,8 @@ def profiler_config(settings):
     return ProfilerConfig(s3_output_path=settings.s3("profiler"), system_monitor_interval_millis=500)
 
 
-def estimator(settings, session, checkpoint_s3_uri: str | None = None, with_rules: bool = True):
+def estimator(settings, session, checkpoint_s3_uri: str | None = None, for_tuning: bool = False):
+    """for_tuning: no Debugger hook or rules, which a tuning job's definition cannot carry."""
     from sagemaker.estimator import Estimator
     settings.require("role", "image_uri", "bucket")
     return Estimator(
@@ -64,10 +65,10 @@ def estimator(settings, session, checkpoint_s3_uri: str | None = None, with_rule
         checkpoint_s3_uri=checkpoint_s3_uri,
         hyperparameters=to_sagemaker(settings.hyperparameters),
         metric_definitions=METRIC_DEFINITIONS,
-        debugger_hook_config=debugger_config(settings) if settings.debugger and with_rules else False,
+        debugger_hook_config=debugger_config(settings) if settings.debugger and not for_tuning else False,
         profiler_config=profiler_config(settings) if settings.profiler else None,
         disable_profiler=not settings.profiler,
-        rules=(rules(settings) or None) if with_rules else None,
+        rules=None if for_tuning else rules(settings) or None,
         tags=TAGS,
         sagemaker_session=session,
     )

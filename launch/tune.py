@@ -99,7 +99,7 @@ def main(argv=None, session=None) -> int:
         print("Debugger: tuning jobs take no hook or rules; each trial saves its tensors into its "
               f"output.tar.gz instead (debug-dir={jobs.TUNING_DEBUG_DIR})")
     tuner = HyperparameterTuner(
-        jobs.estimator(settings, session, with_rules=False),
+        jobs.estimator(settings, session, for_tuning=True),
         objective_metric_name=settings.objective_metric,
         objective_type=settings.objective_type,
         hyperparameter_ranges=sdk_ranges(space),

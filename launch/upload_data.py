@@ -81,8 +81,9 @@ def main(argv=None, session=None) -> int:
     files = local_files(args.data_dir)
     s3 = (session or aws.session(settings)).s3_client
     there = remote_sizes(s3, bucket, prefix)
-    todo = sorted(key for key, path in files.items() if there.get(key) != path.stat().st_size)
-    size = sum(files[k].stat().st_size for k in todo)
+    sizes = {key: path.stat().st_size for key, path in files.items()}
+    todo = sorted(key for key, size in sizes.items() if there.get(key) != size)
+    size = sum(sizes[k] for k in todo)
     print(f"{uri}: {len(files) - len(todo)} of {len(files)} files already there; "
           f"{len(todo)} to upload ({size / 1e6:.1f} MB)", flush=True)
     if args.dry_run or not todo:

@@ -89,17 +89,19 @@ class Debugger:
         if self.hook is not None:
             log.info("%s", self.where)
 
+    def _mode(self, name: str) -> None:
+        if self.hook is not None:  # without a hook, smdebug is not even imported (0.8 s)
+            import smdebug.pytorch as smd
+            self._call("set_mode", getattr(smd.modes, name))
+
     def train(self) -> None:
-        import smdebug.pytorch as smd
-        self._call("set_mode", smd.modes.TRAIN)
+        self._mode("TRAIN")
 
     def eval(self) -> None:
-        import smdebug.pytorch as smd
-        self._call("set_mode", smd.modes.EVAL)
+        self._mode("EVAL")
 
     def predict(self) -> None:
-        import smdebug.pytorch as smd
-        self._call("set_mode", smd.modes.PREDICT)
+        self._mode("PREDICT")
 
     def close(self) -> None:
         self._call("close")

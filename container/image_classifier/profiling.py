@@ -57,8 +57,11 @@ class StepTimer:
         self.mark = time.perf_counter()
 
     def summary(self) -> str:
+        """Where the time went since the last summary; the counts start again."""
         total = sum(self.totals.values()) or 1.0
-        return " ".join(f"{k}={v:.1f}s({100 * v / total:.0f}%)" for k, v in self.totals.items())
+        text = " ".join(f"{k}={v:.1f}s({100 * v / total:.0f}%)" for k, v in self.totals.items())
+        self.totals = dict.fromkeys(self.totals, 0.0)
+        return text
 
     def close(self) -> None:
         if self.file:
@@ -128,12 +131,6 @@ class Profiling:
         self.timer.optimizer_done(epoch, step)
         if self.trace:
             self.trace.step()
-
-    def epoch_summary(self) -> str:
-        """Where this epoch's training time went; the counts start again."""
-        text = self.timer.summary()
-        self.timer.totals = dict.fromkeys(self.timer.totals, 0.0)
-        return text
 
     def close(self) -> None:
         if self.trace:

@@ -269,7 +269,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
         progress["failed"] += val.failed
         print(metrics.epoch_line(epoch + 1, hp.epochs, train_loss, train_acc, val.loss, val.acc, seconds, ips,
                                  scheduler.get_last_lr()[0]), flush=True)
-        print(f"profile epoch={epoch + 1} {profiling.epoch_summary()}", flush=True)
+        print(f"profile epoch={epoch + 1} {profiling.timer.summary()}", flush=True)
         progress["history"].append(dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc,
                                         valid_loss=val.loss, valid_acc=val.acc, seconds=seconds,
                                         images_per_second=ips))

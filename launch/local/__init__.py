@@ -1,4 +1,12 @@
 """The launch scripts' --local backend: the image's own programs on this machine."""
+import os
+
+
+def docker_run(name: str, env: dict | None = None, volumes: dict | None = None) -> list[str]:
+    """`docker run` on the host network (no bridge networks here), removed when done; append IMAGE PROGRAM."""
+    return [os.environ.get("DOCKER", "docker"), "run", "--rm", "--network=host", "--name", name,
+            *[a for key, value in (env or {}).items() for a in ("-e", f"{key}={value}")],
+            *[a for host, inside in (volumes or {}).items() for a in ("-v", f"{host}:{inside}")]]
 
 
 def add_arguments(parser, job_dir: bool = True, endpoint: bool = False) -> None:

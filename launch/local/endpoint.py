@@ -13,18 +13,17 @@ import time
 from pathlib import Path
 
 from image_classifier import local
+from . import docker_run
 from .gateway import Backend, Gateway
 
 STATE_DIR = Path("local-endpoints")
 
 
 def _docker_command(image: str, name: str, mounts: dict[Path, str], env: dict):
-    """`docker run IMAGE serve` on the host network, bound to 127.0.0.1, the model(s) mounted."""
-    volumes = [arg for host, inside in mounts.items() for arg in ("-v", f"{host}:{inside}:ro")]
-    variables = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
-    return lambda port: [os.environ.get("DOCKER", "docker"), "run", "--rm", "--network=host", "--name", name,
-                         "-e", "SERVE_HOST=127.0.0.1", "-e", f"SAGEMAKER_BIND_TO_PORT={port}", *variables,
-                         *volumes, image, "serve"]
+    """`docker run IMAGE serve` bound to 127.0.0.1, the model(s) mounted read-only."""
+    volumes = {host: f"{inside}:ro" for host, inside in mounts.items()}
+    return lambda port: [*docker_run(name, {"SERVE_HOST": "127.0.0.1", "SAGEMAKER_BIND_TO_PORT": port, **env},
+                                     volumes), image, "serve"]
 
 
 def _model_folder(source: Path, unpack_to: Path) -> Path:

@@ -4,13 +4,13 @@ lines are read with the same regexes SageMaker uses."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 from image_classifier import local, metrics
+from . import docker_run
 
 
 @dataclasses.dataclass
@@ -62,9 +62,7 @@ def start(name: str, root: Path, data: Path, channels: list[str], hyperparameter
         if not image:
             raise SystemExit("--local-runner docker needs the image: set image_uri (or --image-uri)")
         # Channels are symlinks into the data folder: mount it at the same path, read-only.
-        cmd = [os.environ.get("DOCKER", "docker"), "run", "--rm", "--network=host", "--name", name,
-               *[a for k, v in env.items() for a in ("-e", f"{k}={v}")],
-               "-v", f"{base}:/opt/ml", "-v", f"{data}:{data}:ro", image, "train"]
+        cmd = [*docker_run(name, env, {base: "/opt/ml", data: f"{data}:ro"}), image, "train"]
         job.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     else:
         job.process = subprocess.Popen(local.program("train"), env=local.program_env(base, **env), stdout=log,
