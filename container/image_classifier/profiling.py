@@ -78,7 +78,9 @@ class SystemMonitor(threading.Thread):
     def run(self) -> None:
         psutil.cpu_percent(percpu=True)  # the first call only starts the measurement
         with open(self.path, "a") as out:
-            while not self.stopped.wait(self.interval):
+            done = False
+            while not done:  # the last sample, at stop, covers the time since the one before
+                done = self.stopped.wait(self.interval)
                 memory = psutil.virtual_memory()
                 sample = {"time": round(time.time(), 3), "cpu_percent": psutil.cpu_percent(percpu=True),
                           "memory_percent": memory.percent, "memory_used_gb": round(memory.used / 1e9, 3)}
