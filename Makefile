@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DATA ?= ../shared/data/imagewoof10
 
-.PHONY: venv docker-prereqs test test-fast test-docker demo clean
+.PHONY: venv prereqs test test-fast test-docker demo clean
 
 venv: $(VENV)/.installed
 
@@ -16,13 +16,13 @@ $(VENV)/.installed: container/requirements.txt launch/requirements.txt requireme
 	$(PY) -m pip install --quiet --progress-bar off "$(TORCH_SPEC)" -r container/requirements.txt -r launch/requirements.txt -r requirements-dev.txt
 	touch $@
 
-docker-prereqs:
-	@docker/install_prereqs.sh
+prereqs:
+	@tests/install_prereqs.sh
 
-test: venv docker-prereqs
+test: venv prereqs
 	$(PY) -m pytest
 
-test-docker: venv docker-prereqs
+test-docker: venv prereqs
 	$(PY) -m pytest tests/test_docker_e2e.py tests/test_build_and_push.py
 
 test-fast: venv

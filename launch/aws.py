@@ -25,3 +25,11 @@ def job_name(settings, kind: str = "") -> str:
     """A unique SageMaker name (63 characters at most) under the settings' prefix."""
     from sagemaker.utils import name_from_base
     return name_from_base(f"{settings.prefix}-{kind}" if kind else settings.prefix, short=bool(kind))
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """s3://BUCKET/PREFIX -> (BUCKET, PREFIX without slashes at its ends)."""
+    if not uri.startswith("s3://"):
+        raise SystemExit(f"not an S3 URI: {uri}")
+    bucket, _, prefix = uri[5:].partition("/")
+    return bucket, prefix.strip("/")

@@ -66,18 +66,11 @@ def remote_sizes(s3, bucket: str, prefix: str) -> dict[str, int]:
     return sizes
 
 
-def split_uri(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://"):
-        raise SystemExit(f"not an S3 URI: {uri}")
-    bucket, _, prefix = uri[5:].partition("/")
-    return bucket, prefix.strip("/")
-
-
 def main(argv=None, session=None) -> int:
     args = parse_args(argv)
     settings = settings_mod.load(args)
     uri = (args.s3_uri or settings.s3("data")).rstrip("/")
-    bucket, prefix = split_uri(uri)
+    bucket, prefix = aws.split_uri(uri)
     files = local_files(args.data_dir)
     s3 = (session or aws.session(settings)).s3_client
     there = remote_sizes(s3, bucket, prefix)

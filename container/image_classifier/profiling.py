@@ -1,8 +1,9 @@
 """Where training time goes, written beside the job's metrics (SM_OUTPUT_DATA_DIR/profile/):
 
 - steps.jsonl: per training step, seconds waiting for data, in forward + backward, in the
-  optimizer (on a GPU each phase is synchronized before it is timed);
-- system.jsonl: CPU (per core), memory, and GPU utilization and memory where there is a GPU,
+  optimizer (on a GPU each phase is synchronized before it is timed), and when it ended;
+- system.jsonl: CPU (per core), memory, and GPU utilization and memory (allocated GB, and the
+  share of the GPU's memory torch has reserved) where there is a GPU,
   sampled every `interval` seconds by a background thread;
 - trace.json: with `profile-steps=N`, a torch.profiler trace of N training steps (Chrome trace
   format: chrome://tracing or https://ui.perfetto.dev).
@@ -48,8 +49,9 @@ class StepTimer:
     def optimizer_done(self, epoch: int, step: int) -> None:
         self._lap("optimizer")
         if self.file:
-            self.file.write(json.dumps({"epoch": epoch, "step": step, **{k: round(v, 6) for k, v in self.step.items()}})
-                            + "\n")
+            row = {"epoch": epoch, "step": step, "time": round(time.time(), 3),
+                   **{k: round(v, 6) for k, v in self.step.items()}}
+            self.file.write(json.dumps(row) + "\n")
         self.step = {}
 
     def restart(self) -> None:
@@ -74,6 +76,7 @@ class SystemMonitor(threading.Thread):
     def __init__(self, path: Path, interval: float = 0.5):
         super().__init__(name="system-monitor", daemon=True)
         self.path, self.interval, self.stopped = path, interval, threading.Event()
+        self.gpu_total = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
 
     def run(self) -> None:
         psutil.cpu_percent(percpu=True)  # the first call only starts the measurement
@@ -86,6 +89,7 @@ class SystemMonitor(threading.Thread):
                           "memory_percent": memory.percent, "memory_used_gb": round(memory.used / 1e9, 3)}
                 if torch.cuda.is_available():
                     sample["gpu_memory_gb"] = round(torch.cuda.memory_allocated() / 1e9, 3)
+                    sample["gpu_memory_percent"] = round(100 * torch.cuda.memory_reserved() / self.gpu_total, 1)
                     try:
                         sample["gpu_percent"] = torch.cuda.utilization()
                     except Exception:  # noqa: BLE001 - needs NVML (pynvml); memory is still known
