@@ -11,9 +11,19 @@ DEBUG_COLLECTIONS = ("losses", "weights", "biases", "gradients")
 DEBUG_RULES = ("vanishing_gradient", "exploding_tensor", "overfit", "overtraining", "poor_weight_initialization",
                "loss_not_decreasing")
 PROFILER_RULES = ("ProfilerReport", "LowGPUUtilization")
-# Tuning jobs take no hook or rules (CreateHyperParameterTuningJob has no such fields): their trials
-# save tensors with the image's own hook into output/data, which SageMaker uploads as output.tar.gz.
-TUNING_DEBUG_DIR = "data/debug"
+# Jobs without SageMaker's hook save tensors with the image's own hook into output/data (which
+# SageMaker uploads as output.tar.gz): tuning trials (CreateHyperParameterTuningJob has no hook or
+# rule fields) and local jobs. launch/report.py and the local rules read them there.
+OWN_HOOK_DEBUG_DIR = "data/debug"
+
+
+def own_hook_hyperparameters(settings) -> dict:
+    """The settings' hyperparameters, plus debug-dir and debug-interval when Debugger is on."""
+    hp = dict(settings.hyperparameters)
+    if settings.debugger:
+        hp.setdefault("debug-dir", OWN_HOOK_DEBUG_DIR)
+        hp.setdefault("debug-interval", settings.debug_interval)
+    return hp
 
 
 def debugger_config(settings):

@@ -95,9 +95,10 @@ def main(argv=None, session=None) -> int:
     from sagemaker.tuner import HyperparameterTuner
     session = session or aws.session(settings)
     if settings.debugger:
-        settings.hyperparameters.setdefault("debug-dir", jobs.TUNING_DEBUG_DIR)
+        settings.hyperparameters = jobs.own_hook_hyperparameters(settings)
         print("Debugger: tuning jobs take no hook or rules; each trial saves its tensors into its "
-              f"output.tar.gz instead (debug-dir={jobs.TUNING_DEBUG_DIR})")
+              f"output.tar.gz instead (debug-dir={jobs.OWN_HOOK_DEBUG_DIR}); "
+              "python -m launch.report JOB runs the rules over them")
     tuner = HyperparameterTuner(
         jobs.estimator(settings, session, for_tuning=True),
         objective_metric_name=settings.objective_metric,

@@ -114,6 +114,19 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+class _NoSleep:
+    """The time module for the SDK's session only, without its waits (patching time.sleep itself
+    would also take the waits out of everything else in the test, selenium's included)."""
+
+    def __getattr__(self, name):
+        import time
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds):
+        pass
+
+
 @pytest.fixture
 def sm(monkeypatch):
     """A stubbed SageMaker client for the launch scripts (see sagemaker_stub.py)."""
@@ -123,5 +136,5 @@ def sm(monkeypatch):
     for var in ("AWS_PROFILE", "IC_CONFIG"):
         monkeypatch.delenv(var, raising=False)
     import sagemaker.session
-    monkeypatch.setattr(sagemaker.session.time, "sleep", lambda s: None)  # the SDK polls every 30 s
+    monkeypatch.setattr(sagemaker.session, "time", _NoSleep())  # the SDK polls every 30 s
     return StubbedSageMaker()

@@ -117,6 +117,12 @@ def test_train_local_runs_the_image_train_and_reports_a_failure(tmp_path, tiny_d
     assert f"local training job one in {tmp_path / 'jobs' / 'one'} (native)" in ok.stdout
     assert "valid_acc=" in ok.stdout and f"model: {tmp_path / 'jobs' / 'one' / 'model'}" in ok.stdout
     assert (tmp_path / "jobs" / "one" / "model" / "model.json").exists()
+    # Debugger is on by default: the image's own hook saved tensors and the local rules judged them
+    assert (tmp_path / "jobs" / "one" / "output" / "data" / "debug" / "index").is_dir()
+    for rule in ("VanishingGradient", "ExplodingTensor", "Overfit", "Overtraining", "PoorWeightInitialization",
+                 "LossNotDecreasing"):
+        assert f"rule {rule}: " in ok.stdout, ok.stdout[-3000:]
+    assert f"report: python -m launch.report {tmp_path / 'jobs' / 'one'}" in ok.stdout
 
     bad = launch("train", "--local", "--data", str(data), "--local-dir", str(tmp_path / "jobs"), "--job-name", "two",
                  "--channels", "valid", *fast, cwd=tmp_path, timeout=600)  # no train channel

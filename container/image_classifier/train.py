@@ -221,77 +221,76 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
     # Epochs
     early_stopped = False
     profiling = Profiling(Path(output_data_dir) / "profile" if output_data_dir else None, device, hp.profile_steps)
-    while progress["epoch"] < hp.epochs:
-        epoch = progress["epoch"]
-        seed_everything(hp.seed + epoch)  # augmentation in workers is reproducible per epoch
-        sampler.set_epoch(epoch, skip=progress["batches_done"] * hp.batch_size)
-        models.train_mode(model)
-        debug.train()
-        started = time.perf_counter() - progress["seconds"]
-        profiling.timer.restart()
-        for images, labels, n_failed in train_loader:
-            profiling.timer.data_ready()
-            progress["failed"] += n_failed
-            if images is not None:
-                images, labels = models.batch_to(images, device), labels.to(device, non_blocking=True)
-                logits = model(images)
-                loss = criterion(logits, labels)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1} step "
-                                        f"{progress['batches_done'] + 1}; lower lr (now {hp.lr:g})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                profiling.timer.backward_done()
-                optimizer.step()
-                progress["loss_sum"] += loss.item() * len(labels)
-                progress["correct"] += (logits.argmax(1) == labels).sum().item()
-                progress["seen"] += len(labels)
-            scheduler.step()
-            progress["batches_done"] += 1
-            profiling.step_done(epoch + 1, progress["batches_done"])
-            if hp.log_interval and progress["batches_done"] % hp.log_interval == 0:
-                elapsed = time.perf_counter() - started
-                print(f"epoch {epoch + 1} step {progress['batches_done']}/{steps_per_epoch} "
-                      f"loss={progress['loss_sum'] / max(progress['seen'], 1):.4f} "
-                      f"{progress['seen'] / elapsed:.1f} img/s", flush=True)
+    try:  # a failed or stopped job keeps its profile too
+        while progress["epoch"] < hp.epochs:
+            epoch = progress["epoch"]
+            seed_everything(hp.seed + epoch)  # augmentation in workers is reproducible per epoch
+            sampler.set_epoch(epoch, skip=progress["batches_done"] * hp.batch_size)
+            models.train_mode(model)
+            debug.train()
+            started = time.perf_counter() - progress["seconds"]
+            profiling.timer.restart()
+            for images, labels, n_failed in train_loader:
+                profiling.timer.data_ready()
+                progress["failed"] += n_failed
+                if images is not None:
+                    images, labels = models.batch_to(images, device), labels.to(device, non_blocking=True)
+                    logits = model(images)
+                    loss = criterion(logits, labels)
+                    if not torch.isfinite(loss):
+                        raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1} step "
+                                            f"{progress['batches_done'] + 1}; lower lr (now {hp.lr:g})")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    profiling.timer.backward_done()
+                    optimizer.step()
+                    progress["loss_sum"] += loss.item() * len(labels)
+                    progress["correct"] += (logits.argmax(1) == labels).sum().item()
+                    progress["seen"] += len(labels)
+                scheduler.step()
+                progress["batches_done"] += 1
+                profiling.step_done(epoch + 1, progress["batches_done"])
+                if hp.log_interval and progress["batches_done"] % hp.log_interval == 0:
+                    elapsed = time.perf_counter() - started
+                    print(f"epoch {epoch + 1} step {progress['batches_done']}/{steps_per_epoch} "
+                          f"loss={progress['loss_sum'] / max(progress['seen'], 1):.4f} "
+                          f"{progress['seen'] / elapsed:.1f} img/s", flush=True)
+                if stop.requested:
+                    progress["seconds"] = time.perf_counter() - started
+                    save_checkpoint()
+                    debug.close()
+                    raise Stopped(f"stopped by SIGTERM at epoch {epoch + 1} step {progress['batches_done']}; "
+                                  f"checkpoint saved in {checkpoint_dir}")
+            seconds = time.perf_counter() - started
+            train_loss = progress["loss_sum"] / max(progress["seen"], 1)
+            train_acc = progress["correct"] / max(progress["seen"], 1)
+            ips = progress["seen"] / max(seconds, 1e-9)
+            val = evaluate(model, valid_loader, criterion, device, debug)
+            progress["failed"] += val.failed
+            print(metrics.epoch_line(epoch + 1, hp.epochs, train_loss, train_acc, val.loss, val.acc, seconds, ips,
+                                     scheduler.get_last_lr()[0]), flush=True)
+            print(f"profile epoch={epoch + 1} {profiling.timer.summary()}", flush=True)
+            progress["history"].append(dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc,
+                                            valid_loss=val.loss, valid_acc=val.acc, seconds=seconds,
+                                            images_per_second=ips))
+            if val.acc > progress["best_acc"]:
+                progress.update(best_acc=val.acc, best_epoch=epoch + 1, stale_epochs=0)
+                checkpoint.save_best(checkpoint_dir, model.state_dict())
+            else:
+                progress["stale_epochs"] += 1
+            progress.update(epoch=epoch + 1, batches_done=0, loss_sum=0.0, correct=0, seen=0, seconds=0.0)
+            early_stopped = 0 < hp.early_stopping_patience <= progress["stale_epochs"]
+            if early_stopped:
+                progress["epoch"] = hp.epochs  # a rerun of a finished job does not train on
+            save_checkpoint()
+            if early_stopped:
+                print(f"early stopping: no better valid accuracy in {hp.early_stopping_patience} epoch(s); "
+                      f"best epoch {progress['best_epoch']}", flush=True)
             if stop.requested:
-                progress["seconds"] = time.perf_counter() - started
-                save_checkpoint()
                 debug.close()
-                profiling.close()
-                raise Stopped(f"stopped by SIGTERM at epoch {epoch + 1} step {progress['batches_done']}; "
-                              f"checkpoint saved in {checkpoint_dir}")
-        seconds = time.perf_counter() - started
-        train_loss = progress["loss_sum"] / max(progress["seen"], 1)
-        train_acc = progress["correct"] / max(progress["seen"], 1)
-        ips = progress["seen"] / max(seconds, 1e-9)
-        val = evaluate(model, valid_loader, criterion, device, debug)
-        progress["failed"] += val.failed
-        print(metrics.epoch_line(epoch + 1, hp.epochs, train_loss, train_acc, val.loss, val.acc, seconds, ips,
-                                 scheduler.get_last_lr()[0]), flush=True)
-        print(f"profile epoch={epoch + 1} {profiling.timer.summary()}", flush=True)
-        progress["history"].append(dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc,
-                                        valid_loss=val.loss, valid_acc=val.acc, seconds=seconds,
-                                        images_per_second=ips))
-        if val.acc > progress["best_acc"]:
-            progress.update(best_acc=val.acc, best_epoch=epoch + 1, stale_epochs=0)
-            checkpoint.save_best(checkpoint_dir, model.state_dict())
-        else:
-            progress["stale_epochs"] += 1
-        progress.update(epoch=epoch + 1, batches_done=0, loss_sum=0.0, correct=0, seen=0, seconds=0.0)
-        early_stopped = 0 < hp.early_stopping_patience <= progress["stale_epochs"]
-        if early_stopped:
-            progress["epoch"] = hp.epochs  # a rerun of a finished job does not train on
-        save_checkpoint()
-        if early_stopped:
-            print(f"early stopping: no better valid accuracy in {hp.early_stopping_patience} epoch(s); "
-                  f"best epoch {progress['best_epoch']}", flush=True)
-        if stop.requested:
-            debug.close()
-            profiling.close()
-            raise Stopped(f"stopped by SIGTERM after epoch {epoch + 1}; checkpoint saved in {checkpoint_dir}")
-
-    profiling.close()
+                raise Stopped(f"stopped by SIGTERM after epoch {epoch + 1}; checkpoint saved in {checkpoint_dir}")
+    finally:
+        profiling.close()
 
     # Test, once, on the best model (selected by valid accuracy only)
     best = checkpoint.load_best(checkpoint_dir)

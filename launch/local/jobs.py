@@ -11,6 +11,7 @@ from pathlib import Path
 
 from image_classifier import local, metrics
 from . import docker_run
+from ..jobs import OWN_HOOK_DEBUG_DIR, own_hook_hyperparameters
 
 
 @dataclasses.dataclass
@@ -103,11 +104,24 @@ def run_training_job(settings, data, channels: list[str], local_dir, runner: str
     if not data:
         raise SystemExit("--local needs --data: a folder with train/ (valid/, test/) class folders")
     name = job_name or f"{settings.prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-    job = start(name, Path(local_dir), Path(data), channels, settings.hyperparameters, runner, settings.image_uri)
+    job = start(name, Path(local_dir), Path(data), channels, own_hook_hyperparameters(settings), runner,
+                settings.image_uri)
     print(f"local training job {name} in {job.base} ({runner})", flush=True)
     follow(job, lambda line: print(line, flush=True))
     if job.succeeded:
         print(f"model: {job.model_dir}")
     else:
         print(f"job {name} {job.status.lower()} (exit {job.returncode}): {job.failure() or 'see ' + str(job.log)}")
+    print_rule_results(job)
     return job
+
+
+def print_rule_results(job: LocalJob) -> None:
+    """The local Debugger rules over the job's tensors, as launch.train prints SageMaker's rule statuses."""
+    trial = job.base / "output" / OWN_HOOK_DEBUG_DIR
+    if not (trial / "index").is_dir():
+        return
+    from ..debugger_rules import evaluate
+    for result in evaluate(trial):
+        print(f"rule {result.rule}: {result.status} ({result.detail})")
+    print(f"report: python -m launch.report {job.base}")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .. import tuning_report
+from ..jobs import own_hook_hyperparameters
 from . import jobs
 from image_classifier import metrics
 from image_classifier.search_space import Categorical, Integer
@@ -63,7 +64,7 @@ def tune(settings, space: dict, data, channels: list[str], local_dir, runner: st
     if settings.strategy == "Grid":
         n_trials = min(n_trials, math.prod(len(r.values) for r in space.values()))
     parallel = max(1, min(settings.max_parallel_jobs, n_trials))
-    static = dict(settings.hyperparameters)
+    static = own_hook_hyperparameters(settings)  # each trial saves tensors for the rules and the report
     # Parallel trials share this machine's cores: give each its share of loader workers and of
     # torch's compute threads (each process would otherwise start one thread per core).
     share = max(1, len(os.sched_getaffinity(0)) // parallel)
