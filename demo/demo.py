@@ -8,6 +8,8 @@ launch scripts' --local mode (the same scripts that drive SageMaker):
              a SageMaker Runtime gateway on 127.0.0.1
   3. invoke  launch/invoke.sh (the unchanged AWS CLI call) on one test image per class, then the
              same InvokeEndpoint call through boto3 for every test image: test accuracy
+  4. report  python -m launch.report on the best job: loss curves, the Debugger rules (run here
+             over the tensors its trial saved) and the profiler summary, in one HTML file
 
 The test set is used only here, after tuning chose the model by valid accuracy.
 """
@@ -40,6 +42,7 @@ strategy = "Bayesian"
 max_jobs = {trials}
 max_parallel_jobs = 2
 early_stopping = "Auto"
+debug_interval = 5  # the trials are short: tensors every 5 steps give the report its loss curves
 
 [hyperparameters]
 backbone = "efficientnet_lite0"
@@ -209,10 +212,19 @@ def main() -> int:
         writer.writeheader()
         writer.writerows(predictions)
     accuracy = sum(p["label"] == p["predicted"] for p in predictions) / len(predictions)
+
+    print("== 4. report: the best job's Debugger rules, loss curves and profile", flush=True)
+    best_job = (results / "best_job.txt").read_text().strip()
+    report = launch("report", best_job, "--out", str(out / "report.html"), env={**env, "PYTHONPATH": str(ROOT)})
+    echo_until(report)
+    if report.wait() != 0:
+        print("the report failed", file=sys.stderr)
+        return 1
     print(f"\ntest accuracy through the endpoint: {accuracy:.4f} ({len(predictions)} images, "
           f"{len({p['label'] for p in predictions})} classes); best trial's valid accuracy {best_valid}")
     print(f"tuning analytics: {results / 'analytics.csv'}\nobjective plot:   {results / 'objective.png'}")
     print(f"predictions:      {out / 'predictions.csv'}\njob folders:      {out / 'jobs'}")
+    print(f"training report:  {out / 'report.html'} (best job {Path(best_job).name})")
     print(f"demo took {(time.monotonic() - started) / 60:.1f} min")
     return 0
 

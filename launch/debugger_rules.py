@@ -27,7 +27,7 @@ ISSUES, NO_ISSUES, NOT_EVALUATED = "IssuesFound", "NoIssuesFound", "NotEvaluated
 
 class RecordingRule(Rule):
     """A rule with documented defaults that keeps what it found. Subclasses implement check(step),
-    returning a reason when the step violates the rule; `datapoints` counts the steps it judged."""
+    returning a reason when the step violates the rule; `datapoints` counts its checks (steps, or validation passes)."""
 
     DEFAULTS: dict = {}
     RECOMMENDATION = ""
@@ -41,6 +41,8 @@ class RecordingRule(Rule):
         self.violations: list[tuple[int, str]] = []
         self.datapoints = 0
         self.not_evaluated = ""  # why the rule had nothing to judge
+        self.pass_losses: list[float] = []
+        self.last_step = max(base_trial.steps(), default=-1)
 
     def invoke_at_step(self, step):
         reason = self.check(step)
@@ -73,6 +75,17 @@ class RecordingRule(Rule):
             value = self.value(name, step)
             if value is not None:
                 return float(np.mean(value))
+        return None
+
+    def validation_pass(self, step: int, loss: float | None) -> float | None:
+        """Fed every step: the mean loss of a validation pass once it is over (at the first step
+        of another mode, or at the trial's last step). A pass's batches are different images
+        (in class order, unshuffled), so only the whole pass says how the model does."""
+        if self.mode(step) == modes.EVAL and loss is not None:
+            self.pass_losses.append(loss)
+        if self.pass_losses and (self.mode(step) != modes.EVAL or step == self.last_step):
+            mean, self.pass_losses = float(np.mean(self.pass_losses)), []
+            return mean
         return None
 
 
@@ -137,10 +150,10 @@ class ExplodingTensor(RecordingRule):
 
 class Overfit(RecordingRule):
     """Fires when (mean validation loss - mean training loss) / mean training loss exceeds
-    `ratio_threshold` for `patience` validation steps in a row.
+    `ratio_threshold` for `patience` validation passes in a row.
 
-    Our choice: the means are running means of the current validation pass and of the training
-    steps just before it (this epoch), so one noisy batch does not decide."""
+    Our choice: the means are those of a whole validation pass and of the training steps before
+    it (that epoch's), so one batch does not decide."""
 
     DEFAULTS = {"tensor_regex": None, "start_step": 0, "patience": 1, "ratio_threshold": 0.1}
     RECOMMENDATION = ("Validation loss is well above training loss: regularize (weight-decay, label-smoothing), "
@@ -148,24 +161,21 @@ class Overfit(RecordingRule):
 
     def __init__(self, base_trial, **parameters):
         super().__init__(base_trial, **parameters)
-        self.train, self.valid, self.exceeded = [], [], 0
+        self.train, self.exceeded = [], 0
 
     def check(self, step):
         if step < self.parameters["start_step"]:
             return None
         loss = self.loss(step, self.parameters["tensor_regex"])
-        if loss is None:
-            return None
-        if self.mode(step) == modes.TRAIN:
-            if self.valid:  # a new epoch: the last pass is over
-                self.train, self.valid = [], []
+        valid = self.validation_pass(step, loss)
+        train = float(np.mean(self.train)) if self.train else None
+        if valid is not None:
+            self.train = []  # the next epoch's training steps start a new mean
+        if self.mode(step) == modes.TRAIN and loss is not None:
             self.train.append(loss)
+        if valid is None or train is None:
             return None
-        if self.mode(step) != modes.EVAL or not self.train:
-            return None
-        self.valid.append(loss)
         self.datapoints += 1
-        train, valid = np.mean(self.train), np.mean(self.valid)
         ratio = (valid - train) / train if train > 0 else 0.0
         self.exceeded = self.exceeded + 1 if ratio > self.parameters["ratio_threshold"] else 0
         if self.exceeded >= self.parameters["patience"]:
@@ -177,8 +187,8 @@ class Overtraining(RecordingRule):
     """Fires when the training loss has not improved by `delta` for `patience_train` saved training
     steps, or the validation loss for `patience_validation` validation passes.
 
-    Our choice: a validation pass's batches are different images, so the pass is judged by its
-    mean loss and counts as one step of patience_validation."""
+    Our choice: a validation pass is judged by its mean loss and counts as one step of
+    patience_validation."""
 
     DEFAULTS = {"patience_train": 5, "patience_validation": 10, "delta": 0.01}
     RECOMMENDATION = ("The model stopped improving: fewer epochs, or early-stopping-patience so the job ends "
@@ -188,8 +198,6 @@ class Overtraining(RecordingRule):
         super().__init__(base_trial, **parameters)
         self.best = {"train": np.inf, "valid": np.inf}
         self.stale = {"train": 0, "valid": 0}
-        self.pass_losses: list[float] = []
-        self.last_step = max(base_trial.steps(), default=-1)
 
     def judge(self, which: str, loss: float) -> str | None:
         self.datapoints += 1
@@ -205,16 +213,12 @@ class Overtraining(RecordingRule):
         return None
 
     def check(self, step):
-        loss, mode, reasons = self.loss(step), self.mode(step), []
-        if mode != modes.EVAL and self.pass_losses:  # the validation pass before this step is over
-            reasons.append(self.judge("valid", float(np.mean(self.pass_losses))))
-            self.pass_losses = []
-        if loss is not None and mode == modes.TRAIN:
+        loss, reasons = self.loss(step), []
+        valid = self.validation_pass(step, loss)
+        if valid is not None:
+            reasons.append(self.judge("valid", valid))
+        if loss is not None and self.mode(step) == modes.TRAIN:
             reasons.append(self.judge("train", loss))
-        elif loss is not None and mode == modes.EVAL:
-            self.pass_losses.append(loss)
-            if step == self.last_step:
-                reasons.append(self.judge("valid", float(np.mean(self.pass_losses))))
         return "; ".join(r for r in reasons if r) or None
 
 
@@ -222,7 +226,7 @@ class PoorWeightInitialization(RecordingRule):
     """In the first `steps` training steps, fires when:
     - the variance of the ReLU inputs (activation_inputs_regex) differs across layers by more than
       `threshold` times (only when the trial holds them: SageMaker's config saves them, our local
-      hook does not, as they cost ~1 GB a step for ResNet50 at batch 32);
+      hook does not: 0.35 GB a saved step for ResNet50 at batch 32);
     - the spread of the gradients (95th minus 5th percentile, all gradients of the step) is below
       `distribution_range`;
     - the loss does not decrease for `patience` saved steps in a row."""
@@ -272,8 +276,11 @@ class LossNotDecreasing(RecordingRule):
     check. Fires when it fell by less than `diff_percent`, or is more than
     `increase_threshold_percent` above the lowest checked loss (a rise it has not recovered from).
 
-    Our choice: `mode` defaults to TRAIN, not GLOBAL: our jobs save validation losses too, and
-    comparing a validation batch with a training batch says nothing about progress."""
+    Our choices: the loss at a check is the mean of the losses saved since the previous check (the
+    single saved value when tensors are saved every num_steps steps or less often, as with
+    SageMaker's 500), so that batch-to-batch noise in densely saved losses does not decide.
+    `mode` defaults to TRAIN, not GLOBAL: our jobs save validation losses too, and comparing a
+    validation batch with a training batch says nothing about progress."""
 
     DEFAULTS = {"tensor_regex": None, "use_losses_collection": True, "num_steps": 10, "diff_percent": 0.1,
                 "increase_threshold_percent": 5.0, "mode": "TRAIN"}
@@ -284,6 +291,7 @@ class LossNotDecreasing(RecordingRule):
         super().__init__(base_trial, **parameters)
         self.last: tuple[int, float] | None = None
         self.lowest = np.inf
+        self.window: list[float] = []
 
     def check(self, step):
         p = self.parameters
@@ -292,12 +300,14 @@ class LossNotDecreasing(RecordingRule):
         loss = self.loss(step, p["tensor_regex"] if not p["use_losses_collection"] else None)
         if loss is None:
             return None
+        self.window.append(loss)
         if self.last is None:
-            self.last, self.lowest = (step, loss), loss
+            self.last, self.lowest, self.window = (step, loss), loss, []
             return None
         last_step, last_loss = self.last
         if step - last_step < p["num_steps"]:
             return None
+        loss, self.window = float(np.mean(self.window)), []
         self.datapoints += 1
         self.last, self.lowest = (step, loss), min(self.lowest, loss)
         fell = 100 * (last_loss - loss) / last_loss if last_loss > 0 else 0.0
@@ -344,7 +354,7 @@ def run(rule: RecordingRule, steps: list[int]) -> RuleResult:
         first_step, first = rule.violations[0]
         status, detail = ISSUES, f"step {first_step}: {first}"
     elif rule.datapoints:
-        first_step, status, detail = None, NO_ISSUES, f"{rule.datapoints} step(s) checked"
+        first_step, status, detail = None, NO_ISSUES, f"{rule.datapoints} check(s), no issue"
     else:
         first_step, status = None, NOT_EVALUATED
         detail = rule.not_evaluated or "no saved step held what this rule reads"

@@ -146,7 +146,7 @@ def findings(files: JobFiles, rules: list, verdicts: list) -> list[str]:
                                                   if m.get("test_accuracy") is not None else ""))
     for r in rules:
         if r.status == "IssuesFound":
-            found.append(f"{r.rule}: {r.detail} ({r.violations} of {r.datapoints} checked steps). {r.recommendation}")
+            found.append(f"{r.rule}: {r.detail} ({r.violations} of {r.datapoints} checks). {r.recommendation}")
     for rule, status, detail in files.sagemaker_rules:
         if status == "IssuesFound":
             found.append(f"SageMaker's {rule}: {status}" + (f" ({detail})" if detail else ""))
@@ -190,7 +190,7 @@ def render(files: JobFiles, rules: list, losses: dict, verdicts: list, profile) 
 
     rule_rows = [[r.rule, _badge(r.status), f"{r.violations} / {r.datapoints}", r.detail,
                   r.recommendation if r.status == "IssuesFound" else "", _params(r.parameters)] for r in rules]
-    rules_html = (_table(["rule", "status", "violations / steps checked", "finding", "recommendation", "parameters"],
+    rules_html = (_table(["rule", "status", "violations / checks", "finding", "recommendation", "parameters"],
                          rule_rows, raw=("status",)) if rules else
                   "<p>No Debugger tensors: the rules had nothing to read.</p>")
     if files.sagemaker_rules:

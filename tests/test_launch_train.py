@@ -38,9 +38,10 @@ def test_create_training_job_request(sm, trained):
     sent = req["DebugHookConfig"]["CollectionConfigurations"]
     collections = {c["CollectionName"]: c["CollectionParameters"] for c in sent}
     assert len(collections) == len(sent)  # each collection once, with one interval
-    # ours every debug_interval steps; relu_input is what PoorWeightInitialization adds for itself
+    # ours every debug_interval steps; relu_input is what PoorWeightInitialization adds for itself,
+    # kept to the 10 steps it reads
     assert collections == {**{c: {"save_interval": "50"} for c in ("losses", "weights", "biases", "gradients")},
-                           "relu_input": {"include_regex": ".*relu_input", "save_interval": "500"}}
+                           "relu_input": {"include_regex": ".*relu_input", "save_interval": "500", "end_step": "10"}}
     assert req["DebugHookConfig"]["S3OutputPath"] == f"s3://{BUCKET}/image-classifier/debug"
     assert req["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
     # SageMaker's built-in rules, each run by its rule container.
