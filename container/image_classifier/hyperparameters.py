@@ -94,6 +94,10 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    "relative to /opt/ml/output, without SageMaker Debugger; empty: only when SageMaker's "
                    "Debugger is on."),
     Hyperparameter("debug-interval", int, 50, "Steps between the tensors the debug-dir hook saves.", minimum=1),
+    Hyperparameter("precision", str, "auto",
+                   "Training arithmetic: 'auto' (bf16 autocast on CPUs with bf16 instructions and on GPUs that "
+                   "support it, fp16 on older GPUs, else fp32), 'fp32', 'bf16' or 'fp16' (GPU only). "
+                   "Evaluation is fp32.", ("auto", "fp32", "bf16", "fp16")),
     Hyperparameter("profile-steps", int, 0,
                    "Record a torch.profiler trace of this many training steps (output profile/trace.json); 0: none.",
                    minimum=0),

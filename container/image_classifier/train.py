@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import artifact, checkpoint, data, hyperparameters, metrics, models, paths
+from . import artifact, checkpoint, data, hyperparameters, metrics, models, paths, precision
 from .debugger import Debugger
 from .profiling import Profiling
 from .errors import TrainingError
@@ -181,8 +181,9 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
                                                    pretrained_file(channels, hp.backbone))
     n_trainable = models.freeze(model, backbone, hp.trainable)
     models.to_device(model, device)
-    log.info("%s from %s; training %s (%d parameters) on %s", hp.backbone, weights_source, hp.trainable,
-             n_trainable, device)
+    amp = precision.resolve(hp.precision, device)
+    log.info("%s from %s; training %s (%d parameters) on %s in %s", hp.backbone, weights_source, hp.trainable,
+             n_trainable, device, precision.name(amp))
     pre = backbone.preprocessing(hp.image_size)
     sampler = EpochSampler(len(train_ch.samples), hp.seed)
     train_loader = make_loader(train_ch.samples, train_transform(pre), pre.image_size, hp, sampler)
@@ -192,6 +193,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
     debug = Debugger.create(hp.debug_dir, hp.debug_interval, paths.output_dir())
     debug.register(model, criterion)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], hp)
+    scaler = precision.grad_scaler(amp, device)
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         hp.epochs * steps_per_epoch, int(hp.warmup_epochs * steps_per_epoch)))
@@ -235,15 +237,17 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
                 progress["failed"] += n_failed
                 if images is not None:
                     images, labels = models.batch_to(images, device), labels.to(device, non_blocking=True)
-                    logits = model(images)
-                    loss = criterion(logits, labels)
+                    with precision.autocast(amp, device):
+                        logits = model(images)
+                        loss = criterion(logits, labels)
                     if not torch.isfinite(loss):
                         raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1} step "
                                             f"{progress['batches_done'] + 1}; lower lr (now {hp.lr:g})")
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    scaler.scale(loss).backward()
                     profiling.timer.backward_done()
-                    optimizer.step()
+                    scaler.step(optimizer)
+                    scaler.update()
                     progress["loss_sum"] += loss.item() * len(labels)
                     progress["correct"] += (logits.argmax(1) == labels).sum().item()
                     progress["seen"] += len(labels)
