@@ -116,10 +116,17 @@ class ExplodingTensor(RecordingRule):
     """Fires when a saved tensor holds NaN (or, unless only_nan, an infinity). Default: every tensor."""
 
     DEFAULTS = {"collection_names": None, "tensor_regex": None, "only_nan": False}
+    _tensors = None
     RECOMMENDATION = ("Values overflowed: lower lr (a tenth), add warmup-epochs, or use adamw; check the images "
                       "decode (skipped_files.tsv).")
 
     def tensors(self) -> list[str]:
+        """The tensors to check; looked up once (the trial is complete when rules run here)."""
+        if self._tensors is None:
+            self._tensors = self._select()
+        return self._tensors
+
+    def _select(self) -> list[str]:
         p = self.parameters
         if not p["collection_names"] and not p["tensor_regex"]:
             return self.base_trial.tensor_names()

@@ -162,10 +162,9 @@ def findings(files: JobFiles, rules: list, verdicts: list) -> list[str]:
     return found
 
 
-def render(files: JobFiles, rules: list, losses: dict, verdicts: list, profile) -> str:
+def render(files: JobFiles, found: list[str], rules: list, losses: dict, verdicts: list, profile) -> str:
     from . import report_plots
     parts = []
-    found = findings(files, rules, verdicts)
     parts.append('<section id="findings"><h2>Key findings</h2><ul>'
                  + "".join(f"<li>{html.escape(f)}</li>" for f in found) + "</ul></section>")
 
@@ -260,8 +259,9 @@ def write(files: JobFiles, out: Path) -> tuple[Path, list[str]]:
     profile = profile_summary.Profile.load(files.profile) if files.profile else None
     verdicts = profile_summary.verdicts(profile) if profile else []
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(files, rules, losses, verdicts, profile))
-    return out, findings(files, rules, verdicts)
+    found = findings(files, rules, verdicts)
+    out.write_text(render(files, found, rules, losses, verdicts, profile))
+    return out, found
 
 
 def parse_args(argv=None):

@@ -25,7 +25,7 @@ def chromium() -> tuple[str, str]:
         why = "needs Debian's chromium and chromium-driver (tests/install_prereqs.sh installs them as root)"
         if IN_CI:
             pytest.fail(why)
-        pytest.skip(why)
+        pytest.skip(reason=why)
     return browser, driver
 
 

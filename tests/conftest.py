@@ -57,6 +57,16 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
 
 
+# --- real photos: imagewoof10 in ../shared -------------------------------------------------------
+@pytest.fixture(scope="session")
+def imagewoof():
+    if not IMAGEWOOF.is_dir():
+        if IN_CI:
+            pytest.fail(f"{IMAGEWOOF} is missing; CI must have ../shared beside the checkout")
+        pytest.skip(reason=f"{IMAGEWOOF} is not here (it lives in ../shared/data)")
+    return IMAGEWOOF
+
+
 # --- programs --------------------------------------------------------------------------------
 program_env = local.program_env
 free_port = local.free_port

@@ -5,18 +5,9 @@ import sys
 
 import pytest
 
-from conftest import IMAGEWOOF, IN_CI, ROOT
+from conftest import ROOT
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def imagewoof():
-    if not IMAGEWOOF.is_dir():
-        if IN_CI:
-            pytest.fail(f"{IMAGEWOOF} is missing")
-        pytest.skip(f"needs {IMAGEWOOF} (../shared/data/imagewoof10)")
-    return IMAGEWOOF
 
 
 def test_training_throughput_benchmark_runs(imagewoof, tmp_path):

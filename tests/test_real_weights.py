@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import IMAGEWOOF, IN_CI, read_json, run_train
+from conftest import IMAGEWOOF, read_json, run_train
 from image_classifier import local, metrics
 
 pytestmark = pytest.mark.slow
@@ -21,15 +21,6 @@ def imagewoof_slice(root, per_class: dict[str, int]) -> dict:
                 os.symlink(f, target / f.name)
         channels[split] = root / split
     return channels
-
-
-@pytest.fixture(scope="module")
-def imagewoof():
-    if not IMAGEWOOF.is_dir():
-        if IN_CI:
-            pytest.fail(f"{IMAGEWOOF} is missing; CI must have ../shared beside the checkout")
-        pytest.skip(reason=f"{IMAGEWOOF} is not here (it lives in ../shared/data)")
-    return IMAGEWOOF
 
 
 def test_efficientnet_lite0_fine_tuned_on_imagewoof_beats_chance(tmp_path, imagewoof):
