@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "container"))
 DATA = ROOT.parent / "shared" / "data" / "imagewoof10"
 RESULTS = ROOT / "bench" / "results"
+# ResNets have no ImageNet weights offline (../shared/NOTES.md): random weights, same compute.
+OFFLINE_WEIGHTS = {"efficientnet_lite0": "imagenet"}
 
 
 def machine() -> dict:

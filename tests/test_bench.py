@@ -18,8 +18,48 @@ def test_training_throughput_benchmark_runs(imagewoof, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     found = json.loads((tmp_path / "test-smoke.json").read_text())
     [row] = found["rows"]
-    assert row["config"] == "efficientnet_lite0 head" and row["images"] == 20
+    assert row["config"] == "efficientnet_lite0 head, cached features" and row["images"] == 20
     assert len(row["baseline_epochs"]) == len(row["ours_epochs"]) == 2
     assert row["ours_later"] > 0 and row["baseline_later"] > 0 and 0 < row["matmul_share"] < 1
     assert found["machine"]["cores"] >= 1
-    assert "| efficientnet_lite0 head | 20 |" in (tmp_path / "test-smoke.md").read_text()
+    assert "| efficientnet_lite0 head, cached features | 20 |" in (tmp_path / "test-smoke.md").read_text()
+
+
+def test_accuracy_benchmark_runs(imagewoof, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "accuracy.py"), "--per-class", "3", "--epochs", "2",
+                             "--configs", "head,head-no-cache", "--name", "acc", "--results", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = json.loads((tmp_path / "acc.json").read_text())["rows"]
+    assert [(r["config"], r["cache"], r["train_images"], r["epochs"]) for r in rows] == [
+        ("head", "1 view(s)", 30, 2), ("head-no-cache", "off", 30, 2)]
+    assert all(0 <= r["test_accuracy"] <= 1 and r["job_seconds"] > 0 for r in rows)
+
+
+def test_tuning_time_benchmark_runs(imagewoof, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "tuning_time.py"), "--trials", "2",
+                             "--train-per-class", "2", "--valid-per-class", "2", "--name", "tune",
+                             "--results", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = json.loads((tmp_path / "tune.json").read_text())["rows"]
+    assert [(r["contender"], r["trials"]) for r in rows] == [("shared cached features", 2), ("no cached features", 2)]
+    assert all(r["wall_seconds"] >= r["first_trial_seconds"] > 0 for r in rows)
+
+
+def test_serving_latency_benchmark_runs(imagewoof, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "serve_latency.py"), "--backbones", "efficientnet_lite0",
+                             "--requests", "8", "--concurrency", "1,2", "--servers", "default", "--cold-starts", "1",
+                             "--name", "test-smoke", "--results", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    found = json.loads((tmp_path / "test-smoke.json").read_text())
+    inproc, *served = found["rows"]
+    assert inproc["contender"] == "in-process" and inproc["threads"] == 1
+    assert set(inproc["forward_ms_per_image"]) == {"1", "4", "8"} and inproc["batch_gain"] > 0
+    assert [(r["contender"], r["concurrency"]) for r in served] == [("serve default", 1), ("serve default", 2)]
+    for row in found["rows"]:
+        assert row["backbone"] == "efficientnet_lite0" and row["requests"] == 8
+        assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] and row["requests_per_second"] > 0
+    assert served[0]["workers"] >= 1 and served[0]["vs_in_process"] > 0
+    assert 0 < served[0]["cold_ping_s"] <= served[0]["cold_answer_s"]
+    assert "| efficientnet_lite0 | serve default |" in (tmp_path / "test-smoke.md").read_text()

@@ -48,6 +48,11 @@ def test_local_tuner_runs_trials_and_reports(tuned):
     assert (results / "objective.png").stat().st_size > 10_000
     best = Path((results / "best_job.txt").read_text().strip())
     assert (best / "model" / "model.json").exists()
+    # trainable=head: the trials share one feature cache; the third starts after one has filled it
+    [root] = (work / "jobs").iterdir()
+    assert len(list((root / "feature-cache").glob("*.pt"))) == 2  # training view 0, validation images
+    third = (root / f"{root.name}-003" / "job.log").read_text()
+    assert third.count("features (") == 2 and "through the backbone" not in third, third[-3000:]
 
 
 def test_deploy_local_and_invoke_with_the_aws_cli(tuned, tiny_data):

@@ -152,6 +152,44 @@ def test_sigterm_checkpoints_and_a_rerun_resumes(tmp_path, tiny_data):
     assert read_json(base / "model" / "model.json")["metrics"]["epochs_run"] == 3
 
 
+def test_cached_features_run_the_backbone_in_the_first_views_epochs_only(tmp_path, tiny_data):
+    hp = {**FAST_HP, "epochs": 3, "feature-views": 2, "feature-cache-dir": str(tmp_path / "cache")}
+    first = run_train(local.make_tree(tmp_path / "first", tiny_data, hp))
+    assert first.returncode == 0, first.stderr
+    # augmented views 0 and 1 (epochs 1, 2; epoch 3 reuses view 0) and the validation images
+    assert first.stderr.count("through the backbone") == 3, first.stderr
+    assert "train features (augmented view 1)" in first.stderr
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 3
+
+    again = run_train(local.make_tree(tmp_path / "again", tiny_data, hp))  # a second trial, say
+    assert again.returncode == 0, again.stderr
+    assert "through the backbone" not in again.stderr and again.stderr.count(f"from {tmp_path / 'cache'}") == 3
+    valid = metrics.parse(first.stdout)["valid:accuracy"]
+    assert len(valid) == 3 and metrics.parse(again.stdout)["valid:accuracy"] == valid  # same features, same run
+
+
+def test_cache_off_trains_the_head_on_images(tmp_path, tiny_data):
+    result = run_train(local.make_tree(tmp_path, tiny_data, {**FAST_HP, "cache-features": "false"}))
+    assert result.returncode == 0, result.stderr
+    assert "caching its features" not in result.stderr and "through the backbone" not in result.stderr
+    assert len(metrics.parse(result.stdout)["valid:accuracy"]) == 2
+
+
+def test_sigterm_while_features_are_computed_checkpoints(tmp_path, tiny_data):
+    base = local.make_tree(tmp_path, tiny_data, {**FAST_HP, "batch-size": 1, "image-size": 160})
+    proc = subprocess.Popen([sys.executable, str(CONTAINER / "train")], env=program_env(base),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "caching its features" in line:
+            proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 143, "".join(lines)
+    assert "stopped by SIGTERM at epoch 1 step 0" in "".join(lines)
+    result = run_train(base)
+    assert result.returncode == 0 and "resuming from" in result.stderr, result.stderr
+
+
 def test_checkpoint_of_another_configuration_is_refused(tmp_path, tiny_data, trained):
     base = local.make_tree(tmp_path, tiny_data, {**FAST_HP, "backbone": "resnet18", "weights": "none"})
     shutil.copy(trained / "checkpoints" / "checkpoint.pt", base / "checkpoints")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import re
 import warnings
@@ -153,3 +154,22 @@ def collate(batch):
         return None, None, len(batch)
     images, labels = torch.utils.data.default_collate(good)
     return images, labels, len(batch) - len(good)
+
+
+def resolve_workers(requested: int) -> int:
+    return len(os.sched_getaffinity(0)) if requested < 0 else requested
+
+
+def _one_thread(worker_id: int) -> None:
+    # A loader worker decodes and transforms one image at a time; torch's default of one
+    # thread per core in every worker oversubscribes the CPU.
+    torch.set_num_threads(1)
+
+
+def loader(dataset, batch_size: int, num_workers: int, sampler=None, drop_last: bool = False):
+    """Worker processes sized to the cores (num_workers=-1), one torch thread each, pinned memory on a GPU."""
+    workers = resolve_workers(num_workers)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
+        num_workers=workers, persistent_workers=workers > 0, collate_fn=collate, worker_init_fn=_one_thread,
+        pin_memory=torch.cuda.is_available())

@@ -98,6 +98,15 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    "Training arithmetic: 'auto' (bf16 autocast on CPUs with bf16 instructions and on GPUs that "
                    "support it, fp16 on older GPUs, else fp32), 'fp32', 'bf16' or 'fp16' (GPU only). "
                    "Evaluation is fp32.", ("auto", "fp32", "bf16", "fp16")),
+    Hyperparameter("cache-features", _bool, True,
+                   "With trainable=head, compute the frozen backbone's features once and train the head on "
+                   "them: only the first feature-views epochs decode images and run the backbone."),
+    Hyperparameter("feature-views", int, 1,
+                   "Augmented views (random crop + flip) cached per training image when caching features; "
+                   "epoch e trains on view e mod feature-views.", minimum=1),
+    Hyperparameter("feature-cache-dir", str, "",
+                   "Folder that keeps cached features across jobs (local tuning trials share one); "
+                   "empty: in memory, for this job only."),
     Hyperparameter("profile-steps", int, 0,
                    "Record a torch.profiler trace of this many training steps (output profile/trace.json); 0: none.",
                    minimum=0),

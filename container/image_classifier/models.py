@@ -187,6 +187,8 @@ def to_device(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def batch_to(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if images.dim() != 4:  # cached features, not images
+        return images.to(device, non_blocking=True)
     return images.to(device, memory_format=torch.channels_last, non_blocking=True)
 
 

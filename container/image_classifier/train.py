@@ -1,5 +1,7 @@
 """Fine-tune an ImageNet CNN on ImageFolder channels. Reads top to bottom:
 channels -> data loaders -> model -> resume -> epochs (train, validate, checkpoint) -> test -> artifact.
+With trainable=head (and cache-features), epochs train the head on cached backbone features
+(features.py) instead of images: the same steps, the same shuffle, a fraction of the time.
 
 `run` is called by the image's `train` program (image_classifier.job) with what
 sagemaker-training parsed; nothing here knows about SageMaker's files.
@@ -9,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import signal
 import time
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import artifact, checkpoint, data, hyperparameters, metrics, models, paths, precision
+from . import artifact, checkpoint, data, features, hyperparameters, metrics, models, paths, precision
 from .debugger import Debugger
 from .profiling import Profiling
 from .errors import TrainingError
@@ -103,23 +104,9 @@ def pretrained_file(channels: dict[str, Path], backbone: str) -> Path | None:
     raise TrainingError(f"channel 'pretrained' has {len(files)} weights files; name one {backbone}.pt")
 
 
-def resolve_workers(requested: int) -> int:
-    return len(os.sched_getaffinity(0)) if requested < 0 else requested
-
-
-def _one_thread(worker_id: int) -> None:
-    # A loader worker decodes and transforms one image at a time; torch's default of one
-    # thread per core in every worker oversubscribes the CPU.
-    torch.set_num_threads(1)
-
-
 def make_loader(samples, transform, draft_size, hp, sampler=None):
-    workers = resolve_workers(hp.num_workers)
-    return torch.utils.data.DataLoader(
-        data.ImageDataset(samples, transform, draft_size), batch_size=hp.batch_size, sampler=sampler,
-        shuffle=False, drop_last=sampler is not None and len(samples) > hp.batch_size,
-        num_workers=workers, persistent_workers=workers > 0, collate_fn=data.collate,
-        worker_init_fn=_one_thread, pin_memory=torch.cuda.is_available())
+    return data.loader(data.ImageDataset(samples, transform, draft_size), hp.batch_size, hp.num_workers, sampler,
+                       drop_last=sampler is not None and len(samples) > hp.batch_size)
 
 
 def build_optimizer(params, hp) -> torch.optim.Optimizer:
@@ -145,12 +132,12 @@ def evaluate(model: nn.Module, loader, criterion, device, debug: Debugger | None
     if debug:
         debug.eval()
     loss_sum, correct, seen, failed = 0.0, 0, 0, 0
-    for images, labels, n_failed in loader:
+    for inputs, labels, n_failed in loader:  # images, or cached features
         failed += n_failed
-        if images is None:
+        if inputs is None:
             continue
-        images, labels = models.batch_to(images, device), labels.to(device, non_blocking=True)
-        logits = model(images)
+        inputs, labels = models.batch_to(inputs, device), labels.to(device, non_blocking=True)
+        logits = model(inputs)
         loss_sum += criterion(logits, labels).item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
@@ -186,15 +173,24 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
              n_trainable, device, precision.name(amp))
     pre = backbone.preprocessing(hp.image_size)
     sampler = EpochSampler(len(train_ch.samples), hp.seed)
-    train_loader = make_loader(train_ch.samples, train_transform(pre), pre.image_size, hp, sampler)
-    valid_loader = make_loader(valid_ch.samples, eval_transform(pre), pre.resize_size, hp)
+    drop_last = len(train_ch.samples) > hp.batch_size
+    steps_per_epoch = len(train_ch.samples) // hp.batch_size if drop_last else 1
+    cache = None
+    if hp.cache_features and hp.trainable == "head":
+        cache = features.FeatureCache(hp.feature_cache_dir, model, backbone.head, pre, amp, device, hp)
+        net = features.Head(model, backbone.head)  # what each step runs: the head on cached features
+        log.info("frozen backbone: caching its features (%d view(s) per training image%s)", hp.feature_views,
+                 f", kept in {hp.feature_cache_dir}" if hp.feature_cache_dir else "")
+    else:
+        net = model
+        train_loader = make_loader(train_ch.samples, train_transform(pre), pre.image_size, hp, sampler)
+        valid_loader = make_loader(valid_ch.samples, eval_transform(pre), pre.resize_size, hp)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     debug = Debugger.create(hp.debug_dir, hp.debug_interval, paths.output_dir())
-    debug.register(model, criterion)
+    debug.register(net, criterion)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], hp)
     scaler = precision.grad_scaler(amp, device)
-    steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         hp.epochs * steps_per_epoch, int(hp.warmup_epochs * steps_per_epoch)))
 
@@ -220,6 +216,13 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
             "scheduler": scheduler.state_dict(), "progress": json.dumps(progress),
             "hyperparameters": json.dumps(hp_dict), "class_folders": json.dumps(train_ch.folders)})
 
+    def stopped_by_sigterm(epoch: int, started: float) -> Stopped:
+        progress["seconds"] = time.perf_counter() - started
+        save_checkpoint()
+        debug.close()
+        return Stopped(f"stopped by SIGTERM at epoch {epoch + 1} step {progress['batches_done']}; "
+                       f"checkpoint saved in {checkpoint_dir}")
+
     # Epochs
     early_stopped = False
     profiling = Profiling(Path(output_data_dir) / "profile" if output_data_dir else None, device, hp.profile_steps)
@@ -228,17 +231,25 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
             epoch = progress["epoch"]
             seed_everything(hp.seed + epoch)  # augmentation in workers is reproducible per epoch
             sampler.set_epoch(epoch, skip=progress["batches_done"] * hp.batch_size)
-            models.train_mode(model)
-            debug.train()
             started = time.perf_counter() - progress["seconds"]
             profiling.timer.restart()
-            for images, labels, n_failed in train_loader:
+            if cache:
+                try:  # the backbone runs here, in the first feature-views epochs only
+                    view = cache.train_view(train_ch, epoch % hp.feature_views, train_transform(pre), stop)
+                except features.Interrupted:
+                    raise stopped_by_sigterm(epoch, started) from None
+                steps = features.batches(view, list(sampler), hp.batch_size, drop_last)
+            else:
+                steps = train_loader
+            models.train_mode(net)
+            debug.train()
+            for inputs, labels, n_failed in steps:
                 profiling.timer.data_ready()
                 progress["failed"] += n_failed
-                if images is not None:
-                    images, labels = models.batch_to(images, device), labels.to(device, non_blocking=True)
+                if inputs is not None:
+                    inputs, labels = models.batch_to(inputs, device), labels.to(device, non_blocking=True)
                     with precision.autocast(amp, device):
-                        logits = model(images)
+                        logits = net(inputs)
                         loss = criterion(logits, labels)
                     if not torch.isfinite(loss):
                         raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1} step "
@@ -260,16 +271,15 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
                           f"loss={progress['loss_sum'] / max(progress['seen'], 1):.4f} "
                           f"{progress['seen'] / elapsed:.1f} img/s", flush=True)
                 if stop.requested:
-                    progress["seconds"] = time.perf_counter() - started
-                    save_checkpoint()
-                    debug.close()
-                    raise Stopped(f"stopped by SIGTERM at epoch {epoch + 1} step {progress['batches_done']}; "
-                                  f"checkpoint saved in {checkpoint_dir}")
+                    raise stopped_by_sigterm(epoch, started)
             seconds = time.perf_counter() - started
             train_loss = progress["loss_sum"] / max(progress["seen"], 1)
             train_acc = progress["correct"] / max(progress["seen"], 1)
             ips = progress["seen"] / max(seconds, 1e-9)
-            val = evaluate(model, valid_loader, criterion, device, debug)
+            if cache:
+                valid_loader = features.batches(cache.eval_view(valid_ch, eval_transform(pre)),
+                                                list(range(len(valid_ch.samples))), hp.batch_size, False)
+            val = evaluate(net, valid_loader, criterion, device, debug)
             progress["failed"] += val.failed
             print(metrics.epoch_line(epoch + 1, hp.epochs, train_loss, train_acc, val.loss, val.acc, seconds, ips,
                                      scheduler.get_last_lr()[0]), flush=True)

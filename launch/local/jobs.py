@@ -62,8 +62,14 @@ def start(name: str, root: Path, data: Path, channels: list[str], hyperparameter
     if runner == "docker":
         if not image:
             raise SystemExit("--local-runner docker needs the image: set image_uri (or --image-uri)")
-        # Channels are symlinks into the data folder: mount it at the same path, read-only.
-        cmd = [*docker_run(name, env, {base: "/opt/ml", data: f"{data}:ro"}), image, "train"]
+        # Channels are symlinks into the data folder: mount it at the same path, read-only; a
+        # shared feature cache (local tuning) at its own path too, so every trial names it alike.
+        volumes = {base: "/opt/ml", data: f"{data}:ro"}
+        if hyperparameters.get("feature-cache-dir"):
+            cache = Path(hyperparameters["feature-cache-dir"])
+            cache.mkdir(parents=True, exist_ok=True)
+            volumes[cache] = str(cache)
+        cmd = [*docker_run(name, env, volumes), image, "train"]
         job.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     else:
         job.process = subprocess.Popen(local.program("train"), env=local.program_env(base, **env), stdout=log,

@@ -65,6 +65,8 @@ def tune(settings, space: dict, data, channels: list[str], local_dir, runner: st
         n_trials = min(n_trials, math.prod(len(r.values) for r in space.values()))
     parallel = max(1, min(settings.max_parallel_jobs, n_trials))
     static = own_hook_hyperparameters(settings)  # each trial saves tensors for the rules and the report
+    # With a frozen backbone, the first trial's backbone features serve every later trial.
+    static.setdefault("feature-cache-dir", str((root / "feature-cache").resolve()))
     # Parallel trials share this machine's cores: give each its share of loader workers and of
     # torch's compute threads (each process would otherwise start one thread per core).
     share = max(1, len(os.sched_getaffinity(0)) // parallel)

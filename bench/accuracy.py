@@ -1,0 +1,87 @@
+"""Accuracy on imagewoof10's test split (1474 real photos, never used for selection): the demo's
+configuration, and each backbone that has ImageNet weights offline, with and without cached
+features, so that the cache's effect on accuracy is measured beside its speed.
+
+    python bench/accuracy.py [--configs demo,head,head-4-views,head-no-cache] [--epochs N]
+
+Each configuration is a real `train` run (the image's program, natively) on imagewoof10's train
+and valid folders (or the demo's slice of them), tested on the whole test folder.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import common  # noqa: F401 - sys.path, before image_classifier
+from common import DATA, RESULTS, subset, write
+
+from image_classifier import local, metrics
+
+# Only EfficientNet-Lite0 has ImageNet weights offline (../shared/NOTES.md): the ResNets would
+# start from random weights, and their accuracy here would say nothing about the product.
+HEAD = {"backbone": "efficientnet_lite0", "trainable": "head", "batch-size": 32, "epochs": 10}
+CONFIGS = {
+    # demo/demo.py: its slice of the data (100 train, 50 valid images per class), its fixed
+    # hyperparameters, and the middle of its search space (lr 0.001..0.03 log, 1..3 epochs).
+    "demo": ({"backbone": "efficientnet_lite0", "trainable": "head", "lr": 0.0055, "batch-size": 32,
+              "epochs": 2, "weight-decay": 1e-4}, {"train": 100, "valid": 50}),
+    "head": (HEAD, None),
+    "head-4-views": ({**HEAD, "feature-views": 4}, None),
+    "head-no-cache": ({**HEAD, "cache-features": False}, None),
+}
+
+
+def run(name: str, hp: dict, data: Path, test: Path, work: Path) -> dict:
+    base = local.make_tree(work / name, {"train": data / "train", "valid": data / "valid", "test": test}, hp)
+    started = time.perf_counter()
+    result = subprocess.run(local.program("train"), env=local.program_env(base), capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{name}: train failed: {result.stderr[-2000:]}")
+    found = metrics.parse(result.stdout)
+    epochs = found["epoch:seconds"]
+    return {"config": name, "backbone": hp["backbone"], "trainable": hp["trainable"],
+            "cache": "off" if hp.get("cache-features") is False else f"{hp.get('feature-views', 1)} view(s)",
+            "epochs": len(epochs), "train_images": sum(1 for _ in (data / "train").rglob("*.JPEG")),
+            "best_valid_accuracy": max(found["valid:accuracy"]), "test_accuracy": found["test:accuracy"][-1],
+            "first_epoch_seconds": epochs[0], "later_epoch_seconds": sum(epochs[1:]) / max(len(epochs) - 1, 1),
+            "job_seconds": seconds, "hyperparameters": hp}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"some of: {', '.join(CONFIGS)}")
+    parser.add_argument("--epochs", type=int, help="override every configuration's epochs")
+    parser.add_argument("--per-class", type=int, help="train/valid/test images per class (default: all)")
+    parser.add_argument("--name", default="accuracy", help="results file name")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where NAME.json and NAME.md go")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.per_class:
+            n = args.per_class
+            args.data = subset(args.data, Path(tmp) / "small", {"train": n, "valid": n, "test": n})
+        for name in args.configs.split(","):
+            hp, per_class = CONFIGS[name]
+            hp = {**hp, "epochs": args.epochs or hp["epochs"]}
+            data = subset(args.data, Path(tmp) / f"slice-{name}", per_class) if per_class else args.data
+            print(f"== {name}: {hp}", flush=True)
+            rows.append(run(name, hp, data, args.data / "test", Path(tmp)))
+            print(rows[-1], flush=True)
+    write(args.name, rows, {
+        "config": "config", "backbone": "backbone", "trainable": "trained", "cache": "cached features",
+        "train_images": "train images", "epochs": "epochs", "best_valid_accuracy": "best valid acc",
+        "test_accuracy": "test acc", "first_epoch_seconds": "epoch 1 s", "later_epoch_seconds": "later epochs s",
+        "job_seconds": "whole job s"},
+        notes="Test accuracy of the best-valid epoch's model on all of imagewoof10's test split. Epoch seconds "
+              "are training only, as `train` reports them; the whole job includes validation, the test pass "
+              "and start-up.", results=args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
