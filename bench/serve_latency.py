@@ -2,18 +2,20 @@
 127.0.0.1, against bare in-process preprocessing + forward with the same artifact, the same real
 JPEGs (imagewoof10 test split) and the same torch threads, in the same run.
 
-    python bench/serve_latency.py [--backbones resnet50,efficientnet_lite0] [--requests 200]
-                                  [--concurrency 1,4,8] [--servers default,1x2] [--cold-starts 3]
+    python bench/serve_latency.py [--backbones resnet50,efficientnet_lite0] [--requests 100]
+                                  [--concurrency 1,4,8] [--servers default,no-preload,1x2] [--cold-starts 2]
 
 Per backbone: a model made by the image's `train` (1 epoch on a tiny subset: serving cost does
-not depend on how well it learned); per server configuration, cold start of `serve` to the first
-/ping 200 and to the first answered /invocations, then latency p50/p95/p99 and requests/s at each
-concurrency; in-process, latency and back-to-back requests/s, and forward time per image at
-batch 1, 4 and 8 (does server-side batching pay?).
+not depend on how well it learned); in-process, latency and back-to-back requests/s, and forward
+time per image at batch 1, 4 and 8 (does server-side batching pay?); per server configuration,
+cold start of `serve` to the first /ping 200 and to the first answered /invocations, then latency
+p50/p95/p99 and requests/s at each concurrency. The configurations (and, at concurrency 1, the
+in-process baseline) take turns in rounds, so that the shared machine's drift hits all alike.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import re
 import statistics
@@ -36,7 +38,8 @@ from image_classifier.serving.limits import max_pixels
 
 JPEG = {"Content-Type": "image/jpeg"}
 BATCHES = (1, 4, 8)
-WARMUP = 50  # requests before timing: MMS's Java front end is measurably slower for its first ~100
+ROUNDS = 4  # turns each contender takes per concurrency level
+WARMUP = 20  # requests before timing: the first after a start are slower (first forwards, Java's JIT)
 # MMS's model_service_worker sets OMP_NUM_THREADS=1 unless it is set (an MXNet-era default),
 # so every worker of the default server runs torch on one thread.
 MMS_DEFAULT_THREADS = 1
@@ -58,36 +61,44 @@ def summary(latencies: list[float], seconds: float) -> dict:
             "requests_per_second": len(latencies) / seconds, "requests": len(latencies)}
 
 
-def in_process(model_dir: Path, bodies: list[bytes], n: int, threads: int) -> dict:
-    """What the handler computes, without MMS and HTTP: decode, eval transform, forward, softmax."""
-    torch.set_num_threads(threads)
-    model = inference.model_fn(str(model_dir))  # loaded as the handler loads it
+class InProcess:
+    """What the handler computes, without MMS and HTTP: decode, eval transform, forward and softmax
+    with the handler's functions and its model loading, on THREADS torch threads."""
+
+    def __init__(self, model_dir: Path, threads: int):
+        self.model = inference.model_fn(str(model_dir))
+        self.threads = threads
 
     @torch.inference_mode()
-    def predict(body: bytes) -> torch.Tensor:
-        image = decode(body, model.preprocessing, max_pixels=max_pixels())
-        x = batch_to(model.transform(image).unsqueeze(0), model.device)
-        return torch.softmax(model.network(x), dim=1)
+    def predict(self, body: bytes) -> torch.Tensor:
+        image = decode(body, self.model.preprocessing, max_pixels=max_pixels())
+        x = batch_to(self.model.transform(image).unsqueeze(0), self.model.device)
+        return torch.softmax(self.model.network(x), dim=1)
 
-    for body in bodies[:8]:
-        predict(body)
-    latencies = []
-    started = time.perf_counter()
-    for i in range(n):
+    def run(self, bodies: list[bytes], n: int, seconds: float) -> tuple[list[float], float]:
+        """N predictions back to back (fewer if SECONDS run out): their latencies and the time taken."""
+        torch.set_num_threads(self.threads)
+        latencies = []
+        started = time.perf_counter()
+        for i in range(n):
+            t = time.perf_counter()
+            if t - started > seconds:
+                break
+            self.predict(bodies[i % len(bodies)])
+            latencies.append(time.perf_counter() - t)
+        return latencies, time.perf_counter() - started
+
+    def batching(self, bodies: list[bytes]) -> dict:
+        """Forward time per image at each of BATCHES, and what batching would gain end to end."""
+        torch.set_num_threads(self.threads)
         t = time.perf_counter()
-        predict(bodies[i % len(bodies)])
-        latencies.append(time.perf_counter() - t)
-    row = summary(latencies, time.perf_counter() - started)
-
-    t = time.perf_counter()
-    tensors = [model.transform(decode(body, model.preprocessing)) for body in bodies[:max(BATCHES)]]
-    row["preprocess_ms"] = (time.perf_counter() - t) / len(tensors) * 1e3
-    row["forward_ms_per_image"] = {b: forward_ms(model.network, batch_to(torch.stack(tensors[:b]), model.device))
-                                   for b in BATCHES}
-    fwd = row["forward_ms_per_image"]
-    # Batching only shares the forward pass; decoding stays per image.
-    row["batch_gain"] = (row["preprocess_ms"] + fwd[1]) / (row["preprocess_ms"] + fwd[max(BATCHES)])
-    return row
+        tensors = [self.model.transform(decode(body, self.model.preprocessing)) for body in bodies[:max(BATCHES)]]
+        pre = (time.perf_counter() - t) / len(tensors) * 1e3
+        fwd = {b: forward_ms(self.model.network, batch_to(torch.stack(tensors[:b]), self.model.device))
+               for b in BATCHES}
+        # Batching only shares the forward pass; decoding stays per image.
+        return {"preprocess_ms": pre, "forward_ms_per_image": fwd,
+                "batch_gain": (pre + fwd[1]) / (pre + fwd[max(BATCHES)])}
 
 
 @torch.inference_mode()
@@ -117,11 +128,12 @@ def until(check, server: local.Serve, timeout: float = 180) -> float:
     raise SystemExit(f"serve not ready in {timeout}s:\n{server.output()[-3000:]}")
 
 
-def start(model_dir: Path, work: Path, env: dict, body: bytes) -> tuple[local.Serve, float, float]:
-    """A fresh `serve`; seconds from process start to /ping 200 and to the first answered request."""
+def start(model_dir: Path, work: Path, env: dict, body: bytes) -> tuple[local.Serve, dict]:
+    """A fresh `serve`; seconds from process start to the end of its model check, to /ping 200 and
+    to the first answered request."""
     base = Path(tempfile.mkdtemp(dir=work, prefix="serve-"))
     (base / "model").symlink_to(model_dir)
-    started = time.monotonic()
+    wall, started = time.time(), time.monotonic()
     server = local.Serve(base, **env)
     try:
         ping = until(lambda: requests.get(server.url + "/ping", timeout=5).status_code == 200, server)
@@ -131,62 +143,88 @@ def start(model_dir: Path, work: Path, env: dict, body: bytes) -> tuple[local.Se
     except BaseException:
         server.stop()
         raise
-    return server, ping - started, answer - started
+    # `serve` logs this line once its model check has passed, just before it starts MMS.
+    logged = re.search(r"^(\S+ \S+) INFO image_classifier.serve: starting MMS", server.output(), re.M).group(1)
+    check = datetime.datetime.strptime(logged, "%Y-%m-%d %H:%M:%S,%f").timestamp() - wall
+    return server, {"check": check, "ping": ping - started, "answer": answer - started}
 
 
-def load(url: str, bodies: list[bytes], concurrency: int, n: int) -> dict:
-    """N requests from CONCURRENCY client threads, each with its own keep-alive connection."""
+def load(url: str, bodies: list[bytes], concurrency: int, n: int, seconds: float) -> tuple[list[float], float]:
+    """N requests (fewer if SECONDS run out) from CONCURRENCY client threads, each with its own
+    keep-alive connection: their latencies and the time taken."""
     latencies = []
+    started = time.perf_counter()
 
     def client(first: int) -> None:
         with requests.Session() as session:
-            session.trust_env = False  # no proxy lookups from the environment: 1-8 ms a request here
+            session.trust_env = False  # no per-request proxy lookup in the environment: it doubled a /ping here
             for i in range(first, n, concurrency):
                 t = time.perf_counter()
+                if t - started > seconds:
+                    break
                 response = session.post(url + "/invocations", data=bodies[i % len(bodies)], headers=JPEG, timeout=120)
                 latencies.append(time.perf_counter() - t)
                 response.raise_for_status()
 
-    started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(client, range(concurrency)))
-    return summary(latencies, time.perf_counter() - started)
+    return latencies, time.perf_counter() - started
 
 
 def parse_server(spec: str) -> tuple[dict, int | None, int]:
-    """'default' (as shipped) or 'WxT': W MMS workers with T torch threads each -> env, workers, threads."""
-    if spec == "default":
-        return {}, None, MMS_DEFAULT_THREADS
-    workers, threads = (int(x) for x in spec.split("x"))
-    return {"SAGEMAKER_MODEL_SERVER_WORKERS": workers, "OMP_NUM_THREADS": threads}, workers, threads
+    """'default' (`serve` as shipped), 'WxT' (W MMS workers, T torch threads each) and/or 'no-preload'
+    (each worker loads the model itself), joined by '+' -> environment, workers, threads."""
+    env, workers, threads = {}, None, MMS_DEFAULT_THREADS
+    for part in spec.split("+"):
+        if part == "no-preload":
+            env["MMS_PRELOAD_MODEL"] = "false"
+        elif part != "default":
+            workers, threads = (int(x) for x in part.split("x"))
+            env.update(SAGEMAKER_MODEL_SERVER_WORKERS=workers, OMP_NUM_THREADS=threads)
+    return env, workers, threads
 
 
-def serve_rows(backbone: str, spec: str, model_dir: Path, bodies: list[bytes], args, work: Path,
-               baselines: dict) -> list[dict]:
-    env, workers, threads = parse_server(spec)
-    pings, answers = [], []
-    for i in range(args.cold_starts):
-        server, ping, answer = start(model_dir, work, env, bodies[0])
-        pings.append(ping)
-        answers.append(answer)
-        if i < args.cold_starts - 1:
-            server.stop()
+def serve_rows(backbone: str, specs: list[str], model_dir: Path, bodies: list[bytes], bare: dict[int, InProcess],
+               args, work: Path) -> list[dict]:
+    configs = {spec: parse_server(spec) for spec in specs}
+    cold = {spec: [] for spec in specs}
+    running = {}
     try:
-        workers = workers or int(re.search(r"Default workers per model: (\d+)", server.output()).group(1))
+        for i in range(args.cold_starts):  # one start of each in turn; the last ones stay up
+            for spec, (env, _, _) in configs.items():
+                server, times = start(model_dir, work, env, bodies[0])
+                cold[spec].append(times)
+                running[spec] = server
+                if i < args.cold_starts - 1:
+                    running.pop(spec).stop()
         levels = sorted(args.concurrency)
-        load(server.url, bodies, levels[-1], WARMUP)  # at the highest concurrency: warms every worker
+        for server in running.values():
+            load(server.url, bodies, levels[-1], WARMUP, args.max_seconds)  # at the top concurrency: every worker
         rows = []
         for c in levels:
-            row = {"backbone": backbone, "contender": f"serve {spec}", "workers": workers, "threads": threads,
-                   "concurrency": c, **load(server.url, bodies, c, args.requests)}
-            if c == 1:
-                row.update(vs_in_process=row["p50_ms"] / baselines[threads]["p50_ms"],
-                           cold_ping_s=statistics.median(pings), cold_answer_s=statistics.median(answers),
-                           cold_ping_samples=pings, cold_answer_samples=answers)
-            rows.append(row)
-            print(f"   {spec} c={c}: p50 {row['p50_ms']:.1f} ms, {row['requests_per_second']:.1f} req/s", flush=True)
+            served = {spec: ([], 0.0) for spec in specs}
+            inproc = {spec: [] for spec in specs}
+            for _ in range(ROUNDS):
+                for spec, server in running.items():
+                    if c == 1:
+                        inproc[spec] += bare[configs[spec][2]].run(bodies, args.requests // ROUNDS,
+                                                                   args.max_seconds / ROUNDS)[0]
+                    latencies, seconds = load(server.url, bodies, c, args.requests // ROUNDS, args.max_seconds / ROUNDS)
+                    served[spec] = (served[spec][0] + latencies, served[spec][1] + seconds)
+            for spec, server in running.items():
+                _, workers, threads = configs[spec]
+                workers = workers or int(re.search(r"Default workers per model: (\d+)", server.output()).group(1))
+                row = {"backbone": backbone, "contender": f"serve {spec}", "workers": workers, "threads": threads,
+                       "concurrency": c, **summary(*served[spec])}
+                if c == 1:
+                    bare_p50 = statistics.median(inproc[spec]) * 1e3
+                    row.update(in_process_p50_ms=bare_p50, vs_in_process=row["p50_ms"] / bare_p50, cold_starts=cold[spec],
+                               **{f"cold_{k}_s": statistics.median(t[k] for t in cold[spec]) for k in cold[spec][0]})
+                rows.append(row)
+                print(f"   {spec} c={c}: p50 {row['p50_ms']:.1f} ms, {row['requests_per_second']:.1f} req/s", flush=True)
     finally:
-        server.stop()
+        for server in running.values():
+            server.stop()
     return rows
 
 
@@ -194,16 +232,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--backbones", default="resnet50,efficientnet_lite0")
-    parser.add_argument("--requests", type=int, default=200, help="timed requests per concurrency level")
+    parser.add_argument("--requests", type=int, default=100, help="timed requests per concurrency level")
+    parser.add_argument("--max-seconds", type=float, default=4,
+                        help="per concurrency level: stop sooner when this runs out (slow configurations)")
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 4, 8])
-    parser.add_argument("--servers", default="default,1x2,2x2",
-                        help="server configurations: 'default' (as shipped) or WORKERSxTHREADS")
+    parser.add_argument("--servers", default="default,no-preload,1x2",
+                        help="server configurations: 'default' (as shipped), WORKERSxTHREADS, 'no-preload', "
+                             "or several joined by '+'")
     parser.add_argument("--cold-starts", type=int, default=2, help="fresh starts of each server configuration")
     parser.add_argument("--test-per-class", type=int, default=4, help="distinct test JPEGs per class (10 classes)")
     parser.add_argument("--name", default="serve_latency", help="results file name")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where NAME.json and NAME.md go")
     args = parser.parse_args()
-    servers = args.servers.split(",")
+    specs = args.servers.split(",")
     load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -213,53 +254,72 @@ def main() -> int:
         for backbone in args.backbones.split(","):
             print(f"== {backbone}", flush=True)
             model_dir = train_artifact(data, backbone, work)
-            baselines = {}
-            for threads in sorted({parse_server(s)[2] for s in servers}):
-                baselines[threads] = in_process(model_dir, bodies, args.requests, threads)
-                rows.append({"backbone": backbone, "contender": "in-process", "threads": threads, "concurrency": 1,
-                             **baselines[threads]})
-                print(f"   in-process {threads} thread(s): p50 {baselines[threads]['p50_ms']:.1f} ms", flush=True)
-            for spec in servers:
-                rows.extend(serve_rows(backbone, spec, model_dir, bodies, args, work, baselines))
+            bare = {threads: InProcess(model_dir, threads) for threads in sorted({parse_server(s)[2] for s in specs})}
+            for threads, contender in bare.items():
+                contender.run(bodies, 8, args.max_seconds)  # warm-up
+                row = {"backbone": backbone, "contender": "in-process", "threads": threads, "concurrency": 1,
+                       **summary(*contender.run(bodies, args.requests, args.max_seconds))}
+                if threads == MMS_DEFAULT_THREADS:  # where the default server runs; more threads collapse here
+                    row.update(contender.batching(bodies))
+                rows.append(row)
+                print(f"   in-process {threads} thread(s): p50 {row['p50_ms']:.1f} ms", flush=True)
+            rows.extend(serve_rows(backbone, specs, model_dir, bodies, bare, args, work))
     load_after = os.getloadavg()[0]
     write(args.name, rows, {
         "backbone": "backbone", "contender": "contender", "workers": "MMS workers", "threads": "torch threads",
         "concurrency": "concurrency", "p50_ms": "p50 ms", "p95_ms": "p95 ms", "p99_ms": "p99 ms",
-        "requests_per_second": "req/s", "vs_in_process": "p50 / in-process p50", "cold_ping_s": "cold start: /ping s",
-        "cold_answer_s": "cold start: first answer s"},
+        "requests_per_second": "req/s", "in_process_p50_ms": "in-process p50 ms (same rounds)",
+        "vs_in_process": "p50 / in-process p50", "cold_check_s": "cold start: model checked s",
+        "cold_ping_s": "/ping 200 s", "cold_answer_s": "first answer s"},
         notes=notes(rows, args, load_before, load_after), results=args.results)
     return 0
 
 
 def notes(rows: list[dict], args, load_before: float, load_after: float) -> str:
-    batching = "\n".join(
-        f"| {r['backbone']} | {r['threads']} | {r['preprocess_ms']:.1f} | "
-        + " | ".join(f"{r['forward_ms_per_image'][b]:.1f}" for b in BATCHES) + f" | {r['batch_gain']:.2f} |"
-        for r in rows if r["contender"] == "in-process")
-    return f"""\
-Method: each backbone's model is made by the image's `train` (1 epoch on 2 images per class;
-ResNets with weights=none, as no ImageNet ResNet weights are available offline: same compute).
-`serve` runs natively on 127.0.0.1 as the serving tests run it. Cold start is the median of
-{args.cold_starts} fresh starts from process start; "first answer" (the first 200 from
-/invocations) is the honest number: our /ping answers 200 (status "Healthy") as soon as MMS has
-spawned its workers, seconds before any worker has loaded the model; requests sent meanwhile
-wait in MMS's queue. Load: {args.requests} timed requests per concurrency level after a warm-up,
-each a real imagewoof10 test JPEG (cycling over {args.test_per_class * 10}) POSTed as image/jpeg
-with `requests` (one keep-alive session per client thread, on the same 2 cores as the server).
-Server configurations: `default` is `serve` as shipped (MMS: one worker per core; each worker's
-torch runs {MMS_DEFAULT_THREADS} thread); `WxT` sets SAGEMAKER_MODEL_SERVER_WORKERS=W and
-OMP_NUM_THREADS=T. In-process: decode + eval transform + forward + softmax with the same
-functions and the same artifact loading as the handler, one image at a time back to back, torch
-threads as in the server it is compared with ("p50 / in-process p50" is at concurrency 1 with the
-same threads). 1-minute load average (other work on this shared machine): {load_before:.1f}
-before, {load_after:.1f} after.
+    inproc = [r for r in rows if "batch_gain" in r]
+    batching = ""
+    if inproc:
+        best = max(r["batch_gain"] for r in inproc)
+        verdict = (f"At most {best:.2f}x, below 1.3x: server-side batching (MMS batch_size with max_batch_delay) "
+                   "would not pay on this machine, so `serve` does not batch. One image already keeps a core "
+                   "busy, and decoding stays per image." if best < 1.3 else
+                   f"Up to {best:.2f}x: server-side batching (MMS batch_size with max_batch_delay) is worth trying.")
+        table = "\n".join(
+            f"| {r['backbone']} | {r['threads']} | {r['preprocess_ms']:.1f} | "
+            + " | ".join(f"{r['forward_ms_per_image'][b]:.1f}" for b in BATCHES) + f" | {r['batch_gain']:.2f} |"
+            for r in inproc)
+        batching = f"""
 
-Batching, in-process (forward ms per image at batch 1, 4, 8; gain = end-to-end images/s at
-batch 8 over batch 1, decoding included):
+Batching, in-process (forward ms per image at batch 1, 4 and 8, median of 5; gain: end-to-end
+images/s at batch 8 over batch 1, decoding included):
 
 | backbone | torch threads | decode + transform ms | forward ms/image b1 | b4 | b8 | gain b8 |
 |---|---|---|---|---|---|---|
-{batching}"""
+{table}
+
+{verdict}"""
+    return f"""\
+Method: each backbone's model is made by the image's `train` (1 epoch on 2 images per class;
+ResNets with weights=none, as no ImageNet ResNet weights are available offline: same compute).
+`serve` runs natively on 127.0.0.1 as the serving tests run it. Cold start: median of
+{args.cold_starts} fresh starts, seconds from process start to the end of `serve`'s model check
+(a child process loads the model and runs it once before MMS starts), to /ping 200, and to the
+first 200 from /invocations. The first answer is the honest number: MMS answers /ping 200
+("Healthy") as soon as it has spawned its workers, seconds before any of them has loaded the
+model; requests sent meanwhile wait in MMS's queue. Load: after {WARMUP} warm-up requests, the
+servers take turns, {ROUNDS} rounds of {args.requests // ROUNDS} requests per concurrency level
+(fewer where {args.max_seconds / ROUNDS:g} s ran out), each a real imagewoof10 test JPEG (cycling
+over {args.test_per_class * 10}) POSTed as image/jpeg with `requests` (one keep-alive session per
+client thread, on the same 2 cores as the server). Server configurations: `default` is `serve` as
+shipped (MMS: one worker per core, each worker's torch on {MMS_DEFAULT_THREADS} thread, as MMS's
+worker sets OMP_NUM_THREADS=1 when unset; the model preloaded once and the workers forked from
+it); `no-preload` (MMS_PRELOAD_MODEL=false): each worker imports torch and loads the model
+itself, as `serve` did before; `WxT`: SAGEMAKER_MODEL_SERVER_WORKERS=W and OMP_NUM_THREADS=T
+(with T > 1 `serve` does not preload). In-process: decode + eval transform + forward + softmax
+with the handler's functions and its model loading, one image at a time back to back, with the
+torch threads of the server it is compared with: alone (its rows), and at concurrency 1 in the
+same rounds as each server ("p50 / in-process p50"). 1-minute load average (other work on this
+shared machine): {load_before:.1f} before, {load_after:.1f} after.{batching}"""
 
 
 if __name__ == "__main__":

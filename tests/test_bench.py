@@ -58,7 +58,7 @@ def test_serving_latency_benchmark_runs(imagewoof, tmp_path):
     assert set(inproc["forward_ms_per_image"]) == {"1", "4", "8"} and inproc["batch_gain"] > 0
     assert [(r["contender"], r["concurrency"]) for r in served] == [("serve default", 1), ("serve default", 2)]
     for row in found["rows"]:
-        assert row["backbone"] == "efficientnet_lite0" and row["requests"] == 8
+        assert row["backbone"] == "efficientnet_lite0" and 1 <= row["requests"] <= 8
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] and row["requests_per_second"] > 0
     assert served[0]["workers"] >= 1 and served[0]["vs_in_process"] > 0
     assert 0 < served[0]["cold_ping_s"] <= served[0]["cold_answer_s"]

@@ -10,6 +10,8 @@ import torch
 from image_classifier import data, features, models
 from image_classifier.preprocessing import eval_transform, train_transform
 
+pytestmark = pytest.mark.slow  # real backbones
+
 
 def hp(**kw):
     return argparse.Namespace(**{"seed": 42, "batch_size": 4, "num_workers": 0, **kw})

@@ -204,3 +204,11 @@ def test_multi_model_mode_loads_invokes_and_unloads(trained, tmp_path):
         assert requests.get(srv.url + "/ping").status_code == 200
     finally:
         assert srv.stop() == 0
+
+
+def test_mms_preloads_the_model_only_where_a_fork_is_safe(tmp_path, monkeypatch):
+    from image_classifier.serving import server
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert "preload_model=true" in server.mms_config(tmp_path).read_text()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # a fork after OpenMP ran on 2 threads hangs
+    assert "preload_model" not in server.mms_config(tmp_path).read_text()
