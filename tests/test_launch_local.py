@@ -52,7 +52,8 @@ def test_local_tuner_runs_trials_and_reports(tuned):
     [root] = (work / "jobs").iterdir()
     assert len(list((root / "feature-cache").glob("*.pt"))) == 2  # training view 0, validation images
     third = (root / f"{root.name}-003" / "job.log").read_text()
-    assert third.count("features (") == 2 and "through the backbone" not in third, third[-3000:]
+    assert "train features (augmented view 0): from" in third, third[-3000:]
+    assert "valid features (evaluation transform): from" in third and "through the backbone" not in third
 
 
 def test_deploy_local_and_invoke_with_the_aws_cli(tuned, tiny_data):
