@@ -10,15 +10,13 @@ and valid folders (or the demo's slice of them), tested on the whole test folder
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-import common  # noqa: F401 - sys.path, before image_classifier
-from common import DATA, RESULTS, subset, write
+from common import DATA, RESULTS, run_train, subset, write  # first: puts container/ on sys.path
 
-from image_classifier import local, metrics
+from image_classifier import metrics
 
 # Only EfficientNet-Lite0 has ImageNet weights offline (../shared/NOTES.md): the ResNets would
 # start from random weights, and their accuracy here would say nothing about the product.
@@ -35,13 +33,10 @@ CONFIGS = {
 
 
 def run(name: str, hp: dict, data: Path, test: Path, work: Path) -> dict:
-    base = local.make_tree(work / name, {"train": data / "train", "valid": data / "valid", "test": test}, hp)
     started = time.perf_counter()
-    result = subprocess.run(local.program("train"), env=local.program_env(base), capture_output=True, text=True)
+    stdout = run_train(work / name, {"train": data / "train", "valid": data / "valid", "test": test}, hp)
     seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"{name}: train failed: {result.stderr[-2000:]}")
-    found = metrics.parse(result.stdout)
+    found = metrics.parse(stdout)
     epochs = found["epoch:seconds"]
     return {"config": name, "backbone": hp["backbone"], "trainable": hp["trainable"],
             "cache": "off" if hp.get("cache-features") is False else f"{hp.get('feature-views', 1)} view(s)",

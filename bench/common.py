@@ -42,6 +42,17 @@ def subset(data: Path, out: Path, per_class: dict[str, int]) -> Path:
     return out
 
 
+def run_train(base: Path, channels: dict[str, Path], hyperparameters: dict) -> str:
+    """The image's real `train`, natively, in a fresh /opt/ml tree BASE; its stdout (metric lines)."""
+    import subprocess
+    from image_classifier import local
+    local.make_tree(base, channels, hyperparameters)
+    result = subprocess.run(local.program("train"), env=local.program_env(base), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"train failed in {base}: {result.stderr[-2000:]}")
+    return result.stdout
+
+
 def write(name: str, rows: list[dict], columns: dict[str, str], notes: str = "", results: Path = RESULTS) -> Path:
     """RESULTS/NAME.json (rows and machine) and RESULTS/NAME.md (a table of COLUMNS: key -> header)."""
     results.mkdir(parents=True, exist_ok=True)

@@ -19,13 +19,12 @@ import datetime
 import os
 import re
 import statistics
-import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import DATA, OFFLINE_WEIGHTS, RESULTS, subset, write  # first: puts container/ on sys.path
+from common import DATA, OFFLINE_WEIGHTS, RESULTS, run_train, subset, write  # first: puts container/ on sys.path
 
 import requests
 import torch
@@ -46,12 +45,10 @@ MMS_DEFAULT_THREADS = 1
 
 
 def train_artifact(data: Path, backbone: str, work: Path) -> Path:
-    base = local.make_tree(work / f"train-{backbone}", {"train": data / "train", "valid": data / "valid"},
-                           {"backbone": backbone, "weights": OFFLINE_WEIGHTS.get(backbone, "none"), "epochs": 1,
-                            "batch-size": 8, "num-workers": 0})
-    result = subprocess.run(local.program("train"), env=local.program_env(base), capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"train failed: {result.stderr[-2000:]}")
+    base = work / f"train-{backbone}"
+    run_train(base, {"train": data / "train", "valid": data / "valid"},
+              {"backbone": backbone, "weights": OFFLINE_WEIGHTS.get(backbone, "none"), "epochs": 1, "batch-size": 8,
+               "num-workers": 0})
     return base / "model"
 
 

@@ -11,17 +11,16 @@ as `train` reports them), for both.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from common import DATA, OFFLINE_WEIGHTS, RESULTS, subset, write  # first: puts container/ on sys.path
+from common import DATA, OFFLINE_WEIGHTS, RESULTS, run_train, subset, write  # first: puts container/ on sys.path
 
 import torch
 from torch import nn
 
-from image_classifier import local, metrics, models
+from image_classifier import metrics, models
 
 
 def matmul_flops(dtype=torch.float32, n: int = 2048, repeat: int = 10) -> float:
@@ -46,14 +45,11 @@ def step_flops(backbone: str, trainable: str, batch: int = 2) -> float:
 
 
 def ours(data: Path, backbone: str, trainable: str, cache: bool, epochs: int, batch: int, work: Path) -> list[dict]:
-    base = local.make_tree(work / f"ours-{backbone}-{trainable}-{cache}", {"train": data / "train",
-                                                                         "valid": data / "valid"},
-                           {"backbone": backbone, "trainable": trainable, "epochs": epochs, "batch-size": batch,
-                            "weights": OFFLINE_WEIGHTS.get(backbone, "none"), "cache-features": cache})
-    result = subprocess.run(local.program("train"), env=local.program_env(base), capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"train failed: {result.stderr[-2000:]}")
-    found = metrics.parse(result.stdout)
+    found = metrics.parse(run_train(work / f"ours-{backbone}-{trainable}-{cache}",
+                                    {"train": data / "train", "valid": data / "valid"},
+                                    {"backbone": backbone, "trainable": trainable, "epochs": epochs,
+                                     "batch-size": batch, "weights": OFFLINE_WEIGHTS.get(backbone, "none"),
+                                     "cache-features": cache}))
     return [{"epoch": i + 1, "seconds": s, "images_per_second": ips}
             for i, (s, ips) in enumerate(zip(found["epoch:seconds"], found["train:images_per_second"]))]
 

@@ -92,7 +92,7 @@ class FeatureCache:
         self.directory = Path(directory) if directory else None
         self.model, self.head_attr, self.pre, self.amp, self.device, self.hp = model, head_attr, pre, amp, device, hp
         self.weights = weights_digest(model, head_attr)
-        self.memory: dict[str, Features] = {}
+        self.memory: dict[tuple[str, str], Features] = {}
 
     def train_view(self, channel: data.Channel, view: int, transform, stop=None) -> Features:
         seed = ((self.hp.seed * 1_000_003 + view) * 1_000_003) % 2**62  # + image index, per image
@@ -104,18 +104,19 @@ class FeatureCache:
                          None, None, stop)
 
     def _get(self, channel, spec, transform, draft_size, seed, amp, stop) -> Features:
+        known = (channel.name, json.dumps(spec, sort_keys=True))  # every epoch asks again: no stat() then
+        if known in self.memory:
+            return self.memory[known]
         key = hashlib.blake2b(json.dumps(dict(
             format=FORMAT, weights=self.weights, preprocessing=self.pre.to_json(), torch=torch.__version__,
             samples=samples_digest(channel.samples, channel.root), **spec), sort_keys=True).encode(),
             digest_size=16).hexdigest()
-        if key in self.memory:
-            return self.memory[key]
         path = self.directory / f"{key}.pt" if self.directory else None
         if path is not None and path.exists():
             try:
                 found = Features(**torch.load(path, map_location="cpu", weights_only=True))
                 log.info("%s features (%s): from %s", channel.name, _label(spec), path)
-                self.memory[key] = found
+                self.memory[known] = found
                 return found
             except Exception as e:  # noqa: BLE001 - a damaged cache file is recomputed, not fatal
                 log.warning("ignoring unreadable feature cache file %s: %s: %s", path, type(e).__name__, e)
@@ -129,7 +130,7 @@ class FeatureCache:
             tmp = path.with_suffix(f".tmp{os.getpid()}")  # concurrent trials may write the same key
             torch.save(vars(found), tmp)
             os.replace(tmp, path)
-        self.memory[key] = found
+        self.memory[known] = found
         return found
 
     @torch.no_grad()

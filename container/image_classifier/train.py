@@ -104,9 +104,9 @@ def pretrained_file(channels: dict[str, Path], backbone: str) -> Path | None:
     raise TrainingError(f"channel 'pretrained' has {len(files)} weights files; name one {backbone}.pt")
 
 
-def make_loader(samples, transform, draft_size, hp, sampler=None):
+def make_loader(samples, transform, draft_size, hp, sampler=None, drop_last=False):
     return data.loader(data.ImageDataset(samples, transform, draft_size), hp.batch_size, hp.num_workers, sampler,
-                       drop_last=sampler is not None and len(samples) > hp.batch_size)
+                       drop_last)
 
 
 def build_optimizer(params, hp) -> torch.optim.Optimizer:
@@ -183,7 +183,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
                  f", kept in {hp.feature_cache_dir}" if hp.feature_cache_dir else "")
     else:
         net = model
-        train_loader = make_loader(train_ch.samples, train_transform(pre), pre.image_size, hp, sampler)
+        train_loader = make_loader(train_ch.samples, train_transform(pre), pre.image_size, hp, sampler, drop_last)
         valid_loader = make_loader(valid_ch.samples, eval_transform(pre), pre.resize_size, hp)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
