@@ -34,6 +34,7 @@ from image_classifier.models import batch_to
 from image_classifier.preprocessing import decode
 from image_classifier.serving import inference
 from image_classifier.serving.limits import max_pixels
+from image_classifier.serving.model_state import READY_LINE
 
 JPEG = {"Content-Type": "image/jpeg"}
 BATCHES = (1, 4, 8)
@@ -126,8 +127,8 @@ def until(check, server: local.Serve, timeout: float = 180) -> float:
 
 
 def start(model_dir: Path, work: Path, env: dict, body: bytes) -> tuple[local.Serve, dict]:
-    """A fresh `serve`; seconds from process start to the end of its model check, to /ping 200 and
-    to the first answered request."""
+    """A fresh `serve`; seconds from process start to /ping 200, to `serve`'s "model loaded" line
+    and to the first answered request."""
     base = Path(tempfile.mkdtemp(dir=work, prefix="serve-"))
     (base / "model").symlink_to(model_dir)
     wall, started = time.time(), time.monotonic()
@@ -140,10 +141,10 @@ def start(model_dir: Path, work: Path, env: dict, body: bytes) -> tuple[local.Se
     except BaseException:
         server.stop()
         raise
-    # `serve` logs this line once its model check has passed, just before it starts MMS.
-    logged = re.search(r"^(\S+ \S+) INFO image_classifier.serve: starting MMS", server.output(), re.M).group(1)
-    check = datetime.datetime.strptime(logged, "%Y-%m-%d %H:%M:%S,%f").timestamp() - wall
-    return server, {"check": check, "ping": ping - started, "answer": answer - started}
+    # `serve` logs this line when a worker has loaded the model (and run it once).
+    logged = re.search(rf"^(\S+ \S+) INFO image_classifier.serve: {READY_LINE}", server.output(), re.M).group(1)
+    loaded = datetime.datetime.strptime(logged, "%Y-%m-%d %H:%M:%S,%f").timestamp() - wall
+    return server, {"ping": ping - started, "loaded": loaded, "answer": answer - started}
 
 
 def load(url: str, bodies: list[bytes], concurrency: int, n: int, seconds: float) -> tuple[list[float], float]:
@@ -266,8 +267,8 @@ def main() -> int:
         "backbone": "backbone", "contender": "contender", "workers": "MMS workers", "threads": "torch threads",
         "concurrency": "concurrency", "p50_ms": "p50 ms", "p95_ms": "p95 ms", "p99_ms": "p99 ms",
         "requests_per_second": "req/s", "in_process_p50_ms": "in-process p50 ms (same rounds)",
-        "vs_in_process": "p50 / in-process p50", "cold_check_s": "cold start: model checked s",
-        "cold_ping_s": "/ping 200 s", "cold_answer_s": "first answer s"},
+        "vs_in_process": "p50 / in-process p50", "cold_ping_s": "cold start: /ping 200 s",
+        "cold_loaded_s": "model loaded s", "cold_answer_s": "first answer s"},
         notes=notes(rows, args, load_before, load_after), results=args.results)
     return 0
 
@@ -299,11 +300,11 @@ images/s at batch 8 over batch 1, decoding included):
 Method: each backbone's model is made by the image's `train` (1 epoch on 2 images per class;
 ResNets with weights=none, as no ImageNet ResNet weights are available offline: same compute).
 `serve` runs natively on 127.0.0.1 as the serving tests run it. Cold start: median of
-{args.cold_starts} fresh starts, seconds from process start to the end of `serve`'s model check
-(a child process loads the model and runs it once before MMS starts), to /ping 200, and to the
-first 200 from /invocations. The first answer is the honest number: MMS answers /ping 200
-("Healthy") as soon as it has spawned its workers, seconds before any of them has loaded the
-model; requests sent meanwhile wait in MMS's queue. Load: after {WARMUP} warm-up requests, the
+{args.cold_starts} fresh starts, seconds from process start to /ping 200, to `serve`'s log line
+"{READY_LINE}" (a worker has loaded the model and run it once) and to the first 200 from
+/invocations. The first answer is the honest number: MMS answers /ping 200 ("Healthy") as soon
+as its workers are up, seconds before any of them has loaded the model; requests sent meanwhile
+wait in MMS's queue. Load: after {WARMUP} warm-up requests, the
 servers take turns, {ROUNDS} rounds of {args.requests // ROUNDS} requests per concurrency level
 (fewer where {args.max_seconds / ROUNDS:g} s ran out), each a real imagewoof10 test JPEG (cycling
 over {args.test_per_class * 10}) POSTed as image/jpeg with `requests` (one keep-alive session per

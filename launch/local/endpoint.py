@@ -64,7 +64,7 @@ def run(name: str, model_dir: Path | None, port: int, runner: str = "native", im
     else:
         serve = local.Serve(base, log_path=base / "serve.log", **env)
     try:
-        seconds = serve.wait_healthy()
+        seconds = serve.wait_healthy(model_loaded=not models)
     except Exception:
         serve.stop()
         raise

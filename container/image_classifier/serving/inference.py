@@ -63,6 +63,7 @@ class Prediction:
 def model_fn(model_dir: str) -> Model:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network, manifest = artifact.load(model_dir, device)
+    artifact.check_forward(network, manifest)
     pre = Preprocessing.from_json(manifest["preprocessing"])
     log.info("loaded %s with %d classes from %s", manifest["backbone"], manifest["num_classes"], model_dir)
     return Model(network, manifest, manifest["class_names"], pre, eval_transform(pre), device)

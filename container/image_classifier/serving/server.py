@@ -2,13 +2,14 @@
 contract (port $SAGEMAKER_BIND_TO_PORT, /ping, /invocations, $SAGEMAKER_MULTI_MODEL).
 
 sagemaker-inference's start_model_server() writes its config to /etc, binds 0.0.0.0 and leaves
-MMS's Python workers running after SIGTERM. We reuse its config generator but keep the config,
-pid file, sockets and logs in a private run directory, bind where we are told, and on SIGTERM
-stop the whole process tree we started.
+MMS's Python workers running after SIGTERM. We write the same config from its files and settings
+but keep the config, pid file, sockets and logs in a private run directory, bind where we are
+told, and on SIGTERM stop the whole process tree we started.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import logging
 import os
 import shutil
@@ -16,18 +17,20 @@ import signal
 import subprocess
 import sys
 import tempfile
-import warnings
+import time
 from pathlib import Path
 
 import psutil
 
 from .. import paths
+from . import model_state
 from .limits import MIB, max_payload_bytes
 
 log = logging.getLogger("image_classifier.serve")
 
 HANDLER = "image_classifier.serving.handler_service"
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the folder holding image_classifier
+TOOLKIT_FILES = importlib.resources.files("sagemaker_inference") / "etc"  # its MMS and log4j configuration
 
 
 def bind_host() -> str:
@@ -53,34 +56,30 @@ def preload_safe() -> bool:
 
 
 def mms_config(run_dir: Path) -> Path:
-    # The toolkit reads its environment at import; import it only once ours is set.
-    with warnings.catch_warnings():  # it imports pkg_resources, deprecated but present (setuptools<82)
-        warnings.simplefilter("ignore")
-        from sagemaker_inference import environment, model_server
+    """The MMS configuration sagemaker-inference's start_model_server() writes (the toolkit's files
+    and settings; a test compares the two), bound where we are told, plus preload_model. Built here
+    because importing the toolkit's model_server module (boto3, scipy) costs 0.4 s of every start."""
+    from sagemaker_inference import environment  # reads its environment: import once ours is set
 
-    handler = None if multi_model() else HANDLER
-    text = model_server._generate_mms_config_properties(environment.Environment(), handler)
-    text = text.replace("http://0.0.0.0:", f"http://{bind_host()}:")
-    if multi_model():
-        text = text.replace("$$SAGEMAKER_HANDLER$$", HANDLER)
-    if preload_safe():
-        text += "preload_model=true\n"
+    env = environment.Environment()
+    host = bind_host()
+    settings = {
+        "default_response_timeout": env.model_server_timeout,
+        "default_workers_per_model": env.model_server_workers,
+        "inference_address": f"http://{host}:{env.inference_http_port}",
+        "management_address": f"http://{host}:{env.management_http_port}",
+        "vmargs": env.vmargs,
+        "max_request_size": env.max_request_size,
+        "default_service_handler": None if multi_model() else HANDLER,
+        "default_response_timeout_seconds": env.model_server_timeout_seconds,
+        "preload_model": "true" if preload_safe() else None,
+    }
+    defaults = TOOLKIT_FILES / ("mme-mms.properties" if multi_model() else "default-mms.properties")
+    text = defaults.read_text().replace("$$SAGEMAKER_HANDLER$$", HANDLER)
+    text += "".join(f"{key}={value}\n" for key, value in settings.items() if value)
     path = run_dir / "mms.properties"
     path.write_text(text)
     return path
-
-
-def check_model(model_dir: Path) -> str | None:
-    """Load the model and run it once, in a child process that then frees its memory.
-
-    MMS answers /ping with 200 even while every worker fails to load the model, so a broken
-    artifact is refused here, before the server starts.
-    """
-    result = subprocess.run([sys.executable, "-m", "image_classifier.artifact", str(model_dir)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        return (result.stderr.strip().splitlines() or ["model check failed"])[-1]
-    return None
 
 
 def stop_tree(process: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -108,9 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="serve", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Serve the model in $SAGEMAKER_BASE_DIR/model (default /opt/ml/model) with multi-model-server.",
         epilog=(
-            "Endpoints: GET /ping (200 once the model is loaded), POST /invocations with image/jpeg,\n"
+            "Endpoints: GET /ping (200 once MMS is up; requests wait in its queue until the model is\n"
+            "loaded, when `serve` logs 'model loaded; ready to answer'), POST /invocations with image/jpeg,\n"
             "image/png, application/x-image or application/json {\"instances\": [base64, ...]}; the answer\n"
-            "is JSON with the top-k labels (CustomAttributes 'top_k=N,probabilities=true').\n\n"
+            "is JSON with the top-k labels (CustomAttributes 'top_k=N,probabilities=true'). A model that\n"
+            "cannot load stops `serve` with exit 1 and the reason.\n\n"
             "Environment: SAGEMAKER_BIND_TO_PORT (default 8080); SERVE_HOST (default 0.0.0.0, or 127.0.0.1\n"
             "when SAGEMAKER_BASE_DIR is set); SAGEMAKER_MULTI_MODEL=true serves a multi-model endpoint:\n"
             "models loaded through POST /models {model_name, url: an absolute path}; SAGEMAKER_MODEL_SERVER_WORKERS,\n"
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             "SAGEMAKER_MAX_PAYLOAD_IN_MB, else 6 MiB), MAX_IMAGE_PIXELS (default 40000000) and\n"
             "MAX_BATCH_IMAGES (default 64) limit requests; over a limit the answer is a JSON 413."))
     parser.parse_args(argv)
+    started = time.monotonic()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     port = os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080")
@@ -138,21 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     limit = max_payload_bytes()
     os.environ.update(MAX_PAYLOAD_BYTES=str(limit), SAGEMAKER_MAX_PAYLOAD_IN_MB=str(-(-4 * limit // MIB)))
 
+    os.environ[model_state.STATE_DIR_ENV] = str(run_dir)
     model_dir = paths.base_dir() / "model"
-    if not multi_model():
-        problem = check_model(model_dir)
-        if problem:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            print(f"serve: cannot serve {model_dir}: {problem}", file=sys.stderr)
-            return 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from sagemaker_inference import model_server  # after the environment is final
-
     cmd = ["multi-model-server", "--start", "--foreground", "--mms-config", str(mms_config(run_dir)),
            # "/": MMS resolves a model's URL under the store, and SageMaker sends absolute paths.
            "--model-store", "/",
-           "--log-config", model_server.DEFAULT_MMS_LOG_FILE]
+           "--log-config", str(TOOLKIT_FILES / "log4j2.xml")]
     if not multi_model():
         cmd += ["--models", f"model={model_dir}"]
     log.info("starting MMS on %s:%s (%s)", bind_host(), port,
@@ -168,11 +161,30 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    code = process.wait()
+    problem = watch(process, run_dir, started, stopping)
     stop_tree(process)  # MMS exiting on its own can still leave workers
     shutil.rmtree(run_dir, ignore_errors=True)
+    if problem:
+        print(f"serve: cannot serve {model_dir}: {problem}", file=sys.stderr)
+        return 1
     if stopping:
         log.info("model server stopped")
         return 0
-    log.error("model server exited by itself (exit %s); see the log above", code)
-    return code or 1
+    log.error("model server exited by itself (exit %s); see the log above", process.returncode)
+    return process.returncode or 1
+
+
+def watch(process: subprocess.Popen, run_dir: Path, started: float, stopping: list) -> str | None:
+    """Wait for MMS to exit or be stopped; log when the single model is in, and return the reason
+    if it failed to load (MMS itself would keep restarting the worker with /ping at 200)."""
+    loaded = multi_model()
+    while process.poll() is None and not stopping:
+        now_loaded, problem = model_state.read(run_dir)
+        if problem:
+            return problem
+        if now_loaded and not loaded:
+            loaded = True
+            log.info("%s (%.1f s after `serve` started)", model_state.READY_LINE, time.monotonic() - started)
+        time.sleep(0.05)
+    process.wait()
+    return None
