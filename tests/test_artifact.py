@@ -65,4 +65,4 @@ def test_weights_of_another_shape_are_reported(tmp_path):
     other, _, _ = models.build("resnet18", "none", 5)
     torch.save(other.state_dict(), tmp_path / "model.pt")
     with pytest.raises(artifact.ArtifactError, match="does not match the manifest"):
-        artifact.verify(tmp_path)
+        artifact.load(tmp_path)

@@ -100,23 +100,3 @@ def load(model_dir: Path, device: str | torch.device = "cpu") -> tuple[nn.Module
         raise ArtifactError(f"{WEIGHTS_FILE} leaves {', '.join(empty[:3])} unset")
     from .models import to_device
     return to_device(model, torch.device(device)).eval(), manifest
-
-
-def check_forward(model: nn.Module, manifest: dict) -> None:
-    """Run the loaded model once on a blank image; raises ArtifactError with the reason. Serving
-    does this before it answers, which also takes the first request's one-off setup cost."""
-    size = manifest["preprocessing"]["image_size"]
-    device = next(model.parameters()).device
-    try:
-        with torch.inference_mode():
-            out = model(torch.zeros(1, 3, size, size, device=device).contiguous(memory_format=torch.channels_last))
-    except Exception as e:  # noqa: BLE001
-        raise ArtifactError(f"model fails a forward pass: {type(e).__name__}: {e}") from None
-    if out.shape != (1, manifest["num_classes"]):
-        raise ArtifactError(f"model answers {tuple(out.shape)}, expected (1, {manifest['num_classes']})")
-
-
-def verify(model_dir: Path) -> None:
-    """Load the model and run one forward pass; raises ArtifactError with the reason."""
-    check_forward(*load(model_dir))
-

@@ -45,7 +45,7 @@ _register_ops()
 import torchvision  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
-__all__ = ["timm", "torchvision", "transforms"]
+__all__ = ["torchvision", "transforms"]  # and timm, on first use
 
 
 def __getattr__(name: str):
