@@ -147,6 +147,13 @@ def start(model_dir: Path, work: Path, env: dict, body: bytes) -> tuple[local.Se
     return server, {"ping": ping - started, "loaded": loaded, "answer": answer - started}
 
 
+def backend_ms(log: str) -> list[float]:
+    """MMS's own per-request "Backend response time" (ms, Java's clock): from handing the request
+    to the Python worker to its answer; what the handler costs inside the worker, plus the
+    worker's protocol. The rest of a request's latency is MMS's frontend, HTTP and the client."""
+    return [float(ms) for ms in re.findall(r"Backend response time: (\d+)", log)]
+
+
 def load(url: str, bodies: list[bytes], concurrency: int, n: int, seconds: float) -> tuple[list[float], float]:
     """N requests (fewer if SECONDS run out) from CONCURRENCY client threads, each with its own
     keep-alive connection: their latencies and the time taken."""
@@ -202,13 +209,17 @@ def serve_rows(backbone: str, specs: list[str], model_dir: Path, bodies: list[by
         for c in levels:
             served = {spec: ([], 0.0) for spec in specs}
             inproc = {spec: [] for spec in specs}
+            backend = {spec: [] for spec in specs}
             for _ in range(ROUNDS):
                 for spec, server in running.items():
                     if c == 1:
                         inproc[spec] += bare[configs[spec][2]].run(bodies, args.requests // ROUNDS,
                                                                    args.max_seconds / ROUNDS)[0]
+                    logged = len(server.output())
                     latencies, seconds = load(server.url, bodies, c, args.requests // ROUNDS, args.max_seconds / ROUNDS)
                     served[spec] = (served[spec][0] + latencies, served[spec][1] + seconds)
+                    if c == 1:
+                        backend[spec] += backend_ms(server.output()[logged:])
             for spec, server in running.items():
                 _, workers, threads = configs[spec]
                 workers = workers or int(re.search(r"Default workers per model: (\d+)", server.output()).group(1))
@@ -216,7 +227,10 @@ def serve_rows(backbone: str, specs: list[str], model_dir: Path, bodies: list[by
                        "concurrency": c, **summary(*served[spec])}
                 if c == 1:
                     bare_p50 = statistics.median(inproc[spec]) * 1e3
-                    row.update(in_process_p50_ms=bare_p50, vs_in_process=row["p50_ms"] / bare_p50, cold_starts=cold[spec],
+                    backend_p50 = statistics.median(backend[spec])
+                    row.update(in_process_p50_ms=bare_p50, vs_in_process=row["p50_ms"] / bare_p50,
+                               backend_p50_ms=backend_p50, vs_backend=row["p50_ms"] / backend_p50,
+                               cold_starts=cold[spec],
                                **{f"cold_{k}_s": statistics.median(t[k] for t in cold[spec]) for k in cold[spec][0]})
                 rows.append(row)
                 print(f"   {spec} c={c}: p50 {row['p50_ms']:.1f} ms, {row['requests_per_second']:.1f} req/s", flush=True)
@@ -267,7 +281,8 @@ def main() -> int:
         "backbone": "backbone", "contender": "contender", "workers": "MMS workers", "threads": "torch threads",
         "concurrency": "concurrency", "p50_ms": "p50 ms", "p95_ms": "p95 ms", "p99_ms": "p99 ms",
         "requests_per_second": "req/s", "in_process_p50_ms": "in-process p50 ms (same rounds)",
-        "vs_in_process": "p50 / in-process p50", "cold_ping_s": "cold start: /ping 200 s",
+        "vs_in_process": "p50 / in-process p50", "backend_p50_ms": "MMS backend p50 ms",
+        "vs_backend": "p50 / backend p50", "cold_ping_s": "cold start: /ping 200 s",
         "cold_loaded_s": "model loaded s", "cold_answer_s": "first answer s"},
         notes=notes(rows, args, load_before, load_after), results=args.results)
     return 0
@@ -316,8 +331,12 @@ itself, as `serve` did before; `WxT`: SAGEMAKER_MODEL_SERVER_WORKERS=W and OMP_N
 (with T > 1 `serve` does not preload). In-process: decode + eval transform + forward + softmax
 with the handler's functions and its model loading, one image at a time back to back, with the
 torch threads of the server it is compared with: alone (its rows), and at concurrency 1 in the
-same rounds as each server ("p50 / in-process p50"). 1-minute load average (other work on this
-shared machine): {load_before:.1f} before, {load_after:.1f} after.{batching}"""
+same rounds as each server ("p50 / in-process p50"). "MMS backend p50": the median of MMS's
+own log line "Backend response time" over the same concurrency-1 requests (whole ms, Java's
+clock), the time from handing a request to the Python worker to its answer: the handler's own
+work inside the worker. "p50 / backend p50" is thus what MMS's frontend, HTTP and the client add,
+free of how fast the worker process happens to compute. 1-minute load average (other work on
+this shared machine): {load_before:.1f} before, {load_after:.1f} after.{batching}"""
 
 
 if __name__ == "__main__":

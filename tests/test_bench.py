@@ -61,5 +61,6 @@ def test_serving_latency_benchmark_runs(imagewoof, tmp_path):
         assert row["backbone"] == "efficientnet_lite0" and 1 <= row["requests"] <= 8
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] and row["requests_per_second"] > 0
     assert served[0]["workers"] >= 1 and served[0]["vs_in_process"] > 0
-    assert 0 < served[0]["cold_ping_s"] <= served[0]["cold_answer_s"]
+    assert 0 < served[0]["cold_ping_s"] <= served[0]["cold_answer_s"] and served[0]["cold_loaded_s"] > 0
+    assert 0 < served[0]["backend_p50_ms"] <= served[0]["p50_ms"] + 1  # whole ms in MMS's log
     assert "| efficientnet_lite0 | serve default |" in (tmp_path / "test-smoke.md").read_text()
