@@ -55,7 +55,7 @@ class StepTimer:
         self.step = {}
 
     def restart(self) -> None:
-        """Time not spent in a step (evaluation, checkpoints) is nobody's data wait."""
+        """Time not spent in a step (evaluation, checkpoints, caching features) is nobody's data wait."""
         self.mark = time.perf_counter()
 
     def summary(self) -> str:

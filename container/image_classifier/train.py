@@ -232,7 +232,6 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
             seed_everything(hp.seed + epoch)  # augmentation in workers is reproducible per epoch
             sampler.set_epoch(epoch, skip=progress["batches_done"] * hp.batch_size)
             started = time.perf_counter() - progress["seconds"]
-            profiling.timer.restart()
             if cache:
                 try:  # the backbone runs here, in the first feature-views epochs only
                     view = cache.train_view(train_ch, epoch % hp.feature_views, train_transform(pre), stop)
@@ -243,6 +242,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
                 steps = train_loader
             models.train_mode(net)
             debug.train()
+            profiling.timer.restart()  # after the backbone's pass over the images: not a step's data wait
             for inputs, labels, n_failed in steps:
                 profiling.timer.data_ready()
                 progress["failed"] += n_failed
