@@ -82,8 +82,12 @@ def read_manifest(model_dir: Path) -> dict:
 def load(model_dir: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """The fine-tuned model in eval mode, and its manifest."""
     manifest = read_manifest(model_dir)
-    with torch.device("meta"):  # no random initialisation to overwrite (0.3 s of resnet50's load)
-        model = build_for_inference(manifest["backbone"], manifest["num_classes"])
+    if len(manifest.get("class_names", [])) != manifest.get("num_classes"):
+        raise ArtifactError(f"{MANIFEST_FILE} names {len(manifest.get('class_names', []))} classes for a "
+                            f"model with {manifest.get('num_classes')} outputs")
+    # Built with random weights, then overwritten. Building on the meta device and loading with
+    # assign=True saved 0.26 s of resnet50's start but cost 20% of the forked workers' throughput.
+    model = build_for_inference(manifest["backbone"], manifest["num_classes"])
     try:
         state = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -92,11 +96,8 @@ def load(model_dir: Path, device: str | torch.device = "cpu") -> tuple[nn.Module
         raise ArtifactError(f"{WEIGHTS_FILE} cannot be read as saved weights "
                             f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from None
     try:
-        model.load_state_dict(state, assign=True)
+        model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
         raise ArtifactError(f"{WEIGHTS_FILE} does not match the manifest: {str(e).splitlines()[0]}") from None
-    empty = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if empty:  # a tensor the architecture has but state_dict() does not save
-        raise ArtifactError(f"{WEIGHTS_FILE} leaves {', '.join(empty[:3])} unset")
     from .models import to_device
     return to_device(model, torch.device(device)).eval(), manifest

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import io
 import json
 import logging
 import warnings
@@ -65,26 +64,10 @@ def model_fn(model_dir: str) -> Model:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network, manifest = artifact.load(model_dir, device)
     pre = Preprocessing.from_json(manifest["preprocessing"])
-    model = Model(network, manifest, manifest["class_names"], pre, eval_transform(pre), device)
-    warm_up(model)
     log.info("loaded %s with %d classes from %s", manifest["backbone"], manifest["num_classes"], model_dir)
-    return model
-
-
-def warm_up(model: Model) -> None:
-    """Answer one blank JPEG end to end, before MMS forks its workers from this process: a model
-    that cannot answer is refused with the reason, and the one-off costs of a first request
-    (measured: 100 to 200 ms per worker) are paid here, not by the first callers."""
-    buf = io.BytesIO()
-    Image.new("RGB", (model.preprocessing.resize_size,) * 2).save(buf, "JPEG")
-    try:
-        prediction = predict_fn(input_fn(buf.getvalue(), IMAGE_TYPES[0], model=model), model)
-    except Exception as e:  # noqa: BLE001
-        raise artifact.ArtifactError(f"model fails a forward pass: {type(e).__name__}: {e}") from None
-    if prediction.probabilities.shape != (1, len(model.classes)):
-        raise artifact.ArtifactError(f"model answers {tuple(prediction.probabilities.shape)} probabilities for "
-                                     f"{len(model.classes)} class names")
-    output_fn(prediction, JSON_TYPE, model=model)
+    # No warm-up request here: answering one before MMS forks its workers took 100 ms off each
+    # worker's first request but cost 20% of their throughput (docs/PERFORMANCE.md).
+    return Model(network, manifest, manifest["class_names"], pre, eval_transform(pre), device)
 
 
 def parse_options(custom_attributes: str | None) -> dict:
