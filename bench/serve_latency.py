@@ -141,7 +141,7 @@ def start(model_dir: Path, work: Path, env: dict, body: bytes) -> tuple[local.Se
     except BaseException:
         server.stop()
         raise
-    # `serve` logs this line when a worker has loaded the model (and run it once).
+    # `serve` logs this line when a worker has loaded the model.
     logged = re.search(rf"^(\S+ \S+) INFO image_classifier.serve: {READY_LINE}", server.output(), re.M).group(1)
     loaded = datetime.datetime.strptime(logged, "%Y-%m-%d %H:%M:%S,%f").timestamp() - wall
     return server, {"ping": ping - started, "loaded": loaded, "answer": answer - started}
@@ -215,7 +215,7 @@ def serve_rows(backbone: str, specs: list[str], model_dir: Path, bodies: list[by
                     if c == 1:
                         inproc[spec] += bare[configs[spec][2]].run(bodies, args.requests // ROUNDS,
                                                                    args.max_seconds / ROUNDS)[0]
-                    logged = len(server.output())
+                    logged = len(server.output()) if c == 1 else 0
                     latencies, seconds = load(server.url, bodies, c, args.requests // ROUNDS, args.max_seconds / ROUNDS)
                     served[spec] = (served[spec][0] + latencies, served[spec][1] + seconds)
                     if c == 1:
@@ -316,7 +316,7 @@ Method: each backbone's model is made by the image's `train` (1 epoch on 2 image
 ResNets with weights=none, as no ImageNet ResNet weights are available offline: same compute).
 `serve` runs natively on 127.0.0.1 as the serving tests run it. Cold start: median of
 {args.cold_starts} fresh starts, seconds from process start to /ping 200, to `serve`'s log line
-"{READY_LINE}" (a worker has loaded the model and run it once) and to the first 200 from
+"{READY_LINE}" (a worker has loaded the model) and to the first 200 from
 /invocations. The first answer is the honest number: MMS answers /ping 200 ("Healthy") as soon
 as its workers are up, seconds before any of them has loaded the model; requests sent meanwhile
 wait in MMS's queue. Load: after {WARMUP} warm-up requests, the

@@ -1,16 +1,16 @@
 """The MMS handler module. MMS requires exactly one class here; helpers live elsewhere."""
 import logging
-import os
 
 from sagemaker_inference.default_handler_service import DefaultHandlerService
 
 from ..artifact import ArtifactError
 from . import model_state
+from .server import multi_model
 from .transformer import ImageTransformer
 
 
 class HandlerService(DefaultHandlerService):
-    """initialize() loads the model and runs it once, in the worker, before MMS sends it requests.
+    """initialize() loads the model in the worker before MMS sends it requests.
 
     MMS logs and swallows an exception from initialize(): the worker stays up and the transformer
     retries the load per request, answering each with a JSON 500 that names the reason. That is
@@ -22,7 +22,7 @@ class HandlerService(DefaultHandlerService):
         super().__init__(transformer=ImageTransformer())
 
     def initialize(self, context):
-        single_model = os.environ.get("SAGEMAKER_MULTI_MODEL", "false").lower() != "true"
+        single_model = not multi_model()
         try:
             super().initialize(context)
         except Exception as e:  # noqa: BLE001

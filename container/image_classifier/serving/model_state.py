@@ -1,9 +1,9 @@
 """How an MMS worker tells `serve` that the model loaded, or why it did not.
 
-MMS answers /ping with 200 from the moment its Java frontend is up, whether or not any worker
-has the model, and restarts a worker that fails to load it forever. So the worker that loads the
-single model writes a file into `serve`'s run directory ($SERVE_STATE_DIR), and `serve` logs
-"model loaded" when it appears, or stops with the reason when loading failed.
+MMS answers /ping with 200 from the moment its workers are up, whether or not any of them has
+the model, and a worker whose load failed stays up answering every request with a 500. So the
+worker that loads the single model writes a file into `serve`'s run directory ($SERVE_STATE_DIR),
+and `serve` logs "model loaded" when it appears, or stops with the reason when loading failed.
 """
 from __future__ import annotations
 

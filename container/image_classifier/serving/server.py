@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def watch(process: subprocess.Popen, run_dir: Path, started: float, stopping: list) -> str | None:
     """Wait for MMS to exit or be stopped; log when the single model is in, and return the reason
-    if it failed to load (MMS itself would keep restarting the worker with /ping at 200)."""
+    if it failed to load (MMS itself would keep serving 500s behind a /ping of 200)."""
     loaded = multi_model()
     while process.poll() is None and not stopping:
         now_loaded, problem = model_state.read(run_dir)
