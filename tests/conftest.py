@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,17 @@ class Server(local.Serve):
     def invoke(self, body: bytes, content_type: str = "image/jpeg", **headers) -> requests.Response:
         return requests.post(self.url + "/invocations", data=body,
                              headers={"Content-Type": content_type, **headers}, timeout=60)
+
+    def wait_answering(self, timeout: float = 60) -> requests.Response:
+        """The first answer of /ping, whatever its status (503 while the model loads)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.output()
+            try:
+                return requests.get(self.url + "/ping", timeout=2)
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise TimeoutError(self.output())
 
 
 # --- data and a trained model ----------------------------------------------------------------

@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -107,8 +108,14 @@ def test_concurrent_requests(server, tiny_data):
     assert codes == [200] * len(bodies)
 
 
-def test_binds_loopback_when_run_natively(server):
-    assert f"Inference address: http://127.0.0.1:{server.port}" in server.output()
+def test_only_the_front_listens_and_only_on_loopback(server):
+    """MMS's inference and management APIs are on Unix sockets in serve's private run directory:
+    the one TCP listener of the whole process tree is the front, on 127.0.0.1:PORT."""
+    tree = [psutil.Process(server.process.pid)] + psutil.Process(server.process.pid).children(recursive=True)
+    listening = [(c.laddr.ip, c.laddr.port) for p in tree for c in p.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening == [("127.0.0.1", server.port)]
+    assert "Inference address: unix:" in server.output() and "Management address: unix:" in server.output()
 
 
 def test_sigterm_stops_every_process(trained, tmp_path):
@@ -137,11 +144,13 @@ def test_requests_sent_before_the_model_is_loaded_wait_and_are_answered(trained,
         "    sys.meta_path.insert(0, Slow())\n")
     srv = Server(tmp_path, PYTHONPATH=slow)
     try:
-        srv.wait_healthy(model_loaded=False)  # MMS's /ping: 200 as soon as its workers are up
+        ping = srv.wait_answering()
+        assert ping.status_code == 503 and ping.json()["status"] == "starting"  # not 200 before the model is in
         assert READY_LINE not in srv.output()
         image = encode(Image.new("RGB", (64, 64), "red"))
-        assert srv.invoke(image).status_code == 200  # queued until the model is in, then answered
+        assert srv.invoke(image).status_code == 200  # held until the model is in, then answered
         assert READY_LINE in srv.output()
+        assert requests.get(srv.url + "/ping").status_code == 200
     finally:
         assert srv.stop() == 0
 
@@ -163,11 +172,14 @@ def test_a_broken_model_stops_serve_with_the_reason(trained, tmp_path):
     assert [p.pid for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
 
 
-def test_a_port_mms_cannot_bind_is_refused_clearly(trained, tmp_path):
+def test_a_port_that_cannot_be_bound_is_refused_clearly(trained, tmp_path, server):
     (tmp_path / "model").symlink_to(trained / "model")
     out = subprocess.run([sys.executable, str(CONTAINER / "serve")], capture_output=True, text=True, timeout=60,
-                         env=program_env(tmp_path, SAGEMAKER_BIND_TO_PORT=40000))
-    assert out.returncode == 1 and "below 32767" in out.stderr
+                         env=program_env(tmp_path, SAGEMAKER_BIND_TO_PORT=70000))
+    assert out.returncode == 1 and "not a TCP port (1 to 65535)" in out.stderr
+    taken = subprocess.run([sys.executable, str(CONTAINER / "serve")], capture_output=True, text=True, timeout=60,
+                           env=program_env(tmp_path, SAGEMAKER_BIND_TO_PORT=server.port))
+    assert taken.returncode == 1 and f"cannot listen on 127.0.0.1:{server.port}" in taken.stderr, taken.stderr
 
 
 def test_help():
@@ -186,7 +198,7 @@ def test_multi_model_mode_loads_invokes_and_unloads(trained, tmp_path):
     (broken / "model.pt").write_bytes(b"not weights")
     srv = Server(tmp_path, SAGEMAKER_MULTI_MODEL="true")
     try:
-        srv.wait_healthy(model_loaded=False)  # healthy with no model loaded yet, as SageMaker expects
+        srv.wait_healthy()  # healthy with no model loaded yet, as SageMaker expects
         load = requests.post(srv.url + "/models", json={"model_name": "dogs", "url": str(models / "dogs" / "model")},
                              timeout=120)
         assert load.status_code == 200, load.text
@@ -213,33 +225,45 @@ def test_multi_model_mode_loads_invokes_and_unloads(trained, tmp_path):
         assert srv.stop() == 0
 
 
+# What serve's MMS configuration changes from the toolkit's, and why (mms.py):
+CHANGED = {"inference_address", "management_address",  # Unix sockets behind the front, not 0.0.0.0:8080
+           "vmargs",  # a bounded heap
+           "max_request_size"}  # the front enforces the payload limit; MMS only has to let it through
+
+
 @pytest.mark.parametrize("multi", [False, True])
 def test_mms_config_is_the_toolkits(tmp_path, monkeypatch, multi):
     """`serve` writes the configuration sagemaker-inference's own generator makes (it only avoids
-    importing that module), bound where it is told, plus preload_model."""
+    importing that module) but for the settings in CHANGED, plus preload_model."""
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the toolkit imports pkg_resources
         from sagemaker_inference import environment, model_server
-    from image_classifier.serving import server
+    from image_classifier.serving import mms
     monkeypatch.setenv("SAGEMAKER_MULTI_MODEL", str(multi).lower())
     monkeypatch.setattr(model_server, "ENABLE_MULTI_MODEL", multi)  # the toolkit reads it at import
     monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "3")
     monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_TIMEOUT", "77")
     monkeypatch.setenv("SERVE_HOST", "127.0.0.1")
-    monkeypatch.setattr(server, "preload_safe", lambda: False)  # the one line the toolkit does not write
+    monkeypatch.setattr(mms, "preload_safe", lambda: False)  # the one line the toolkit does not write
     toolkit = model_server._generate_mms_config_properties(environment.Environment(),
-                                                           None if multi else server.HANDLER)
-    expected = toolkit.replace("http://0.0.0.0:", "http://127.0.0.1:").replace("$$SAGEMAKER_HANDLER$$", server.HANDLER)
-    ours = server.mms_config(tmp_path).read_text()
-    assert sorted(ours.splitlines()) == sorted(expected.splitlines())
+                                                           None if multi else mms.HANDLER)
+    expected = toolkit.replace("$$SAGEMAKER_HANDLER$$", mms.HANDLER)
+    ours = mms.config(tmp_path, 7 * 1024 * 1024).read_text()
+
+    def unchanged(text):
+        return sorted(line for line in text.splitlines() if line.partition("=")[0] not in CHANGED)
+    assert unchanged(ours) == unchanged(expected)
     assert "default_workers_per_model=3" in ours and "default_response_timeout=77" in ours
-    assert str(server.TOOLKIT_FILES / "log4j2.xml") == model_server.DEFAULT_MMS_LOG_FILE
+    assert f"inference_address=unix:{tmp_path}/inference.sock" in ours
+    assert f"management_address=unix:{tmp_path}/management.sock" in ours
+    assert re.search(r"^vmargs=-XX:-UseContainerSupport -Xmx\d+m -XX:\+ExitOnOutOfMemoryError$", ours, re.M)
+    assert str(mms.TOOLKIT_FILES / "log4j2.xml") == model_server.DEFAULT_MMS_LOG_FILE
 
 
 def test_mms_preloads_the_model_only_where_a_fork_is_safe(tmp_path, monkeypatch):
-    from image_classifier.serving import server
+    from image_classifier.serving import mms
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert "preload_model=true" in server.mms_config(tmp_path).read_text()
+    assert "preload_model=true" in mms.config(tmp_path, 1).read_text()
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # a fork after OpenMP ran on 2 threads hangs
-    assert "preload_model" not in server.mms_config(tmp_path).read_text()
+    assert "preload_model" not in mms.config(tmp_path, 1).read_text()

@@ -19,7 +19,6 @@ import urllib.request
 from pathlib import Path
 
 from .hyperparameters import to_sagemaker
-from .serving.model_state import READY_LINE
 
 
 def make_tree(base: Path, channels: dict[str, Path], hyperparameters: dict | None = None,
@@ -93,18 +92,18 @@ class Serve:
                                         env=program_env(base, SAGEMAKER_BIND_TO_PORT=self.port, **env),
                                         stdout=self.log, stderr=subprocess.STDOUT)
 
-    def wait_healthy(self, timeout: float = 120, model_loaded: bool = True) -> float:
-        """Seconds until /ping answers 200 and, with model_loaded (a single-model endpoint), `serve`
-        has logged that the model is loaded: MMS's /ping is 200 before that."""
+    def wait_healthy(self, timeout: float = 120) -> float:
+        """Seconds until /ping answers 200: `serve`'s front says so once a worker has the model
+        loaded (a multi-model endpoint: once its workers can take POST /models)."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited {self.process.returncode}:\n{self.output()}")
             try:
                 with urllib.request.urlopen(self.url + "/ping", timeout=2) as r:
-                    if r.status == 200 and (not model_loaded or READY_LINE in self.output()):
+                    if r.status == 200:
                         return time.monotonic() - start
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
+            except (urllib.error.URLError, ConnectionError, TimeoutError):  # 503 while loading is an HTTPError
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"no healthy /ping in {timeout}s:\n{self.output()}")

@@ -66,6 +66,14 @@ def decode(source: bytes | str | Path, pre: Preprocessing, max_pixels: int | Non
     return to_rgb(open_image(source, max_pixels), draft_size=pre.resize_size)
 
 
+def decoded_pixels(image: Image.Image, pre: Preprocessing) -> int:
+    """Pixels that decoding this lazily opened image will produce, known before decoding: a JPEG
+    is drafted to the scale to_rgb will decode it at."""
+    if image.format == "JPEG":
+        image.draft("RGB", (pre.resize_size, pre.resize_size))
+    return image.width * image.height
+
+
 def eval_transform(pre: Preprocessing):
     return transforms.Compose([
         transforms.Resize(pre.resize_size, interpolation=INTERPOLATION[pre.interpolation]),

@@ -47,7 +47,11 @@ def run(name: str, model_dir: Path | None, port: int, runner: str = "native", im
     base.mkdir(parents=True)
     if models:
         folders = {m: _model_folder(src, base / "unpacked" / m) for m, src in models.items()}
-        inside = {m: f"/opt/ml/models/{m}" if runner == "docker" else str(f) for m, f in folders.items()}
+        if runner != "docker":  # serve loads only folders under its model root, as SageMaker's /opt/ml/models
+            (base / "models").mkdir()
+            for m, f in folders.items():
+                (base / "models" / m).symlink_to(f)
+        inside = {m: f"/opt/ml/models/{m}" if runner == "docker" else str(base / "models" / m) for m in folders}
         env = {"SAGEMAKER_MULTI_MODEL": "true"}
         mounts = {f: inside[m] for m, f in folders.items()}
         what = f"multi-model endpoint of {', '.join(folders)}"
@@ -64,7 +68,7 @@ def run(name: str, model_dir: Path | None, port: int, runner: str = "native", im
     else:
         serve = local.Serve(base, log_path=base / "serve.log", **env)
     try:
-        seconds = serve.wait_healthy(model_loaded=not models)
+        seconds = serve.wait_healthy()
     except Exception:
         serve.stop()
         raise

@@ -5,7 +5,7 @@ from sagemaker_inference.default_handler_service import DefaultHandlerService
 
 from ..artifact import ArtifactError
 from . import model_state
-from .server import multi_model
+from .mms import multi_model
 from .transformer import ImageTransformer
 
 

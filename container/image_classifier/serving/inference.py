@@ -11,6 +11,7 @@ import binascii
 import dataclasses
 import json
 import logging
+import time
 import warnings
 
 import torch
@@ -19,8 +20,8 @@ from sagemaker_inference.errors import GenericInferenceToolkitError
 
 from .. import artifact
 from ..models import batch_to
-from .limits import max_batch_images, max_payload_bytes, max_pixels
-from ..preprocessing import ImageTooLarge, Preprocessing, decode, eval_transform
+from ..preprocessing import ImageTooLarge, Preprocessing, decoded_pixels, eval_transform, open_image, to_rgb
+from .limits import max_batch_images, max_decode_seconds, max_payload_bytes, max_pixels, max_request_pixels
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")  # and any othe
 JSON_TYPE = "application/json"
 DEFAULT_TOP_K = 5
 
-# Pillow's own bomb check warns below 2x its limit and raises above; ours is explicit.
+# Pillow's own bomb check warns below 2x its limit and raises above; ours (limits.py) is explicit.
 Image.MAX_IMAGE_PIXELS = None
 
 
@@ -93,17 +94,13 @@ def _options(raw: dict, num_classes: int) -> tuple[int, bool]:
     return min(top_k, num_classes), full
 
 
-def _image_tensor(body: bytes, model: Model, what: str = "body") -> torch.Tensor:
+def _open(body: bytes, what: str) -> Image.Image:
+    """Lazily opened (headers only) and checked against the per-image limit."""
     if not body:
         raise error(400, f"{what} is empty; send the image bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            image = decode(bytes(body), model.preprocessing, max_pixels=max_pixels())
-            return model.transform(image)
+        return open_image(bytes(body), max_pixels=max_pixels())
     except ImageTooLarge as e:
-        raise error(413, f"{what}: {e}") from None
-    except Image.DecompressionBombError as e:
         raise error(413, f"{what}: {e}") from None
     except UnidentifiedImageError:
         raise error(400, f"{what} is not an image that can be decoded (JPEG, PNG, WebP, BMP, GIF, TIFF ...)") from None
@@ -111,40 +108,98 @@ def _image_tensor(body: bytes, model: Model, what: str = "body") -> torch.Tensor
         raise error(400, f"{what} could not be decoded: {e}") from None
 
 
+def _tensor(image: Image.Image, model: Model, what: str) -> torch.Tensor:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return model.transform(to_rgb(image, draft_size=model.preprocessing.resize_size))
+    except (OSError, SyntaxError, ValueError) as e:
+        raise error(400, f"{what} could not be decoded: {e}") from None
+
+
+def _decode_all(bodies: list[tuple[bytes, str]], model: Model) -> list[torch.Tensor]:
+    """Every image's size is known (from its header) before any is decoded, so a request over the
+    work budget is refused at once, not after the worker has spent seconds on it."""
+    images = [(_open(body, what), what) for body, what in bodies]
+    total = sum(decoded_pixels(image, model.preprocessing) for image, _ in images)
+    if total > max_request_pixels():
+        raise error(413, f"the request's images decode to {total} pixels in all; the limit is "
+                         f"{max_request_pixels()} per request (MAX_REQUEST_PIXELS): send fewer or smaller images")
+    deadline = time.monotonic() + max_decode_seconds()
+    tensors = []
+    for image, what in images:
+        if time.monotonic() > deadline:
+            raise error(413, f"decoding took over {max_decode_seconds():g} s (MAX_DECODE_SECONDS) before {what}; "
+                             "send fewer or smaller images")
+        tensors.append(_tensor(image, model, what))
+    return tensors
+
+
+def _instances(body: bytes) -> tuple[list[tuple[bytes, str]], dict]:
+    """JSON {"instances": [base64 or {"b64": base64}], "top_k"?, "probabilities"?} -> images, options."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(400, f"body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise error(400, "body is not valid JSON: nested too deeply") from None
+    instances = payload.get("instances") if isinstance(payload, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise error(400, 'JSON body must be {"instances": [<base64 image> or {"b64": <base64 image>}, ...]}')
+    if len(instances) > max_batch_images():
+        raise error(413, f"{len(instances)} images in one request; the limit is {max_batch_images()}")
+    bodies = []
+    for i, item in enumerate(instances):
+        b64 = item.get("b64") if isinstance(item, dict) else item
+        if not isinstance(b64, str):
+            raise error(400, f"instances[{i}] must be a base64 string or {{\"b64\": <base64 string>}}")
+        try:  # line breaks and spaces allowed: `base64` wraps its output at 76 columns
+            bodies.append((base64.b64decode("".join(b64.split()), validate=True), f"instances[{i}]"))
+        except (binascii.Error, ValueError):
+            raise error(400, f"instances[{i}] is not valid base64") from None
+    return bodies, {k: payload[k] for k in ("top_k", "probabilities") if k in payload}
+
+
+def media_type(header: str | None) -> str:
+    return (header or "").split(";")[0].strip().lower()
+
+
 def input_fn(body: bytes, content_type: str, options: dict | None = None, model: Model | None = None) -> Batch:
     """Decode a request: raw image bytes, or JSON {"instances": [base64 or {"b64": ...}], ...}."""
     options = dict(options or {})
     if len(body) > max_payload_bytes():
         raise error(413, f"body is {len(body)} bytes; the limit is {max_payload_bytes()} (MAX_PAYLOAD_BYTES)")
-    media = (content_type or "").split(";")[0].strip().lower()
+    media = media_type(content_type)
     if media in IMAGE_TYPES or media.startswith("image/"):
-        tensors = [_image_tensor(body, model)]
+        bodies = [(body, "body")]
     elif media == JSON_TYPE:
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise error(400, f"body is not valid JSON: {e}") from None
-        instances = payload.get("instances") if isinstance(payload, dict) else None
-        if not isinstance(instances, list) or not instances:
-            raise error(400, 'JSON body must be {"instances": [<base64 image> or {"b64": <base64 image>}, ...]}')
-        if len(instances) > max_batch_images():
-            raise error(413, f"{len(instances)} images in one request; the limit is {max_batch_images()}")
-        options.update({k: payload[k] for k in ("top_k", "probabilities") if k in payload})
-        tensors = []
-        for i, item in enumerate(instances):
-            b64 = item.get("b64") if isinstance(item, dict) else item
-            if not isinstance(b64, str):
-                raise error(400, f"instances[{i}] must be a base64 string or {{\"b64\": <base64 string>}}")
-            try:
-                raw = base64.b64decode(b64, validate=True)
-            except (binascii.Error, ValueError):
-                raise error(400, f"instances[{i}] is not valid base64") from None
-            tensors.append(_image_tensor(raw, model, f"instances[{i}]"))
+        bodies, in_body = _instances(body)
+        options.update(in_body)
     else:
         raise error(415, f"unsupported content type {content_type!r}; send image/jpeg, image/png, "
                          f"application/x-image or application/json")
     top_k, full = _options(options, len(model.classes))
-    return Batch(torch.stack(tensors), top_k, full)
+    return Batch(torch.stack(_decode_all(bodies, model)), top_k, full)
+
+
+def answer_type(accept: str | None) -> str:
+    """The media type to answer with for this Accept header (RFC 9110 12.5.1: a list of ranges,
+    each with an optional q weight; q=0 means 'not this'). Only JSON is offered."""
+    if not accept or not accept.strip():
+        return JSON_TYPE
+    for part in accept.split(","):
+        media, *params = [p.strip() for p in part.split(";")]
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q > 0 and media.lower() in (JSON_TYPE, "application/*", "*/*"):
+            return JSON_TYPE
+    raise error(406, f"cannot answer with {accept!r}; accept application/json")
 
 
 @torch.inference_mode()
@@ -154,9 +209,7 @@ def predict_fn(batch: Batch, model: Model) -> Prediction:
 
 
 def output_fn(prediction: Prediction, accept: str, model: Model | None = None) -> tuple[str, str]:
-    media = (accept or JSON_TYPE).split(";")[0].strip().lower()
-    if media not in (JSON_TYPE, "*/*", "application/*"):
-        raise error(406, f"cannot answer with {accept!r}; accept application/json")
+    content_type = answer_type(accept)
     results = []
     for probs in prediction.probabilities:
         values, indices = probs.topk(prediction.top_k)
@@ -166,4 +219,4 @@ def output_fn(prediction: Prediction, accept: str, model: Model | None = None) -
         if prediction.full:
             result["probabilities"] = {c: round(float(p), 6) for c, p in zip(model.classes, probs.tolist())}
         results.append(result)
-    return json.dumps({"predictions": results}), JSON_TYPE
+    return json.dumps({"predictions": results}), content_type

@@ -16,5 +16,17 @@ def max_pixels() -> int:
     return int(os.environ.get("MAX_IMAGE_PIXELS", 40_000_000))  # decompression-bomb guard
 
 
+def max_request_pixels() -> int:
+    """Pixels one request may decode in all, counted before any is decoded (a JPEG's at the scale its
+    decoder will use): a batch of images each under MAX_IMAGE_PIXELS cannot hold a worker for long.
+    40 Mpx is about 0.35 s of decoding for the costliest kind seen (1-bit PNG)."""
+    return int(os.environ.get("MAX_REQUEST_PIXELS", 40_000_000))
+
+
+def max_decode_seconds() -> float:
+    """Decoding time one request may use, checked between its images."""
+    return float(os.environ.get("MAX_DECODE_SECONDS", 5))
+
+
 def max_batch_images() -> int:
     return int(os.environ.get("MAX_BATCH_IMAGES", 64))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 STATE_DIR_ENV = "SERVE_STATE_DIR"
 LOADED, FAILED = "model-loaded", "model-failed"
-READY_LINE = "model loaded; ready to answer"  # `serve` logs this; local endpoints wait for it
+READY_LINE = "model loaded; ready to answer"  # `serve` logs this when /ping turns 200
 
 
 def _write(name: str, text: str) -> None:

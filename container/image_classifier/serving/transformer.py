@@ -3,7 +3,6 @@ per-request errors as JSON (never a traceback), and CustomAttributes passed thro
 """
 from __future__ import annotations
 
-import json
 import logging
 from http import HTTPStatus
 
@@ -11,15 +10,11 @@ from sagemaker_inference.errors import BaseInferenceToolkitError
 from sagemaker_inference.transformer import Transformer
 
 from . import inference
+from .responses import error_body
 
 log = logging.getLogger(__name__)
 
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
-
-
-def error_body(status: int, message: str) -> str:
-    """The shape MMS itself uses for its errors, so clients parse one format."""
-    return json.dumps({"code": status, "type": HTTPStatus(status).phrase.replace(" ", ""), "message": message})
 
 
 def _header(headers: dict, name: str) -> str | None:
@@ -46,11 +41,12 @@ class ImageTransformer(Transformer):
         for i, request in enumerate(data):  # MMS may hand us several requests at once
             headers = context.get_all_request_header(i)
             try:
+                accept = inference.answer_type(_header(headers, "accept"))  # 406 before any work
                 options = inference.parse_options(_header(headers, CUSTOM_ATTRIBUTES))
                 batch = inference.input_fn(request.get("body") or b"", _header(headers, "content-type"),
                                            options=options, model=self._model)
                 prediction = inference.predict_fn(batch, self._model)
-                body, content_type = inference.output_fn(prediction, _header(headers, "accept"), model=self._model)
+                body, content_type = inference.output_fn(prediction, accept, model=self._model)
                 context.set_response_content_type(i, content_type)
                 responses.append(body)
             except BaseInferenceToolkitError as e:

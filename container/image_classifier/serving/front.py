@@ -1,0 +1,313 @@
+"""`serve`'s HTTP front: the only listener on the endpoint's port, in front of MMS's private sockets.
+
+It answers what MMS answers wrongly and passes on only what SageMaker sends:
+- /ping is 200 only while a loaded worker can answer (MMS's own /ping says 200 "Unhealthy" with
+  every worker dead); otherwise 503 with the reason. A worker set that stays dead past
+  SERVE_UNHEALTHY_SECONDS stops `serve` with the reason, so that SageMaker replaces the container.
+- POST /invocations (single model) and, with SAGEMAKER_MULTI_MODEL=true, SageMaker's multi-model
+  routes: POST /models {model_name, url: a folder under /opt/ml/models}, GET /models,
+  GET /models/NAME, DELETE /models/NAME, POST /models/NAME/invoke. Nothing else of MMS's
+  management API (loading from URLs, scaling workers, describing them) is reachable.
+- Every error is JSON: bodies over the payload limit get 413 before they are read, wrong methods
+  405, unknown routes 404, a body without a Content-Type (curl's and urllib's form default) is
+  taken as image bytes.
+- SIGTERM stops accepting connections and lets requests in flight finish (up to
+  SERVE_DRAIN_SECONDS; SageMaker sends SIGKILL 30 s after SIGTERM).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from . import mms, model_state, model_store
+from .responses import JSON_TYPE, error_body
+
+log = logging.getLogger("image_classifier.serve")
+
+# Hop-by-hop headers (RFC 9110 7.6.1) and what aiohttp sets itself.
+NOT_FORWARDED = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
+                 "content-length", "proxy-authorization", "proxy-authenticate", "date", "server"}
+FORM_TYPES = ("", "application/x-www-form-urlencoded")  # no Content-Type, or curl/urllib's default
+MMS_URL = "http://mms"  # the host part is ignored on a Unix socket
+HEALTHY = ("Healthy", "Partial Healthy")  # MMS's /ping status while at least one worker is up
+WORKER_DIED = b'"message": "Worker died."'  # MMS's 500 for a request whose worker process died
+RETRIES = 3
+
+
+def json_error(status: int, message: str, **headers) -> web.Response:
+    return web.Response(status=status, text=error_body(status, message), content_type=JSON_TYPE, headers=headers)
+
+
+class TooLarge(Exception):
+    pass
+
+
+class Health:
+    """What /ping says, from MMS's own worker status and, for a single model, the worker's load report."""
+    STARTING, READY, DOWN, DRAINING = "starting", "ready", "down", "draining"
+
+    def __init__(self):
+        self.state, self.reason = self.STARTING, "the model is loading"
+        self.ready = asyncio.Event()
+        self.down_since = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.state == self.READY
+
+
+class Front:
+    def __init__(self, run_dir: Path, process: subprocess.Popen, *, multi_model: bool, payload_limit: int,
+                 request_timeout: float, drain_seconds: float, unhealthy_seconds: float, started: float):
+        self.run_dir, self.process, self.multi = Path(run_dir), process, multi_model
+        self.payload_limit, self.request_timeout = payload_limit, request_timeout
+        self.drain_seconds, self.unhealthy_seconds, self.started = drain_seconds, unhealthy_seconds, started
+        self.health = Health()
+        self.models: dict[str, tuple[str, Path]] = {}  # multi-model: name -> (url as sent, staged folder)
+        self.load_lock = asyncio.Lock()
+        self.in_flight = 0
+        self.problem: str | None = None
+        self.stopped = asyncio.Event()
+
+    # --- the app ---------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._json_errors], client_max_size=self.payload_limit)
+        app.router.add_get("/ping", self.ping, allow_head=True)
+        if self.multi:
+            app.router.add_post("/models", self.load)
+            app.router.add_get("/models", self.list_models)
+            app.router.add_get("/models/{name}", self.describe)
+            app.router.add_delete("/models/{name}", self.unload)
+            app.router.add_post("/models/{name}/invoke", self.invoke_model)
+        else:
+            app.router.add_post("/invocations", self.invocations)
+        return app
+
+    @web.middleware
+    async def _json_errors(self, request: web.Request, handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPMethodNotAllowed as e:
+            return json_error(405, f"{request.method} is not allowed on {request.path}; use "
+                                   f"{', '.join(sorted(e.allowed_methods))}", Allow=", ".join(sorted(e.allowed_methods)))
+        except web.HTTPNotFound:
+            what = ("multi-model routes are /models and /models/NAME/invoke" if self.multi
+                    else "this endpoint answers GET /ping and POST /invocations")
+            return json_error(404, f"no such route: {request.method} {request.path} ({what})")
+        except web.HTTPException as e:
+            return json_error(e.status, e.reason)
+        except TooLarge as e:
+            return json_error(413, str(e))
+
+    # --- health ----------------------------------------------------------------------------------
+    async def ping(self, request: web.Request) -> web.Response:
+        if self.health.ok:
+            return web.json_response({"status": "Healthy"})
+        return web.json_response({"status": self.health.state, "message": self.health.reason}, status=503)
+
+    async def _mms_status(self, session: aiohttp.ClientSession) -> str | None:
+        try:
+            async with session.get(MMS_URL + "/ping", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                return (await r.json(content_type=None)).get("status")
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, AttributeError):
+            return None
+
+    async def watch(self, session: aiohttp.ClientSession) -> None:
+        """Follow MMS: ready once a worker can answer, down when none can, and stop `serve` when the
+        model fails to load, MMS exits, or no worker comes back within unhealthy_seconds."""
+        health = self.health
+        while not self.stopped.is_set():
+            if self.process.poll() is not None:
+                return self.stop(f"the model server exited by itself (exit {self.process.returncode})")
+            loaded, failed = model_state.read(self.run_dir)
+            if failed:
+                return self.stop(failed)
+            status = await self._mms_status(session)
+            ok = status in HEALTHY and (self.multi or loaded)
+            now = time.monotonic()
+            if ok and health.state != health.READY:
+                if health.state == health.STARTING:
+                    log.info("%s (%.1f s after `serve` started)", model_state.READY_LINE if not self.multi
+                             else "model server ready for POST /models", now - self.started)
+                else:
+                    log.warning("a model worker answers again after %.1f s; /ping is 200", now - health.down_since)
+                health.state, health.reason = health.READY, ""
+                health.ready.set()
+            elif not ok and health.state == health.READY:
+                health.state, health.down_since = health.DOWN, now
+                health.reason = f"no model worker can answer (model server status: {status or 'not answering'})"
+                health.ready.clear()
+                log.error("%s; /ping is 503 until one does", health.reason)
+            elif not ok and health.state == health.DOWN and now - health.down_since > self.unhealthy_seconds:
+                return self.stop(f"no model worker could answer for {self.unhealthy_seconds:g} s (model server "
+                                 f"status: {status or 'not answering'}); stopping so the container is replaced")
+            await asyncio.sleep(0.1 if health.state == health.STARTING else 0.5)
+
+    # --- requests --------------------------------------------------------------------------------
+    async def _body(self, request: web.Request) -> bytes:
+        """The body, refused with 413 before reading past the payload limit."""
+        limit = self.payload_limit
+        if request.content_length is not None and request.content_length > limit:
+            raise TooLarge(f"body is {request.content_length} bytes; the limit is {limit} (MAX_PAYLOAD_BYTES)")
+        body = bytearray()
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > limit:
+                raise TooLarge(f"body is over {limit} bytes, the limit (MAX_PAYLOAD_BYTES)")
+        return bytes(body)
+
+    def _headers(self, request: web.Request) -> dict:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED}
+        media = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if media in FORM_TYPES:
+            # MMS would parse such a body as a form and fail with a 500: it is the image itself
+            # (`curl --data-binary @dog.jpg` without -H), so the handler decodes it as one.
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+            headers["Content-Type"] = "application/x-image"
+        elif media == "multipart/form-data":
+            raise web.HTTPUnsupportedMediaType(reason="send the image bytes as the body with its Content-Type "
+                                                      "(curl --data-binary @IMAGE -H 'Content-Type: image/jpeg'), "
+                                                      "not as a form")
+        return headers
+
+    async def invocations(self, request: web.Request) -> web.Response:
+        return await self._invoke(request, "/invocations")
+
+    async def invoke_model(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.models:
+            return json_error(404, f"model {name!r} is not loaded; load it with POST /models first")
+        return await self._invoke(request, f"/models/{name}/invoke")
+
+    async def _invoke(self, request: web.Request, path: str) -> web.Response:
+        self.in_flight += 1
+        try:
+            if self.health.state == Health.DRAINING:
+                return json_error(503, "the endpoint is shutting down")
+            body, headers = await self._body(request), self._headers(request)
+            if self.health.state == Health.STARTING:  # answered once the model is in, as MMS would
+                try:
+                    await asyncio.wait_for(self.health.ready.wait(), self.request_timeout)
+                except asyncio.TimeoutError:
+                    pass
+            for _ in range(RETRIES):
+                if not self.health.ok:
+                    return json_error(503, self.health.reason)
+                answer = await self._forward(request.app["inference"], "POST", path, body, headers)
+                if not (answer.status == 500 and WORKER_DIED in answer.body):
+                    return answer
+                # Predictions have no side effects: another worker answers it instead.
+                log.warning("a model worker died during a request; sending it to another")
+                await asyncio.sleep(0.2)
+            return answer
+        finally:
+            self.in_flight -= 1
+
+    async def _forward(self, session: aiohttp.ClientSession, method: str, path: str, body: bytes | None,
+                       headers: dict, timeout: float | None = None) -> web.Response:
+        timeout = timeout or self.request_timeout
+        try:
+            async with session.request(method, MMS_URL + path, data=body, headers=headers,
+                                       timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                answer = await r.read()
+                out = {k: v for k, v in r.headers.items() if k.lower() not in NOT_FORWARDED}
+                return web.Response(status=r.status, body=answer, headers=out)
+        except asyncio.TimeoutError:
+            return json_error(504, f"the model did not answer within {timeout:g} s")
+        except aiohttp.ClientError as e:
+            return json_error(503, f"the model server is not answering ({type(e).__name__})")
+
+    # --- multi-model routes ----------------------------------------------------------------------
+    async def load(self, request: web.Request) -> web.Response:
+        """SageMaker's LoadModel: {"model_name", "url"}; the folder is staged as data (model_store)."""
+        try:
+            payload = await request.json()
+            if not isinstance(payload, dict):
+                raise model_store.Refused('the body must be {"model_name": NAME, "url": FOLDER}')
+            name = model_store.model_name(payload.get("model_name"))
+            folder = model_store.model_url(payload.get("url"))
+        except ValueError:
+            return json_error(400, 'the body must be JSON {"model_name": NAME, "url": FOLDER}')
+        except model_store.Refused as e:
+            log.warning("POST /models refused: %s", e)
+            return json_error(400, str(e))
+        async with self.load_lock:
+            if name in self.models:
+                return json_error(409, f"model {name!r} is already loaded")
+            staged = self.run_dir / "models" / f"{name}-{time.monotonic_ns()}"
+            model_store.stage(folder, staged)
+            answer = await self._forward(request.app["management"], "POST", "/models",
+                                         json.dumps({"model_name": name, "url": str(staged)}).encode(),
+                                         {"Content-Type": JSON_TYPE}, timeout=max(300.0, self.request_timeout))
+            if answer.status == 200:
+                self.models[name] = (payload["url"], staged)
+            else:
+                shutil.rmtree(staged, ignore_errors=True)
+            return answer
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        return web.json_response({"models": [{"modelName": n, "modelUrl": url} for n, (url, _) in self.models.items()]})
+
+    async def describe(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.models:
+            return json_error(404, f"model {name!r} is not loaded")
+        return web.json_response({"modelName": name, "modelUrl": self.models[name][0]})
+
+    async def unload(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        async with self.load_lock:
+            if name not in self.models:
+                return json_error(404, f"model {name!r} is not loaded")
+            answer = await self._forward(request.app["management"], "DELETE", f"/models/{name}", None, {})
+            if answer.status == 200:
+                shutil.rmtree(self.models.pop(name)[1], ignore_errors=True)
+            return answer
+
+    # --- running ---------------------------------------------------------------------------------
+    def stop(self, problem: str | None = None) -> None:
+        if problem and not self.problem:
+            self.problem = problem
+        self.stopped.set()
+
+    async def serve(self, host: str, port: int) -> str | None:
+        """Run until SIGTERM/SIGINT or a fatal problem; return the problem (None after a signal)."""
+        app = self.app()
+        # One session per MMS socket; no connection limit (MMS queues requests itself).
+        for key, sock in (("inference", mms.inference_socket(self.run_dir)),
+                          ("management", mms.management_socket(self.run_dir))):
+            app[key] = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock), limit=0))
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=self.drain_seconds)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+        except OSError as e:
+            await runner.cleanup()
+            return f"cannot listen on {host}:{port}: {e.strerror or e}"
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._signalled, sig)
+        watcher = asyncio.create_task(self.watch(app["inference"]))
+        await self.stopped.wait()
+        watcher.cancel()
+        self.health.state, self.health.reason = Health.DRAINING, "the endpoint is shutting down"
+        self.health.ready.clear()
+        if self.in_flight:
+            log.info("draining %d request(s) in flight (up to %g s)", self.in_flight, self.drain_seconds)
+        await runner.cleanup()  # stops accepting, waits for requests in flight, closes idle connections
+        for key in ("inference", "management"):
+            await app[key].close()
+        return self.problem
+
+    def _signalled(self, signum: int) -> None:
+        log.info("signal %d: stopping", signum)
+        self.stop()

@@ -1,0 +1,151 @@
+"""multi-model-server (MMS) as `serve` runs it: private, bounded, and stopped as a whole.
+
+sagemaker-inference's start_model_server() writes its config to /etc, binds MMS's inference *and*
+management APIs to 0.0.0.0:8080 (so anyone who reaches the endpoint can load a model from a URL,
+which imports its Python handler), gives Java no heap limit, and leaves MMS's Python workers
+running after SIGTERM. We write the same configuration from its files and settings, except that
+both APIs listen on Unix sockets in a private (0700) run directory, which only `serve`'s front
+(front.py) reaches, and the JVM gets a heap sized from the container's memory.
+"""
+from __future__ import annotations
+
+import importlib.resources
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import psutil
+
+HANDLER = "image_classifier.serving.handler_service"
+TOOLKIT_FILES = importlib.resources.files("sagemaker_inference") / "etc"  # its MMS and log4j configuration
+MIB = 1024 * 1024
+WORKER = "model_service_worker"  # in the command line of every MMS Python process
+
+
+def multi_model() -> bool:
+    return os.environ.get("SAGEMAKER_MULTI_MODEL", "false").lower() == "true"
+
+
+def inference_socket(run_dir: Path) -> Path:
+    return Path(run_dir) / "inference.sock"
+
+
+def management_socket(run_dir: Path) -> Path:
+    return Path(run_dir) / "management.sock"
+
+
+def preload_safe() -> bool:
+    """MMS's preload_model: its worker process loads the model once and forks every worker from it,
+    instead of each worker importing torch and loading the model itself, all at the same time.
+    Measured with 2 workers on 2 cores (bench/serve_latency.py): the first answer 0.6 to 4 s sooner
+    (the more other work competes for the cores, the more), and a third less memory (resnet50: 589
+    instead of 922 MiB PSS), as the workers share the weights. Only where a fork of a loaded model
+    works: without a GPU (CUDA does not survive fork) and with single-threaded torch (neither does
+    OpenMP's thread pool: a fork of a process that ran torch on 2 threads hangs at its first
+    forward). MMS's worker sets OMP_NUM_THREADS=1 itself when it is unset."""
+    return os.environ.get("OMP_NUM_THREADS", "1") == "1" and shutil.which("nvidia-smi") is None
+
+
+def memory_limit() -> int:
+    """Bytes this container may use: its cgroup's limit (v2, then v1) or the machine's memory."""
+    limits = [psutil.virtual_memory().total]
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (v2) or a huge number (v1) means no limit
+            limits.append(int(text))
+    return min(limits)
+
+
+def jvm_heap_mib(memory: int) -> int:
+    """MMS's Java frontend only moves bytes; the models live in the Python workers. 1/32 of the
+    container's memory, 128 to 512 MiB: 256 MiB on an 8 GiB ml.m5.large. Unbounded, the JVM took a
+    quarter of the host's memory as its ceiling and grew 122 -> 350 MB over 10,000 requests."""
+    return max(128, min(512, memory // 32 // MIB))
+
+
+def vmargs(toolkit_default: str) -> str:
+    """The toolkit's JVM arguments (SAGEMAKER_MODEL_SERVER_VMARGS) plus a heap bound unless the
+    user set one, and an exit on OutOfMemoryError (so `serve` reports it instead of a JVM limping on)."""
+    args = toolkit_default.split()
+    if not any(a.startswith("-Xmx") or a.startswith("-XX:MaxRAM") for a in args):
+        args.append(f"-Xmx{jvm_heap_mib(memory_limit())}m")
+    if "-XX:+ExitOnOutOfMemoryError" not in args:
+        args.append("-XX:+ExitOnOutOfMemoryError")
+    return " ".join(args)
+
+
+def config(run_dir: Path, max_request_size: int) -> Path:
+    """The MMS configuration sagemaker-inference's start_model_server() writes (the toolkit's files
+    and settings; a test compares the two), with the changes above, plus preload_model. Built here
+    because importing the toolkit's model_server module (boto3, scipy) costs 0.4 s of every start."""
+    from sagemaker_inference import environment  # reads its environment: import once ours is set
+
+    env = environment.Environment()
+    settings = {
+        "default_response_timeout": env.model_server_timeout,
+        "default_workers_per_model": env.model_server_workers,
+        "inference_address": f"unix:{inference_socket(run_dir)}",
+        "management_address": f"unix:{management_socket(run_dir)}",
+        "vmargs": vmargs(env.vmargs),
+        "max_request_size": max_request_size,
+        "default_service_handler": None if multi_model() else HANDLER,
+        "default_response_timeout_seconds": env.model_server_timeout_seconds,
+        "preload_model": "true" if preload_safe() else None,
+    }
+    defaults = TOOLKIT_FILES / ("mme-mms.properties" if multi_model() else "default-mms.properties")
+    text = defaults.read_text().replace("$$SAGEMAKER_HANDLER$$", HANDLER)
+    text += "".join(f"{key}={value}\n" for key, value in settings.items() if value)
+    path = Path(run_dir) / "mms.properties"
+    path.write_text(text)
+    return path
+
+
+def start(run_dir: Path, max_request_size: int, model: Path | None) -> subprocess.Popen:
+    """MMS in the foreground, serving `model` (a staged folder) or, in multi-model mode, nothing yet."""
+    cmd = ["multi-model-server", "--start", "--foreground",
+           "--mms-config", str(config(run_dir, max_request_size)),
+           # "/": MMS resolves a model's URL under the store; we give it absolute paths.
+           "--model-store", "/", "--log-config", str(TOOLKIT_FILES / "log4j2.xml")]
+    if model is not None:
+        cmd += ["--models", f"model={model}"]
+    return subprocess.Popen(cmd, cwd=run_dir)
+
+
+def workers(process: subprocess.Popen) -> list[psutil.Process]:
+    """MMS's Python processes (with preload_model, the listener that forks them, and the workers)."""
+    try:
+        tree = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for p in tree:
+        try:
+            if any(WORKER in part for part in p.cmdline()):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def stop_tree(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM the launcher, Java and its Python workers (all started by us), then SIGKILL stragglers."""
+    try:
+        tree = [psutil.Process(process.pid)] + psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    for p in reversed(tree):  # workers first, so Java does not restart them
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=timeout)

@@ -1,0 +1,87 @@
+"""Model folders are data, never code.
+
+MMS treats a model folder as a program: a `MAR-INF/MANIFEST.json` there names a handler that it
+imports instead of ours, it puts the folder on the worker's sys.path (any `.py` there shadows an
+optional import, e.g. torchvision's `accimage`), and sagemaker-inference adds `code/` to PYTHONPATH
+and pip-installs `code/requirements.txt`. So MMS never sees a model folder itself: `stage` links
+the two files our loader reads (model.pt, model.json) into a fresh folder in `serve`'s private run
+directory and hands MMS that one. Everything else in the artifact is ignored, with one log line.
+
+`model_url` checks what a multi-model endpoint is asked to load: SageMaker sends the absolute
+local path of a model it has downloaded under /opt/ml/models; a URL or a path elsewhere is refused.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+from .. import paths
+from ..artifact import MANIFEST_FILE, WEIGHTS_FILE
+
+log = logging.getLogger(__name__)
+
+USED = (WEIGHTS_FILE, MANIFEST_FILE)
+# What makes MMS or sagemaker-inference run or install code from a model folder.
+EXECUTABLE = re.compile(r"(^|/)(MAR-INF|MANIFEST\.json|code)(/|$)|\.(py|pyc|pyo|so|pth|sh|mar|whl|egg)$", re.I)
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # no '/', never '..'; MMS's own names fit
+SCAN_LIMIT = 10_000  # entries looked at for the log line; a folder that large is not walked to the end
+
+
+class Refused(Exception):
+    """A load request that this endpoint will not carry out; str(e) says why."""
+
+
+def model_root() -> Path:
+    """Where a multi-model endpoint's models live: SageMaker downloads them under /opt/ml/models."""
+    return paths.base_dir() / "models"
+
+
+def model_url(url: object) -> Path:
+    """The model folder a POST /models may load: an absolute path under model_root(), no URL."""
+    if not isinstance(url, str) or not url:
+        raise Refused('"url" must be the model folder\'s absolute path')
+    if "://" in url or url.startswith("file:"):
+        raise Refused(f"url {url!r}: only a local folder under {model_root()} is loaded, never a URL")
+    path = Path(url)
+    root = model_root()
+    if not path.is_absolute() or ".." in path.parts or not Path(os.path.normpath(path)).is_relative_to(root):
+        raise Refused(f"url {url!r} is not a folder under {root}")
+    if not path.is_dir():
+        raise Refused(f"url {url!r} is not a folder")
+    return path
+
+
+def model_name(name: object) -> str:
+    if not isinstance(name, str) or not MODEL_NAME.match(name):
+        raise Refused(f'"model_name" {name!r} must be 1-128 letters, digits, ".", "_" or "-", '
+                      "starting with a letter or digit")
+    return name
+
+
+def foreign_files(model_dir: Path) -> list[str]:
+    """Entries of the artifact that would run or install code under MMS (relative paths)."""
+    found = []
+    for i, path in enumerate(Path(model_dir).rglob("*")):
+        if i >= SCAN_LIMIT:
+            break
+        rel = path.relative_to(model_dir).as_posix()
+        if EXECUTABLE.search(rel) and not any(rel.startswith(f + "/") for f in found):
+            found.append(rel)
+    return found
+
+
+def stage(model_dir: Path, staging: Path) -> Path:
+    """A folder for MMS holding only links to model_dir's model.pt and model.json."""
+    model_dir = Path(model_dir)
+    foreign = foreign_files(model_dir)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        log.warning("model %s: ignoring %s (this image runs only its own code; model folders are data)",
+                    model_dir, shown)
+    staging.mkdir(parents=True)
+    for name in USED:
+        if (model_dir / name).exists():  # a missing file is the loader's to report, with its reason
+            (staging / name).symlink_to((model_dir / name).resolve())
+    return staging

@@ -1,0 +1,12 @@
+"""The JSON shape of every error `serve` answers, whether its front or a worker answers it: the
+shape MMS itself uses ({"code", "type", "message"}), so clients parse one format."""
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+
+JSON_TYPE = "application/json"
+
+
+def error_body(status: int, message: str) -> str:
+    return json.dumps({"code": status, "type": HTTPStatus(status).phrase.replace(" ", ""), "message": message})
