@@ -127,8 +127,8 @@ def _decode_all(bodies: list[tuple[bytes, str]], model: Model) -> list[torch.Ten
                          f"{max_request_pixels()} per request (MAX_REQUEST_PIXELS): send fewer or smaller images")
     deadline = time.monotonic() + max_decode_seconds()
     tensors = []
-    for image, what in images:
-        if time.monotonic() > deadline:
+    for i, (image, what) in enumerate(images):
+        if i and time.monotonic() > deadline:
             raise error(413, f"decoding took over {max_decode_seconds():g} s (MAX_DECODE_SECONDS) before {what}; "
                              "send fewer or smaller images")
         tensors.append(_tensor(image, model, what))

@@ -12,6 +12,7 @@ local path of a model it has downloaded under /opt/ml/models; a URL or a path el
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -63,9 +64,7 @@ def model_name(name: object) -> str:
 def foreign_files(model_dir: Path) -> list[str]:
     """Entries of the artifact that would run or install code under MMS (relative paths)."""
     found = []
-    for i, path in enumerate(Path(model_dir).rglob("*")):
-        if i >= SCAN_LIMIT:
-            break
+    for path in sorted(itertools.islice(Path(model_dir).rglob("*"), SCAN_LIMIT)):
         rel = path.relative_to(model_dir).as_posix()
         if EXECUTABLE.search(rel) and not any(rel.startswith(f + "/") for f in found):
             found.append(rel)

@@ -1,0 +1,249 @@
+"""The real `serve` attacked and broken on purpose: model folders that carry code, MMS's management
+API, dead workers, requests that cost more than they weigh, and HTTP that MMS answered wrongly."""
+import base64
+import io
+import json
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+import requests
+from PIL import Image
+
+from conftest import Server
+
+pytestmark = pytest.mark.slow
+
+EVIL_CODE = "import pathlib; pathlib.Path({marker!r}).write_text('ran')\ndef handle(data, context):\n    return ['pwned']\n"
+
+
+def jpeg(colour="red", size=(64, 64)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def one_bit_png(side: int) -> bytes:
+    """Few bytes, many pixels: the costliest decode per byte seen (1-bit PNG to RGB)."""
+    buf = io.BytesIO()
+    Image.new("1", (side, side)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def json_error(response, status):
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert body["code"] == status and "Traceback" not in response.text
+    return body["message"]
+
+
+def plant_code(folder, marker):
+    """Everything that made MMS or the toolkit run code from a model folder."""
+    (folder / "MAR-INF").mkdir()
+    (folder / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(
+        {"runtime": "python", "model": {"modelName": "model", "handler": "evil:handle"}}))
+    (folder / "evil.py").write_text(EVIL_CODE.format(marker=str(marker)))
+    (folder / "accimage.py").write_text(EVIL_CODE.format(marker=str(marker)))  # torchvision tries to import it
+    (folder / "code").mkdir()
+    (folder / "code" / "inference.py").write_text(EVIL_CODE.format(marker=str(marker)))
+    (folder / "code" / "requirements.txt").write_text("./nothing-to-install\n")
+
+
+def copy_model(trained, folder):
+    folder.mkdir(parents=True)
+    for name in ("model.pt", "model.json"):
+        (folder / name).write_bytes((trained / "model" / name).read_bytes())
+    return folder
+
+
+def mms_python(srv):
+    """MMS's Python processes: (listener that forks the workers, [workers])."""
+    tree = psutil.Process(srv.process.pid).children(recursive=True)
+    python = [p for p in tree if any("model_service_worker" in a for a in p.cmdline())]
+    listener = [p for p in python if "java" in p.parent().name()]
+    return listener[0], [p for p in python if p not in listener]
+
+
+def test_a_model_folder_with_a_handler_and_an_archive_manifest_runs_none_of_it(trained, tmp_path):
+    marker = tmp_path / "ran"
+    plant_code(copy_model(trained, tmp_path / "model"), marker)
+    srv = Server(tmp_path)
+    try:
+        srv.wait_healthy()
+        answer = srv.invoke(jpeg())
+        assert answer.status_code == 200 and answer.json()["predictions"][0]["top_k"]  # our handler, not 'pwned'
+        assert not marker.exists()
+        [line] = [l for l in srv.output().splitlines() if "ignoring" in l]
+        assert "MAR-INF" in line and "evil.py" in line and "code" in line and "model folders are data" in line
+        assert "pip" not in srv.output().lower()
+    finally:
+        assert srv.stop() == 0
+
+
+def test_no_management_route_answers_on_a_single_model_endpoint(server, trained):
+    folder = str(trained / "model")
+    calls = [("POST", f"/models?url={folder}&model_name=x"), ("POST", "/models"), ("GET", "/models"),
+             ("GET", "/models/model"), ("DELETE", "/models/model"), ("PUT", "/models/model?min_worker=0"),
+             ("POST", "/models/model/invoke"), ("GET", "/api-description"), ("OPTIONS", "/"),
+             ("POST", "/predictions/model")]
+    for method, path in calls:
+        response = requests.request(method, server.url + path, json={"model_name": "x", "url": folder}, timeout=10)
+        assert "no such route" in json_error(response, 404), (method, path)
+        assert folder not in response.text and "workers" not in response.text
+    assert requests.get(server.url + "/ping").status_code == 200
+    assert server.invoke(jpeg()).status_code == 200  # the model is still there, with its workers
+
+
+def test_multi_model_loads_only_local_folders_under_the_model_root(trained, tmp_path):
+    root = tmp_path / "models"
+    copy_model(trained, root / "dogs" / "model")
+    marker = tmp_path / "ran"
+    plant_code(copy_model(trained, root / "planted" / "model"), marker)
+    outside = copy_model(trained, tmp_path / "elsewhere")
+    srv = Server(tmp_path, SAGEMAKER_MULTI_MODEL="true")
+    try:
+        srv.wait_healthy()
+
+        def load(**body):
+            return requests.post(srv.url + "/models", json=body, timeout=120)
+        refused = [
+            (load(model_name="a", url="http://127.0.0.1:1/model.mar"), "never a URL"),
+            (load(model_name="a", url=f"file://{root / 'dogs' / 'model'}"), "never a URL"),
+            (load(model_name="a", url=str(outside)), "not a folder under"),
+            (load(model_name="a", url=f"{root}/../elsewhere"), "not a folder under"),
+            (load(model_name="a", url="models/dogs/model"), "not a folder under"),
+            (load(model_name="../a", url=str(root / "dogs" / "model")), "model_name"),
+            (load(model_name="a", url=str(root / "missing")), "is not a folder"),
+            (requests.post(srv.url + f"/models?url={outside}&model_name=a", timeout=10), "JSON"),
+        ]
+        for response, text in refused:
+            assert text in json_error(response, 400)
+        assert load(model_name="dogs", url=str(root / "dogs" / "model")).status_code == 200
+        assert "already loaded" in json_error(load(model_name="dogs", url=str(root / "dogs" / "model")), 409)
+        assert load(model_name="planted", url=str(root / "planted" / "model")).status_code == 200
+        answer = requests.post(srv.url + "/models/planted/invoke", data=jpeg(), headers={"Content-Type": "image/jpeg"})
+        assert answer.status_code == 200 and answer.json()["predictions"][0]["top_k"]
+        assert not marker.exists() and "ignoring" in srv.output()
+
+        listing = requests.get(srv.url + "/models").json()
+        assert listing == {"models": [{"modelName": "dogs", "modelUrl": str(root / "dogs" / "model")},
+                                      {"modelName": "planted", "modelUrl": str(root / "planted" / "model")}]}
+        assert requests.get(srv.url + "/models/dogs").json() == listing["models"][0]  # no workers, no pids
+        assert "PUT" in json_error(requests.put(srv.url + "/models/dogs?min_worker=0"), 405)
+        assert "not loaded" in json_error(requests.post(srv.url + "/models/nothing/invoke", data=jpeg()), 404)
+        assert "no such route" in json_error(requests.post(srv.url + "/invocations", data=jpeg()), 404)
+        assert requests.delete(srv.url + "/models/dogs").status_code == 200
+        assert "not loaded" in json_error(requests.get(srv.url + "/models/dogs"), 404)
+        assert requests.post(srv.url + "/models/planted/invoke", data=jpeg(),
+                             headers={"Content-Type": "image/jpeg"}).status_code == 200
+    finally:
+        assert srv.stop() == 0
+
+
+def test_dead_workers_are_retried_reported_and_end_serve(trained, tmp_path):
+    (tmp_path / "model").symlink_to(trained / "model")
+    srv = Server(tmp_path, SERVE_UNHEALTHY_SECONDS=4)
+    try:
+        srv.wait_healthy()
+        # A worker killed while requests are in flight: MMS forks a new one; the request it held
+        # is answered by another worker.
+        _, workers = mms_python(srv)
+        body = one_bit_png(5000)  # ~0.25 s of decoding each: requests are in flight when it dies
+        with ThreadPoolExecutor(6) as pool:
+            answers = [pool.submit(srv.invoke, body, "image/png") for _ in range(6)]
+            time.sleep(0.3)
+            workers[0].kill()
+            codes = [a.result().status_code for a in answers]
+        assert codes == [200] * 6
+        assert "a model worker died during a request; sending it to another" in srv.output()
+        # The listener and every worker killed: MMS cannot fork new ones. /ping turns 503 with the
+        # reason, requests get a JSON 503 at once, and serve exits 1 so the container is replaced.
+        listener, workers = mms_python(srv)
+        for p in [listener, *workers]:
+            p.kill()
+        deadline = time.monotonic() + 10
+        while requests.get(srv.url + "/ping").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ping = requests.get(srv.url + "/ping")
+        assert ping.status_code == 503 and "no model worker can answer" in ping.json()["message"]
+        assert "no model worker can answer" in json_error(srv.invoke(jpeg()), 503)
+        assert srv.process.wait(30) == 1
+        assert "no model worker could answer for 4 s" in srv.output()
+    finally:
+        srv.stop()
+
+
+def test_a_request_over_the_work_budget_is_refused_and_others_go_on(server):
+    png = base64.b64encode(one_bit_png(6300)).decode()  # 39.7 Mpx: each under the per-image limit
+    amplified = json.dumps({"instances": [png] * 64}).encode()  # 2.5 Gpx in 1.3 MB
+    message = json_error(server.invoke(amplified, "application/json"), 413)
+    assert "2540160000 pixels" in message and "MAX_REQUEST_PIXELS" in message
+    assert server.invoke(jpeg()).status_code == 200
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({}, 200),  # no Content-Type at all
+    ({"Content-Type": "application/x-www-form-urlencoded"}, 200),  # curl -d / urllib's default
+    ({"Content-Type": "image/jpeg", "Accept": "text/html;q=0.9, application/json;q=0.5"}, 200),
+    ({"Content-Type": "image/jpeg", "Accept": "*/*"}, 200),
+    ({"Content-Type": "image/jpeg", "Accept": "application/json, */*"}, 200),
+    ({"Content-Type": "image/jpeg", "Accept": "application/json; charset=utf-8"}, 200),
+    ({"Content-Type": "image/jpeg", "Accept": "application/json;q=0, text/csv"}, 406),
+    ({"Content-Type": "multipart/form-data; boundary=x"}, 415),
+])
+def test_content_type_and_accept_forms(server, headers, status):
+    response = requests.post(server.url + "/invocations", data=jpeg(), headers=headers, timeout=30)
+    if status == 200:
+        assert response.status_code == 200 and response.json()["predictions"], response.text
+    else:
+        json_error(response, status)
+
+
+def test_malformed_requests_get_a_clean_json_status(server):
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    wrapped = base64.encodebytes(jpeg()).decode()  # `base64` wraps at 76 columns
+    assert "\n" in wrapped.strip()
+    ok = server.invoke(json.dumps({"instances": [wrapped]}).encode(), "application/json")
+    assert ok.status_code == 200, ok.text
+    assert "nested too deeply" in json_error(server.invoke(deep, "application/json"), 400)
+    assert "not an image" in json_error(requests.post(server.url + "/invocations", data=b"hello"), 400)
+    assert "limit is 6291456" in json_error(server.invoke(b"\0" * (30 * 1024 * 1024)), 413)
+    get = requests.get(server.url + "/invocations")
+    assert "use POST" in json_error(get, 405) and get.headers["Allow"] == "POST"
+    assert requests.head(server.url + "/ping").status_code == 200
+    assert requests.get(server.url + "/ping").json() == {"status": "Healthy"}
+
+
+def test_the_jvm_heap_is_bounded(server):
+    [java] = [p for p in psutil.Process(server.process.pid).children(recursive=True) if p.name() == "java"]
+    assert any(a.startswith("-Xmx") for a in java.cmdline()) and "-XX:+ExitOnOutOfMemoryError" in java.cmdline()
+
+
+def test_sigterm_drains_requests_in_flight(trained, tmp_path):
+    (tmp_path / "model").symlink_to(trained / "model")
+    srv = Server(tmp_path)
+    srv.wait_healthy()
+    body = one_bit_png(5000)  # 2 workers, 6 requests of ~0.25 s: some wait in MMS's queue at SIGTERM
+    started = threading.Barrier(7)
+
+    def send():
+        session = requests.Session()
+        session.get(srv.url + "/ping")  # connected before SIGTERM
+        started.wait()
+        return session.post(srv.url + "/invocations", data=body, headers={"Content-Type": "image/png"}, timeout=60)
+    with ThreadPoolExecutor(6) as pool:
+        answers = [pool.submit(send) for _ in range(6)]
+        started.wait()
+        time.sleep(0.3)
+        srv.process.send_signal(signal.SIGTERM)
+        codes = [a.result().status_code for a in answers]
+    assert codes == [200] * 6
+    assert srv.process.wait(30) == 0
+    assert "draining" in srv.output()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(srv.url + "/ping", timeout=2)
+    srv.stop()

@@ -1,0 +1,143 @@
+"""Serving's pieces in-process: what a model folder may be, the JVM's bounds, Accept, the request budget."""
+import base64
+import io
+import json
+
+import pytest
+from PIL import Image
+from sagemaker_inference.errors import GenericInferenceToolkitError
+
+from image_classifier import artifact, models
+from image_classifier.preprocessing import Preprocessing
+from image_classifier.serving import inference, mms, model_store
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("m")
+    net, _, source = models.build("resnet18", "none", 3)
+    artifact.save(d, net, "resnet18", ["A", "B", "C"], ["001.A", "002.B", "003.C"],
+                  Preprocessing(32, 36, (0.5,) * 3, (0.5,) * 3, "bilinear"), {}, {}, source)
+    return inference.model_fn(str(d))
+
+
+def png(size, mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def jpeg(size) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, "red").save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def status(call):
+    with pytest.raises(GenericInferenceToolkitError) as e:
+        call()
+    return e.value.status_code, e.value.message
+
+
+def instances(*bodies) -> bytes:
+    return json.dumps({"instances": [base64.b64encode(b).decode() for b in bodies]}).encode()
+
+
+def test_model_urls_are_local_folders_under_the_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
+    (tmp_path / "models" / "a" / "model").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    assert model_store.model_url(str(tmp_path / "models" / "a" / "model")) == tmp_path / "models" / "a" / "model"
+    for url in ["http://host/m.mar", "https://host/x", "s3://bucket/model.tar.gz", f"file://{tmp_path}/models/a",
+                str(tmp_path / "other"), f"{tmp_path}/models/../other", "models/a/model", "", None, 3,
+                str(tmp_path / "models" / "missing")]:
+        with pytest.raises(model_store.Refused):
+            model_store.model_url(url)
+
+
+@pytest.mark.parametrize("name, ok", [("dogs", True), ("m0123abc", True), ("a.b-c_d", True), ("", False),
+                                      ("../x", False), ("a/b", False), (".hidden", False), ("x" * 129, False),
+                                      (None, False)])
+def test_model_names(name, ok):
+    if ok:
+        assert model_store.model_name(name) == name
+    else:
+        with pytest.raises(model_store.Refused):
+            model_store.model_name(name)
+
+
+def test_staging_links_only_the_two_files_the_loader_reads(tmp_path, caplog):
+    src = tmp_path / "artifact"
+    (src / "MAR-INF").mkdir(parents=True)
+    (src / "code").mkdir()
+    for name in ("model.pt", "model.json", "MAR-INF/MANIFEST.json", "handler.py", "code/requirements.txt",
+                 "lib.so", "notes.txt"):
+        (src / name).write_text("x")
+    staged = model_store.stage(src, tmp_path / "run" / "model")
+    assert sorted(p.name for p in staged.iterdir()) == ["model.json", "model.pt"]
+    assert all((staged / n).resolve() == (src / n).resolve() for n in ("model.pt", "model.json"))
+    assert model_store.foreign_files(src) == ["MAR-INF", "code", "handler.py", "lib.so"]
+    [record] = [r for r in caplog.records if "ignoring" in r.getMessage()]
+    assert "MAR-INF" in record.getMessage() and "handler.py" in record.getMessage()
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "model.pt").write_text("x")
+    caplog.clear()
+    model_store.stage(clean, tmp_path / "run" / "clean")
+    assert not [r for r in caplog.records if "ignoring" in r.getMessage()]
+
+
+def test_the_jvm_heap_follows_the_container_memory(monkeypatch):
+    assert mms.jvm_heap_mib(8 * 1024 * MIB) == 256  # ml.m5.large
+    assert mms.jvm_heap_mib(1024 * MIB) == 128 and mms.jvm_heap_mib(256 * 1024 * MIB) == 512
+    monkeypatch.setattr(mms, "memory_limit", lambda: 16 * 1024 * MIB)
+    assert mms.vmargs("-XX:-UseContainerSupport") == "-XX:-UseContainerSupport -Xmx512m -XX:+ExitOnOutOfMemoryError"
+    assert mms.vmargs("-Xmx2g") == "-Xmx2g -XX:+ExitOnOutOfMemoryError"  # the user's bound wins
+    assert 0 < mms.memory_limit()
+
+
+@pytest.mark.parametrize("accept", [None, "", "application/json", "*/*", "application/*", "application/json, */*",
+                                    "application/json; charset=utf-8", "text/html;q=0.9, application/json;q=0.5",
+                                    "APPLICATION/JSON"])
+def test_accept_forms_that_allow_json(accept):
+    assert inference.answer_type(accept) == "application/json"
+
+
+@pytest.mark.parametrize("accept", ["text/csv", "application/json;q=0", "image/png, text/*", "application/json;q=x"])
+def test_accept_forms_without_json_are_406(accept):
+    assert status(lambda: inference.answer_type(accept))[0] == 406
+
+
+def test_the_request_budget_refuses_before_decoding_any_image(model, monkeypatch):
+    decoded = []
+    monkeypatch.setattr(inference, "to_rgb", lambda *a, **k: decoded.append(1))
+    body = instances(*[png((5000, 5000), "1")] * 4)  # 100 Mpx in all, 25 each
+    code, message = status(lambda: inference.input_fn(body, "application/json", model=model))
+    assert code == 413 and "100000000 pixels" in message and "MAX_REQUEST_PIXELS" in message
+    assert decoded == []
+
+
+def test_jpegs_count_at_the_scale_they_are_decoded(model, monkeypatch):
+    monkeypatch.setenv("MAX_REQUEST_PIXELS", "100000")
+    big = jpeg((2000, 1500))  # 3 Mpx on disk; drafted to 1/8 for a 36 px resize: 250x188
+    assert len(inference.input_fn(instances(big, big), "application/json", model=model).images) == 2
+    assert status(lambda: inference.input_fn(png((400, 400)), "image/png", model=model))[0] == 413
+
+
+def test_the_decode_time_budget_is_checked_between_images(model, monkeypatch):
+    monkeypatch.setenv("MAX_DECODE_SECONDS", "0.000001")
+    code, message = status(lambda: inference.input_fn(instances(jpeg((40, 40)), jpeg((40, 40))), "application/json",
+                                                       model=model))
+    assert code == 413 and "MAX_DECODE_SECONDS" in message and "instances[1]" in message
+
+
+def test_base64_with_line_breaks_and_deep_json(model):
+    wrapped = base64.encodebytes(jpeg((40, 40))).decode()
+    assert "\n" in wrapped.strip()
+    body = json.dumps({"instances": [wrapped, {"b64": " " + wrapped}]}).encode()
+    assert len(inference.input_fn(body, "application/json", model=model).images) == 2
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    assert status(lambda: inference.input_fn(deep, "application/json", model=model)) == \
+        (400, "body is not valid JSON: nested too deeply")
