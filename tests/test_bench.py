@@ -64,3 +64,17 @@ def test_serving_latency_benchmark_runs(imagewoof, tmp_path):
     assert 0 < served[0]["cold_ping_s"] <= served[0]["cold_answer_s"] and served[0]["cold_loaded_s"] > 0
     assert 0 < served[0]["backend_p50_ms"] <= served[0]["p50_ms"] + 1  # whole ms in MMS's log
     assert "| efficientnet_lite0 | serve default |" in (tmp_path / "test-smoke.md").read_text()
+
+
+def test_serving_soak_benchmark_runs(imagewoof, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "serve_soak.py"), "--requests", "60", "--kills", "1",
+                             "--budget-requests", "8", "--name", "soak", "--results", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    soak, alone, beside, amplified = json.loads((tmp_path / "soak.json").read_text())["rows"]
+    assert soak["requests"] == 60 and soak["good"] + soak["bad"] == 60 and soak["bad"] == 12
+    assert soak["good_errors"] == 0 and soak["bad_wrong_answers"] == 0, soak
+    assert soak["kills"] == 1 and len(soak["recovery_s"]) == 1 and soak["recovery_s"][0] > 0
+    assert 0 < soak["pss_first_mib"] <= soak["pss_max_mib"]
+    assert alone["p50_ms"] > 0 and beside["worst_case_ms"] > 0 and amplified["requests"] == 5
+    assert (tmp_path / "soak_memory.png").stat().st_size > 0

@@ -1,4 +1,7 @@
+import os
+
 import pytest
+import torch
 from PIL import Image
 
 from image_classifier import data
@@ -20,7 +23,51 @@ def test_scan_reads_classes_and_skips_unreadable_files(tmp_path):
     (root / "002.B" / ".DS_Store").write_bytes(b"\0")
     ch = data.scan("train", root)
     assert ch.classes == ["A", "B"] and len(ch.samples) == 6
-    assert sorted(p.rsplit("/", 1)[1] for p, _ in ch.skipped) == ["broken.jpg", "notes.txt"]
+    assert sorted(p.rsplit("/", 1)[1] for p, _ in ch.skipped) == [".DS_Store", "broken.jpg", "notes.txt"]
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:-100])  # a valid header: Image.verify() passes it
+
+
+def test_every_file_is_a_sample_or_skipped_once_with_its_reason(tmp_path):
+    root = make_imagefolder(tmp_path / "train", ["001.A", "002.B"], 2)
+    a = root / "001.A"
+    (a / ".hidden.jpg").write_bytes((a / "001.A_000.jpg").read_bytes())
+    (a / ".cache").mkdir()
+    (a / ".cache" / "copy.jpg").write_bytes((a / "001.A_000.jpg").read_bytes())
+    (a / "gone.jpg").symlink_to(a / "nowhere.jpg")
+    (a / "loop.jpg").symlink_to(a / "loop.jpg")
+    (a / "parent").symlink_to(a)
+    (a / "folder.jpg").mkdir()
+    (a / "notes.txt").write_text("hello")
+    (a / "truncated.jpg").write_bytes((a / "001.A_001.jpg").read_bytes())
+    truncate(a / "truncated.jpg")
+    os.mkfifo(a / "pipe.jpg")  # opening it would block
+    (root / "stray.jpg").write_bytes((a / "001.A_000.jpg").read_bytes())
+    (root / "002.B" / "more").symlink_to(tmp_path / "more")  # a linked folder is followed
+    make_imagefolder(tmp_path / "more", ["x"], 1)
+    ch = data.scan("train", root)
+    reasons = {os.path.relpath(p, root): r for p, r in ch.skipped}
+    assert len(reasons) == len(ch.skipped)  # once each
+    assert {k: v.split(":")[0] for k, v in reasons.items()} == {
+        "001.A/.hidden.jpg": "hidden file", "001.A/.cache/copy.jpg": "in a hidden folder",
+        "001.A/gone.jpg": "dangling symlink", "001.A/loop.jpg": "symlink loop", "001.A/parent": "symlink loop",
+        "001.A/folder.jpg": "a folder, not an image file", "001.A/notes.txt": "not an image extension",
+        "001.A/truncated.jpg": "cannot be decoded", "001.A/pipe.jpg": "not a regular file",
+        "stray.jpg": "not in a class folder"}
+    assert "truncated" in reasons["001.A/truncated.jpg"]
+    assert sorted(os.path.relpath(p, root) for p, _ in ch.samples) == [
+        "001.A/001.A_000.jpg", "001.A/001.A_001.jpg", "002.B/002.B_000.jpg", "002.B/002.B_001.jpg",
+        "002.B/more/x/x_000.jpg"]
+
+
+def test_class_whose_images_are_all_truncated_fails(tmp_path):
+    root = make_imagefolder(tmp_path / "train", ["001.A", "002.B"], 2)
+    for path in (root / "002.B").iterdir():
+        truncate(path)
+    with pytest.raises(TrainingError, match=r"channel 'train' has no readable images for class\(es\): B$"):
+        data.scan("train", root)
 
 
 def test_class_left_without_images_fails(tmp_path):
@@ -74,3 +121,10 @@ def test_dataset_drops_an_image_that_fails_to_decode(tmp_path):
     ds = data.ImageDataset([(str(good), 0), (str(truncated), 1)], transform=lambda im: im.size)
     images, labels, failed = data.collate([ds[0], ds[1]])
     assert failed == 1 and labels.tolist() == [0]
+
+
+def test_a_seeded_draw_repeats_its_random_transform(tmp_path):
+    image = tmp_path / "a.jpg"
+    Image.new("RGB", (40, 40), "red").save(image)
+    ds = data.ImageDataset([(str(image), 0)], transform=lambda im: torch.rand(3))  # any use of torch's RNG
+    assert torch.equal(ds[(0, 7)][0], ds[(0, 7)][0]) and not torch.equal(ds[(0, 7)][0], ds[(0, 8)][0])

@@ -62,11 +62,12 @@ def test_sagemaker_hook_config_is_used_when_present(tmp_path, tiny_data):
 
 @pytest.mark.parametrize("where", ["hyperparameter", "sagemaker-config"])
 def test_a_debugger_that_cannot_write_does_not_stop_training(tmp_path, tiny_data, where):
-    (tmp_path / "a-file").write_text("")
-    unwritable = tmp_path / "a-file" / "debug"  # under a file: no folder can be made there
+    (tmp_path / "ml" / "output").mkdir(parents=True)
+    (tmp_path / "ml" / "output" / "a-file").write_text("")
+    unwritable = tmp_path / "ml" / "output" / "a-file" / "debug"  # under a file: no folder can be made there
     hp, env = dict(FAST_HP), {}
     if where == "hyperparameter":  # fails when the hook is made
-        hp["debug-dir"] = str(unwritable)
+        hp["debug-dir"] = "a-file/debug"
     else:  # fails later, inside smdebug's forward hooks, when it first writes
         config = tmp_path / "debughookconfig.json"
         config.write_text(json.dumps({"LocalPath": str(unwritable), "HookParameters": {"save_interval": "1"}}))

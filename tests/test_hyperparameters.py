@@ -24,6 +24,14 @@ def test_strings_as_sagemaker_sends_them_parse_to_types():
     ({"backbone": "vgg16"}, "hyperparameter 'backbone' must be one of resnet18"),
     ({"batch-size": "0"}, "hyperparameter 'batch-size' must be >= 1"),
     ({"learning-rate": "0.1"}, "unknown hyperparameter(s): learning-rate"),
+    ({"lr": "nan"}, "hyperparameter 'lr' must be a finite number, got 'nan'"),
+    ({"lr": "-inf"}, "hyperparameter 'lr' must be a finite number, got '-inf'"),
+    ({"warmup-epochs": "1e999"}, "hyperparameter 'warmup-epochs' must be a finite number, got '1e999'"),
+    ({"weight-decay": "-0.1"}, "hyperparameter 'weight-decay' must be >= 0.0"),
+    ({"debug-interval": "0"}, "hyperparameter 'debug-interval' must be >= 1"),
+    ({"num-workers": "-2"}, "hyperparameter 'num-workers' must be >= -1"),
+    ({"seed": "-1"}, "hyperparameter 'seed' must be >= 0"),
+    ({"seed": str(2**32)}, "hyperparameter 'seed' must be <= 4294967295"),
 ])
 def test_bad_values_fail_with_the_name_and_value(raw, message):
     with pytest.raises(TrainingError) as e:

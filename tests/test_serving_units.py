@@ -91,7 +91,7 @@ def test_staging_links_only_the_two_files_the_loader_reads(tmp_path, caplog):
 
 def test_the_jvm_heap_follows_the_container_memory(monkeypatch):
     assert mms.jvm_heap_mib(8 * 1024 * MIB) == 256  # ml.m5.large
-    assert mms.jvm_heap_mib(1024 * MIB) == 128 and mms.jvm_heap_mib(256 * 1024 * MIB) == 512
+    assert mms.jvm_heap_mib(1024 * MIB) == 256 and mms.jvm_heap_mib(256 * 1024 * MIB) == 512
     monkeypatch.setattr(mms, "memory_limit", lambda: 16 * 1024 * MIB)
     assert mms.vmargs("-XX:-UseContainerSupport") == "-XX:-UseContainerSupport -Xmx512m -XX:+ExitOnOutOfMemoryError"
     assert mms.vmargs("-Xmx2g") == "-Xmx2g -XX:+ExitOnOutOfMemoryError"  # the user's bound wins
@@ -141,3 +141,13 @@ def test_base64_with_line_breaks_and_deep_json(model):
     deep = ("[" * 100_000 + "]" * 100_000).encode()
     assert status(lambda: inference.input_fn(deep, "application/json", model=model)) == \
         (400, "body is not valid JSON: nested too deeply")
+
+
+def test_the_front_does_not_import_torch():
+    """serve's own process only moves bytes: torch would cost it 250 MiB and a second of start-up."""
+    import subprocess
+    import sys
+    code = "import sys, image_classifier.serving.server; print(sorted({'torch', 'PIL'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(__import__("conftest").CONTAINER))
+    assert out.stdout.strip() == "[]"

@@ -2,6 +2,7 @@
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 
@@ -60,7 +61,17 @@ FAILURES = [
      "channel 'train' has 1 class folder; need at least 2 classes"),
     ("bad pretrained file", lambda t, d: ({**d, "pretrained": make_junk_weights(t)}, FAST_HP),
      "pretrained weights file efficientnet_lite0.pt cannot be read as a PyTorch state_dict"),
+    ("a class all truncated", lambda t, d: ({**d, "train": truncate_class(t, d["train"], "003.Blue_box")}, FAST_HP),
+     "channel 'train' has no readable images for class(es): Blue_box"),
 ]
+
+
+def truncate_class(tmp, train, folder):
+    """A copy of `train` where every JPEG of one class lost its end: headers pass Image.verify()."""
+    train = shutil.copytree(train, tmp / "truncated")
+    for path in (train / folder).iterdir():
+        path.write_bytes(path.read_bytes()[:-100])
+    return train
 
 
 def make_empty(tmp):
@@ -89,6 +100,70 @@ def test_failures_write_one_human_line(tmp_path, tiny_data, name, setup, reason)
     assert not (base / "model" / "model.pt").exists()
 
 
+@pytest.mark.parametrize("name, value, inside", [
+    ("debug-dir", "../../x", "output"), ("debug-dir", "{tmp}/x", "output"), ("debug-dir", "link/x", "output"),
+    ("feature-cache-dir", "../../x", "output"), ("feature-cache-dir", "link", "output"),
+    ("feature-cache-dir", "{tmp}/x", ""),  # absolute: inside /opt/ml unless FEATURE_CACHE_ROOT says where
+])
+def test_path_hyperparameters_cannot_leave_their_base_folder(tmp_path, tiny_data, name, value, inside):
+    value = value.format(tmp=tmp_path)
+    base = local.make_tree(tmp_path / "ml", tiny_data, {**FAST_HP, name: value})
+    (base / "output" / "link").symlink_to(tmp_path)  # a way out, followed before the check
+    result = run_train(base)
+    assert result.returncode == 1, result.stderr
+    folder = (base / inside).resolve()
+    assert failure_reason(base) == (f"hyperparameter '{name}' must be a folder inside {folder} "
+                                    f"(relative to it); got '{value}', which is {(base / 'output' / value).resolve()}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ml"]  # nothing written outside
+
+
+HOST = {"current_host": "HOST", "hosts": ["HOST"]}  # "HOST": this machine's name (SageMaker's would not resolve)
+MALFORMED = [
+    # (file, its content: a JSON value, or bytes as they are; a fragment of the reason)
+    ("hyperparameters.json", [], "the file must be an object of names to string values; got an array []"),
+    ("hyperparameters.json", "epochs=2", "the file must be an object of names to string values; got a string"),
+    ("hyperparameters.json", None, "got null"),
+    ("hyperparameters.json", b"\xff\xfe{}", "is not valid JSON"),
+    ("hyperparameters.json", b"{'epochs': '2'}", "is not valid JSON"),
+    ("hyperparameters.json", {"epochs": 2},
+     "hyperparameter 'epochs' must be a string, as SageMaker sends it; got a number 2"),
+    ("hyperparameters.json", {"lr": ["0.1"]}, "hyperparameter 'lr' must be a string"),
+    ("hyperparameters.json", {"cache-features": True}, "got a boolean true"),
+    ("hyperparameters.json", {"lr": "nan"}, "hyperparameter 'lr' must be a finite number, got 'nan'"),
+    ("hyperparameters.json", {"lr": "inf"}, "hyperparameter 'lr' must be a finite number, got 'inf'"),
+    ("hyperparameters.json", {"epochs": "0"}, "hyperparameter 'epochs' must be >= 1"),
+    ("hyperparameters.json", {"seed": str(2**64)}, "hyperparameter 'seed' must be <= 4294967295"),
+    ("hyperparameters.json", {"sagemaker_job_name": "123"}, "sagemaker-training cannot read"),
+    ("inputdataconfig.json", ["train"], "the file must be an object of channel names to channel settings"),
+    ("inputdataconfig.json", {"train": "File"}, "channel 'train' must be an object; got a string \"File\""),
+    ("inputdataconfig.json", {"train": {"TrainingInputMode": 5}}, "channel 'train' has TrainingInputMode 5"),
+    ("resourceconfig.json", [HOST], "the file must be an object; got an array"),
+    ("resourceconfig.json", {}, "current_host must be a string; got null"),
+    ("resourceconfig.json", {"current_host": "HOST", "hosts": "HOST"}, "hosts must be an array of host names"),
+    ("resourceconfig.json", {"current_host": "HOST", "hosts": []}, "is not in hosts"),
+    ("resourceconfig.json", {**HOST, "network_interface_name": 0}, "network_interface_name must be a string"),
+    ("resourceconfig.json", {**HOST, "instance_groups": [{"hosts": ["HOST"]}]}, "instance_group_name must be a string"),
+]
+
+
+@pytest.mark.parametrize("name, content, reason", MALFORMED,
+                         ids=[f"{m[0].split('.')[0]}-{json.dumps(m[1]) if not isinstance(m[1], bytes) else m[1]}"
+                              for m in MALFORMED])
+def test_malformed_config_fails_with_one_line(tmp_path, tiny_data, name, content, reason):
+    base = local.make_tree(tmp_path, tiny_data, FAST_HP)
+    path = base / "input" / "config" / name
+    if name == "hyperparameters.json" and isinstance(content, dict):
+        content = {**json.loads(path.read_text()), **content}  # one bad value among good ones
+    if not isinstance(content, bytes):
+        content = json.dumps(content).replace('"HOST"', json.dumps(socket.gethostname())).encode()
+    path.write_bytes(content)
+    result = run_train(base)
+    assert result.returncode == 1, result.stdout + result.stderr
+    failure = (base / "output" / "failure").read_text()
+    assert len(failure.splitlines()) == 1 and reason in failure, failure
+    assert not (base / "model" / "model.pt").exists()
+
+
 def test_missing_config_and_output_folder(tmp_path, tiny_data):
     base = local.make_tree(tmp_path, tiny_data, FAST_HP)
     (base / "input" / "config" / "resourceconfig.json").unlink()
@@ -108,16 +183,30 @@ def test_pipe_mode_is_refused(tmp_path, tiny_data):
 
 def test_unreadable_images_are_skipped_counted_and_reported(tmp_path, tiny_data):
     train = shutil.copytree(tiny_data["train"], tmp_path / "train")
-    (train / "001.Red_box" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    red = train / "001.Red_box"
+    (red / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (red / "truncated.jpg").write_bytes((red / "001.Red_box_000.jpg").read_bytes()[:-100])
+    (red / ".hidden.jpg").write_bytes((red / "001.Red_box_000.jpg").read_bytes())
+    (red / "gone.jpg").symlink_to(red / "nowhere.jpg")
+    (red / "loop.jpg").symlink_to(red / "loop.jpg")
+    (red / "folder.jpg").mkdir()
     (train / "002.Green_disc" / "readme.txt").write_text("not an image")
+    (train / "002.Green_disc" / "two\nlines.txt").write_text("a name that is escaped: one row")
     base = local.make_tree(tmp_path / "ml", {"train": train}, {**FAST_HP, "epochs": 1})  # valid split from train
     result = run_train(base)
     assert result.returncode == 0, result.stderr
     report = read_json(base / "output" / "data" / "metrics.json")
-    assert report["skipped_files"] == 2
-    skipped = (base / "output" / "data" / "skipped_files.tsv").read_text()
-    assert "corrupt.jpg" in skipped and "readme.txt" in skipped
-    assert "held out" in result.stderr and "skipped 2 file(s)" in result.stderr
+    assert report["skipped_files"] == 8 and report["undecodable_images"] == 0  # once: at scan, not in the epoch
+    rows = (base / "output" / "data" / "skipped_files.tsv").read_text().splitlines()
+    reasons = {row.split("\t")[1].rsplit("/", 1)[1]: row.split("\t")[2] for row in rows[1:]}
+    assert rows[0] == "channel\tpath\treason" and len(rows) == 9
+    assert reasons["two\\nlines.txt"] == "not an image extension"
+    assert reasons["readme.txt"] == "not an image extension" and reasons[".hidden.jpg"] == "hidden file"
+    assert reasons["gone.jpg"] == "dangling symlink" and reasons["loop.jpg"] == "symlink loop"
+    assert reasons["folder.jpg"] == "a folder, not an image file"
+    assert reasons["corrupt.jpg"].startswith("cannot be decoded: ")
+    assert reasons["truncated.jpg"].startswith("cannot be decoded: ") and "truncated" in reasons["truncated.jpg"]
+    assert "held out" in result.stderr and "skipped 8 file(s)" in result.stderr
 
 
 def test_early_stopping(tmp_path, tiny_data):
@@ -154,14 +243,15 @@ def test_sigterm_checkpoints_and_a_rerun_resumes(tmp_path, tiny_data):
 
 def test_cached_features_run_the_backbone_in_the_first_views_epochs_only(tmp_path, tiny_data):
     hp = {**FAST_HP, "epochs": 3, "feature-views": 2, "feature-cache-dir": str(tmp_path / "cache")}
-    first = run_train(local.make_tree(tmp_path / "first", tiny_data, hp))
+    first = run_train(local.make_tree(tmp_path / "first", tiny_data, hp), FEATURE_CACHE_ROOT=tmp_path / "cache")
     assert first.returncode == 0, first.stderr
     # augmented views 0 and 1 (epochs 1, 2; epoch 3 reuses view 0) and the validation images
     assert first.stderr.count("through the backbone") == 3, first.stderr
     assert "train features (augmented view 1)" in first.stderr
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 3
 
-    again = run_train(local.make_tree(tmp_path / "again", tiny_data, hp))  # a second trial, say
+    again = run_train(local.make_tree(tmp_path / "again", tiny_data, hp),  # a second trial, say
+                      FEATURE_CACHE_ROOT=tmp_path / "cache")
     assert again.returncode == 0, again.stderr
     assert "through the backbone" not in again.stderr and again.stderr.count(f"from {tmp_path / 'cache'}") == 3
     valid = metrics.parse(first.stdout)["valid:accuracy"]
@@ -213,3 +303,44 @@ def test_internal_errors_still_write_a_one_line_reason(tmp_path, tiny_data, monk
 def test_help_lists_hyperparameters_without_loading_torch():
     out = subprocess.run([sys.executable, str(CONTAINER / "train"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "early-stopping-patience" in out.stdout and "SAGEMAKER_BASE_DIR" in out.stdout
+
+
+# `train` with a SIGTERM raised right after one given step: mid-epoch exactly, however fast steps are
+STOP_AFTER_STEP = """
+import runpy, signal, sys
+sys.path.insert(0, sys.argv[1])
+from image_classifier import profiling
+step_done, stop_after = profiling.Profiling.step_done, (int(sys.argv[3]), int(sys.argv[4]))
+def step_done_then_sigterm(self, epoch, step):
+    step_done(self, epoch, step)
+    if (epoch, step) == stop_after:
+        signal.raise_signal(signal.SIGTERM)
+profiling.Profiling.step_done = step_done_then_sigterm
+sys.argv = sys.argv[2:3]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def final_weights(base):
+    return (torch.load(base / "model" / "model.pt", weights_only=True),
+            torch.load(base / "checkpoints" / "checkpoint.pt", weights_only=True)["model"])
+
+
+@pytest.mark.parametrize("cache", ["true", "false"])
+def test_a_run_resumed_mid_epoch_ends_with_the_uninterrupted_weights(tmp_path, tiny_data, cache):
+    hp = {**FAST_HP, "batch-size": 4, "cache-features": cache, "num-workers": 1}
+    whole = local.make_tree(tmp_path / "whole", tiny_data, hp)
+    assert run_train(whole).returncode == 0
+
+    base = local.make_tree(tmp_path / "resumed", tiny_data, hp)
+    stop_after = ["2", "3"]  # epoch, step
+    stopped = subprocess.run([sys.executable, "-c", STOP_AFTER_STEP, str(CONTAINER), str(CONTAINER / "train"),
+                              *stop_after], env=program_env(base), capture_output=True, text=True, timeout=600)
+    assert stopped.returncode == 143, stopped.stdout + stopped.stderr
+    assert "stopped by SIGTERM at epoch 2 step 3" in stopped.stderr
+    result = run_train(base)
+    assert result.returncode == 0 and "resuming from" in result.stderr, result.stderr
+    for expected, got in zip(final_weights(whole), final_weights(base)):
+        assert expected.keys() == got.keys()
+        assert all(torch.equal(expected[k], got[k]) for k in expected), \
+            max((expected[k].float() - got[k].float()).abs().max().item() for k in expected)

@@ -14,11 +14,10 @@ import torch
 from torch import nn
 
 from . import __version__
+from .paths import MANIFEST_FILE, WEIGHTS_FILE
 from .models import build_for_inference
 from .preprocessing import Preprocessing
 
-WEIGHTS_FILE = "model.pt"
-MANIFEST_FILE = "model.json"  # not manifest.json: MMS takes that for its own archive format
 FORMAT_VERSION = 1
 
 

@@ -4,12 +4,16 @@ when there is no 'valid' channel, and a Dataset that skips images it cannot deco
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import random
 import re
+import stat
 import warnings
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -35,7 +39,7 @@ class Channel:
     root: Path
     folders: list[str]  # class folders, sorted; the label index is the position here
     samples: list[tuple[str, int]]  # (path, label)
-    skipped: list[tuple[str, str]]  # (path, reason) for files that are not readable images
+    skipped: list[tuple[str, str]]  # (path, reason) for every other file in the channel, once
 
     @property
     def classes(self) -> list[str]:
@@ -46,50 +50,114 @@ class Channel:
 
 
 def scan(name: str, root: Path) -> Channel:
-    """Read an ImageFolder channel; verify each image's header and skip what will not decode."""
+    """Read an ImageFolder channel. Every file in it is either a sample or in `skipped` with the
+    reason, once; each image is decoded here, so that a class none of whose files decode fails the
+    job before it trains."""
     root = Path(root)
     if not root.is_dir():
         raise TrainingError(f"channel '{name}' not found at {root}")
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as e:
+        raise TrainingError(f"channel '{name}' cannot be read at {root}: {e.strerror}") from None
+    folders = [p.name for p in entries if p.is_dir() and not p.name.startswith(".")]
     if not folders:
         raise TrainingError(f"channel '{name}' has no class folders (expected {name}/<class>/<image>)")
     names = Counter(class_name(f) for f in folders)
     clashes = sorted(n for n, c in names.items() if c > 1)
     if clashes:
         raise TrainingError(f"channel '{name}' has several folders for class(es): {', '.join(clashes)}")
-    samples, skipped = [], []
-    for label, folder in enumerate(folders):
-        for path in sorted((root / folder).rglob("*")):
-            if not path.is_file() or path.name.startswith("."):
-                continue
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                skipped.append((str(path), "not an image file extension"))
-                continue
-            reason = _unreadable(path)
+    labels = {f: i for i, f in enumerate(folders)}
+    candidates, skipped, top = [], [], frozenset([root.resolve()])
+    for entry in entries:
+        for path, found in _files(entry, top):
+            reason = _reason(path.relative_to(root), found, entry.name in labels)
             if reason:
                 skipped.append((str(path), reason))
             else:
-                samples.append((str(path), label))
-    channel = Channel(name, root, folders, samples, skipped)
+                candidates.append((str(path), labels[entry.name]))
+    samples = []
+    for (path, label), reason in zip(candidates, _decode_errors([p for p, _ in candidates])):
+        if reason:
+            skipped.append((path, reason))
+        else:
+            samples.append((path, label))
+    channel = Channel(name, root, folders, samples, sorted(skipped))
     if not samples:
         raise TrainingError(f"channel '{name}' has no images")
     empty = [class_name(f) for i, f in enumerate(folders) if channel.counts()[i] == 0]
     if empty:
         raise TrainingError(f"channel '{name}' has no readable images for class(es): {', '.join(empty)}")
     if skipped:
-        log.warning("channel '%s': skipped %d file(s) that are not readable images, e.g. %s (%s)",
+        log.warning("channel '%s': skipped %d file(s) that are not images it can read, e.g. %s (%s)",
                     name, len(skipped), skipped[0][0], skipped[0][1])
     return channel
 
 
-def _unreadable(path: Path) -> str | None:
+def _files(path: Path, ancestors: frozenset[Path]) -> Iterator[tuple[Path, str | None]]:
+    """`path` and, for a folder, everything below it (symlinks followed), in sorted order: each
+    file with None, or with what is wrong with it; a folder only when something is wrong with it."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as image:
-                image.verify()
+        mode = path.stat().st_mode
+    except OSError as e:
+        yield path, _unreachable(path, e)
+        return
+    if not stat.S_ISDIR(mode):
+        yield path, None if stat.S_ISREG(mode) else "not a regular file"
+        return
+    real = path.resolve()
+    if real in ancestors:
+        yield path, "symlink loop"
+        return
+    try:
+        children = sorted(path.iterdir())
+    except OSError as e:
+        yield path, f"folder cannot be read: {e.strerror}"
+        return
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        yield path, "a folder, not an image file"
+    for child in children:
+        yield from _files(child, ancestors | {real})
+
+
+def _unreachable(path: Path, error: OSError) -> str:
+    if error.errno == errno.ELOOP:
+        return "symlink loop"
+    if path.is_symlink() and error.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "dangling symlink"
+    return f"cannot be read: {error.strerror}"
+
+
+def _reason(relative: Path, found: str | None, in_class_folder: bool) -> str | None:
+    """Why a file found in the channel is not a sample, before decoding it; None if it may be one."""
+    if relative.name.startswith("."):
+        return "hidden file"
+    if any(part.startswith(".") for part in relative.parts):
+        return "in a hidden folder"
+    if found:
+        return found
+    if not in_class_folder:
+        return "not in a class folder"
+    if relative.suffix.lower() not in IMAGE_EXTENSIONS:
+        return "not an image extension"
+    return None
+
+
+def _decode_errors(paths: list[str]) -> list[str | None]:
+    """Decode every image as training will (at the smallest JPEG draft scale: the whole file is
+    still read), in threads: Pillow's decoders release the GIL."""
+    with warnings.catch_warnings():  # once, here: the filter is global, threads share it
+        warnings.simplefilter("ignore")
+        with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+            return list(pool.map(_decode_error, paths))
+
+
+def _decode_error(path: str) -> str | None:
+    try:
+        with Image.open(path) as image:
+            to_rgb(image, draft_size=1)
     except Exception as e:  # Pillow raises many types for broken files
-        return f"{type(e).__name__}: {e}"
+        return f"cannot be decoded: {type(e).__name__}: {e}"
     return None
 
 
@@ -127,7 +195,8 @@ def stratified_split(channel: Channel, fraction: float, seed: int) -> tuple[Chan
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """(tensor, label) pairs; an image that fails to decode yields None and is dropped by collate."""
+    """(tensor, label) pairs; an image that fails to decode yields None and is dropped by collate
+    (scan decoded it, but a file can change during a job)."""
 
     def __init__(self, samples: list[tuple[str, int]], transform, draft_size: int | None = None):
         self.samples = samples
@@ -137,12 +206,16 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        """key: an index, or (index, seed) to fix this draw's random transform (torch's RNG)."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is not None:
+            torch.manual_seed(seed)
         path, label = self.samples[index]
         try:
             with Image.open(path) as image:
                 return self.transform(to_rgb(image, self.draft_size)), label
-        except Exception as e:  # a file that passed verify() may still be truncated
+        except Exception as e:  # noqa: BLE001 - one changed file must not end the job
             log.warning("skipping %s: %s: %s", path, type(e).__name__, e)
             return None
 

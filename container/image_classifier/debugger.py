@@ -53,7 +53,7 @@ class Debugger:
         self.hook, self.where = hook, where
 
     @classmethod
-    def create(cls, debug_dir: str, interval: int, output_dir: Path) -> "Debugger":
+    def create(cls, debug_dir: Path | None, interval: int) -> "Debugger":
         try:
             if config_file().exists():
                 hook = _hook_class().create_from_json_file(json_file_path=str(config_file()))
@@ -61,11 +61,10 @@ class Debugger:
             if not debug_dir:
                 return cls()
             import smdebug.pytorch as smd
-            out = Path(debug_dir) if Path(debug_dir).is_absolute() else Path(output_dir) / debug_dir
-            out.mkdir(parents=True, exist_ok=True)  # fails here, with a clear reason, if it cannot be made
-            hook = _hook_class()(out_dir=str(out), save_config=smd.SaveConfig(save_interval=interval),
+            debug_dir.mkdir(parents=True, exist_ok=True)  # fails here, with a clear reason, if it cannot be made
+            hook = _hook_class()(out_dir=str(debug_dir), save_config=smd.SaveConfig(save_interval=interval),
                                  include_collections=list(COLLECTIONS))
-            return cls(hook, f"local Debugger hook in {out}, every {interval} steps")
+            return cls(hook, f"local Debugger hook in {debug_dir}, every {interval} steps")
         except Exception as e:  # noqa: BLE001 - Debugger must never stop training
             log.warning("SageMaker Debugger is off: could not create its hook: %s: %s", type(e).__name__, e)
             return cls()

@@ -88,7 +88,7 @@ def samples_digest(samples: list[tuple[str, int]], root: Path) -> str:
 class FeatureCache:
     """Features for one model and one channel: in memory, and in `directory` when one is given."""
 
-    def __init__(self, directory: str, model: nn.Module, head_attr: str, pre, amp, device, hp):
+    def __init__(self, directory: str | Path | None, model: nn.Module, head_attr: str, pre, amp, device, hp):
         self.directory = Path(directory) if directory else None
         self.model, self.head_attr, self.pre, self.amp, self.device, self.hp = model, head_attr, pre, amp, device, hp
         self.weights = weights_digest(model, head_attr)

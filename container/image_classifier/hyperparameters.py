@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from typing import Any, Callable
 
 from .errors import TrainingError
@@ -48,6 +49,8 @@ class Hyperparameter:
             raise TrainingError(
                 f"hyperparameter '{self.name}' must be {self.type.__name__.lstrip('_')}, got {raw!r}"
             ) from None
+        if isinstance(value, float) and not math.isfinite(value):  # float() takes "nan" and "inf"
+            raise TrainingError(f"hyperparameter '{self.name}' must be a finite number, got {raw!r}")
         if self.choices is not None and value not in self.choices:
             raise TrainingError(
                 f"hyperparameter '{self.name}' must be one of {', '.join(map(str, self.choices))}; got {raw!r}"
@@ -77,7 +80,8 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("image-size", int, 224, "Side of the square crop fed to the network.", minimum=32),
     Hyperparameter("label-smoothing", float, 0.0, "Label smoothing of the cross-entropy loss.",
                    minimum=0.0, maximum=0.99),
-    Hyperparameter("seed", int, 42, "Seed for weights of the new head, shuffling and the split."),
+    Hyperparameter("seed", int, 42, "Seed for weights of the new head, shuffling and the split.",
+                   minimum=0, maximum=2**32 - 1),  # the shuffle's seed * 100_003 + epoch fits torch's 64 bits
     Hyperparameter("num-workers", int, -1,
                    "DataLoader worker processes; -1 means one per CPU core, 0 loads in the main process.",
                    minimum=-1),
@@ -105,7 +109,8 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    "Augmented views (random crop + flip) cached per training image when caching features; "
                    "epoch e trains on view e mod feature-views.", minimum=1),
     Hyperparameter("feature-cache-dir", str, "",
-                   "Folder that keeps cached features across jobs (local tuning trials share one); "
+                   "Folder that keeps cached features across jobs (local tuning trials share one): relative "
+                   "to /opt/ml/output, or absolute inside /opt/ml (or $FEATURE_CACHE_ROOT); "
                    "empty: in memory, for this job only."),
     Hyperparameter("profile-steps", int, 0,
                    "Record a torch.profiler trace of this many training steps (output profile/trace.json); 0: none.",

@@ -35,21 +35,72 @@ def write_failure(reason: str) -> None:
     print(f"training failed: {line}", file=sys.stderr, flush=True)
 
 
-def _check_config() -> None:
-    config = paths.input_config_dir()
-    for name in ("hyperparameters.json", "inputdataconfig.json", "resourceconfig.json"):
-        path = config / name
-        if not path.exists():
-            raise TrainingError(f"missing {path} (SageMaker writes it; for a local run see local_test/test_dir)")
-        try:
-            json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise TrainingError(f"{path} is not valid JSON: {e}") from None
-    modes = {name: c.get("TrainingInputMode", "File")
-             for name, c in json.loads((config / "inputdataconfig.json").read_text()).items()}
-    piped = sorted(name for name, mode in modes.items() if mode == "Pipe")
+INPUT_MODES = ("File", "FastFile", "Pipe")
+
+
+def _check_config() -> dict:
+    """Check the shape of SageMaker's three config files, so that a malformed one fails the job
+    with its reason (not inside the toolkit); returns the hyperparameters, all strings."""
+    hps = _read_config("hyperparameters.json")
+    _expect(hps, dict, "hyperparameters.json", "the file", "an object of names to string values")
+    for name, value in hps.items():
+        _expect(value, str, "hyperparameters.json", f"hyperparameter '{name}'", "a string, as SageMaker sends it")
+    channels = _read_config("inputdataconfig.json")
+    _expect(channels, dict, "inputdataconfig.json", "the file", "an object of channel names to channel settings")
+    for name, channel in channels.items():
+        _expect(channel, dict, "inputdataconfig.json", f"channel '{name}'", "an object")
+        mode = channel.get("TrainingInputMode", "File")
+        if mode not in INPUT_MODES:
+            raise TrainingError(f"inputdataconfig.json: channel '{name}' has TrainingInputMode {mode!r}; "
+                                f"expected one of {', '.join(INPUT_MODES)}")
+    piped = sorted(name for name, c in channels.items() if c.get("TrainingInputMode") == "Pipe")
     if piped:
         raise TrainingError(f"channel(s) {', '.join(piped)} use Pipe input mode; use File or FastFile")
+    _check_resources(_read_config("resourceconfig.json"))
+    return hps
+
+
+def _check_resources(resources) -> None:
+    """What sagemaker-training reads from resourceconfig.json."""
+    where = "resourceconfig.json"
+    _expect(resources, dict, where, "the file", "an object")
+    _expect(resources.get("current_host"), str, where, "current_host", "a string")
+    _expect(resources.get("hosts"), list, where, "hosts", "an array of host names")
+    for host in resources["hosts"]:
+        _expect(host, str, where, "each of hosts", "a string")
+    if resources["current_host"] not in resources["hosts"]:
+        raise TrainingError(f"{where}: current_host {resources['current_host']!r} is not in hosts")
+    for key in ("network_interface_name", "current_instance_type", "current_group_name"):
+        if key in resources:
+            _expect(resources[key], str, where, key, "a string")
+    _expect(resources.get("instance_groups", []), list, where, "instance_groups", "an array")
+    for group in resources.get("instance_groups", []):
+        _expect(group, dict, where, "each of instance_groups", "an object")
+        _expect(group.get("instance_group_name"), str, where, "instance_group_name", "a string")
+        _expect(group.get("hosts"), list, where, "an instance group's hosts", "an array of host names")
+
+
+def _read_config(name: str):
+    path = paths.input_config_dir() / name
+    if not path.exists():
+        raise TrainingError(f"missing {path} (SageMaker writes it; for a local run see local_test/test_dir)")
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TrainingError(f"{path} is not valid JSON: {e}") from None
+
+
+def _expect(value, kind: type, where: str, what: str, expected: str) -> None:
+    if not isinstance(value, kind):
+        raise TrainingError(f"{where}: {what} must be {expected}; got {_describe(value)}")
+
+
+def _describe(value) -> str:
+    """A JSON value in a few words: its kind, and the value itself if it is short."""
+    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    kind = kinds.get(type(value), "a number")
+    text = json.dumps(value)
+    return f"{kind} {text}" if len(text) <= 40 and kind not in ("an object", "null") else kind
 
 
 def run_job() -> int:
@@ -60,10 +111,14 @@ def run_job() -> int:
     stop = train.StopFlag().install()
     paths.output_dir().mkdir(parents=True, exist_ok=True)  # without it the toolkit cannot report
     try:
-        _check_config()
-        env = environment.Environment()
-        os.environ.update(env.to_env_vars())  # SM_CHANNEL_*, SM_MODEL_DIR, SM_HPS, ... as in script mode
-        raw = json.loads((paths.input_config_dir() / "hyperparameters.json").read_text())
+        raw = _check_config()
+        try:
+            env = environment.Environment()
+            os.environ.update(env.to_env_vars())  # SM_CHANNEL_*, SM_MODEL_DIR, SM_HPS, ... as in script mode
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # a config shape not checked above
+            traceback.print_exc()
+            raise TrainingError(f"sagemaker-training cannot read {paths.input_config_dir()}: "
+                                f"{type(e).__name__}: {e}") from None
         hp = hyperparameters.parse(raw)  # the raw strings: the toolkit's JSON-decoding would turn "2.5" epochs into 2
         channels = {name: Path(d) for name, d in env.channel_input_dirs.items()}
         model_dir = Path(os.environ["SM_MODEL_DIR"])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import TrainingError
+
 
 def base_dir() -> Path:
     return Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
@@ -26,6 +28,11 @@ def failure_file() -> Path:
     return output_dir() / "failure"
 
 
+# The model artifact's two files (artifact.py writes and reads them; serving stages just these).
+WEIGHTS_FILE = "model.pt"
+MANIFEST_FILE = "model.json"  # not manifest.json: MMS takes that for its own archive format
+
+
 def model_dir() -> Path:
     return Path(os.environ.get("SM_MODEL_DIR", base_dir() / "model"))
 
@@ -33,3 +40,21 @@ def model_dir() -> Path:
 def checkpoint_dir() -> Path:
     # SageMaker syncs /opt/ml/checkpoints with checkpoint_s3_uri (managed spot training).
     return Path(os.environ.get("SM_CHECKPOINT_DIR", base_dir() / "checkpoints"))
+
+
+def folder(base: Path, value: str, hyperparameter: str) -> Path:
+    """A path hyperparameter's folder: `value` relative to `base` (or absolute), symlinks resolved."""
+    try:
+        return (base / value).resolve()
+    except (ValueError, RuntimeError, OSError) as e:  # a NUL byte, a symlink loop
+        raise TrainingError(f"hyperparameter '{hyperparameter}' is not a usable path: {value!r} ({e})") from None
+
+
+def inside(base: Path, value: str, hyperparameter: str) -> Path:
+    """folder(), refused unless it is `base` or below it, so that no value writes elsewhere."""
+    base = base.resolve()
+    path = folder(base, value, hyperparameter)
+    if path != base and base not in path.parents:
+        raise TrainingError(f"hyperparameter '{hyperparameter}' must be a folder inside {base} (relative to it); "
+                            f"got {value!r}, which is {path}")
+    return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import signal
 import time
@@ -52,17 +53,25 @@ class StopFlag:
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """A shuffle fixed by (seed, epoch), so a resumed epoch can skip what was already trained."""
+    """A shuffle fixed by (seed, epoch), so a resumed epoch can skip what was already trained.
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
+    With seeded=True it yields (index, seed) keys for data.ImageDataset: each image's random
+    augmentation is then fixed by (seed, epoch, index) too, so the rest of a resumed epoch is
+    augmented as the uninterrupted run would have done it, in whichever worker."""
+
+    def __init__(self, n: int, seed: int, seeded: bool = False):
+        self.n, self.seed, self.seeded, self.epoch, self.skip = n, seed, seeded, 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g)[self.skip:].tolist())
+        order = torch.randperm(self.n, generator=g)[self.skip:].tolist()
+        if self.seeded:
+            base = (self.seed * 1_000_003 + self.epoch) * 1_000_003
+            return iter([(i, (base + i) % 2**62) for i in order])
+        return iter(order)
 
     def __len__(self) -> int:
         return self.n - self.skip
@@ -150,10 +159,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+FEATURE_CACHE_ROOT = "FEATURE_CACHE_ROOT"  # set by whoever runs the job, never by a hyperparameter
+
+
+def folders(hp) -> SimpleNamespace:
+    """The folders that path hyperparameters name, checked before anything is written. debug-dir is
+    inside /opt/ml/output; so is a relative feature-cache-dir, while an absolute one is a folder kept
+    across jobs: inside /opt/ml (e.g. /opt/ml/checkpoints/features, which SageMaker syncs to S3) or
+    inside $FEATURE_CACHE_ROOT (the local tuner's shared cache beside its trials' /opt/ml trees)."""
+    debug = paths.inside(paths.output_dir(), hp.debug_dir, "debug-dir") if hp.debug_dir else None
+    cache = None
+    if Path(hp.feature_cache_dir).is_absolute():
+        root = Path(os.environ.get(FEATURE_CACHE_ROOT) or paths.base_dir())
+        cache = paths.inside(root, hp.feature_cache_dir, "feature-cache-dir")
+    elif hp.feature_cache_dir:
+        cache = paths.inside(paths.output_dir(), hp.feature_cache_dir, "feature-cache-dir")
+    return SimpleNamespace(debug=debug, feature_cache=cache)
+
+
 def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, output_data_dir: Path | None = None,
         stop: StopFlag | None = None) -> dict:
     stop = stop or StopFlag()
     hp_dict = hyperparameters.as_dict(hp)
+    where = folders(hp)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seed_everything(hp.seed)
 
@@ -172,22 +200,23 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
     log.info("%s from %s; training %s (%d parameters) on %s in %s", hp.backbone, weights_source, hp.trainable,
              n_trainable, device, precision.name(amp))
     pre = backbone.preprocessing(hp.image_size)
-    sampler = EpochSampler(len(train_ch.samples), hp.seed)
+    cached = hp.cache_features and hp.trainable == "head"
+    sampler = EpochSampler(len(train_ch.samples), hp.seed, seeded=not cached)  # cached views are seeded already
     drop_last = len(train_ch.samples) > hp.batch_size
     steps_per_epoch = len(train_ch.samples) // hp.batch_size if drop_last else 1
     cache = None
-    if hp.cache_features and hp.trainable == "head":
-        cache = features.FeatureCache(hp.feature_cache_dir, model, backbone.head, pre, amp, device, hp)
+    if cached:
+        cache = features.FeatureCache(where.feature_cache, model, backbone.head, pre, amp, device, hp)
         net = features.Head(model, backbone.head)  # what each step runs: the head on cached features
         log.info("frozen backbone: caching its features (%d view(s) per training image%s)", hp.feature_views,
-                 f", kept in {hp.feature_cache_dir}" if hp.feature_cache_dir else "")
+                 f", kept in {where.feature_cache}" if where.feature_cache else "")
     else:
         net = model
         train_loader = make_loader(train_ch.samples, train_transform(pre), pre.image_size, hp, sampler, drop_last)
         valid_loader = make_loader(valid_ch.samples, eval_transform(pre), pre.resize_size, hp)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
-    debug = Debugger.create(hp.debug_dir, hp.debug_interval, paths.output_dir())
+    debug = Debugger.create(where.debug, hp.debug_interval)
     debug.register(net, criterion)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], hp)
     scaler = precision.grad_scaler(amp, device)
@@ -202,6 +231,8 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        if saved.get("scaler"):  # fp16 only: the loss scale it had reached
+            scaler.load_state_dict(saved["scaler"])
         progress.update(json.loads(saved["progress"]))
         if progress["epoch"] >= hp.epochs:
             log.info("the checkpoint in %s holds a finished run: evaluating and saving its best model "
@@ -213,7 +244,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
     def save_checkpoint():
         checkpoint.save(checkpoint_dir, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "progress": json.dumps(progress),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "progress": json.dumps(progress),
             "hyperparameters": json.dumps(hp_dict), "class_folders": json.dumps(train_ch.folders)})
 
     def stopped_by_sigterm(epoch: int, started: float) -> Stopped:
@@ -229,7 +260,6 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
     try:  # a failed or stopped job keeps its profile too
         while progress["epoch"] < hp.epochs:
             epoch = progress["epoch"]
-            seed_everything(hp.seed + epoch)  # augmentation in workers is reproducible per epoch
             sampler.set_epoch(epoch, skip=progress["batches_done"] * hp.batch_size)
             started = time.perf_counter() - progress["seconds"]
             if cache:
@@ -337,7 +367,13 @@ def write_report(directory: Path, final: dict, channels: list[data.Channel]) -> 
     """metrics.json and the list of skipped files, uploaded by SageMaker as output.tar.gz."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
-    skipped = [f"{ch.name}\t{path}\t{reason}" for ch in channels for path, reason in ch.skipped]
+    skipped = ["\t".join(map(_tsv_cell, (ch.name, path, reason))) for ch in channels for path, reason in ch.skipped]
     if skipped:
         (directory / "skipped_files.tsv").write_text("channel\tpath\treason\n" + "\n".join(skipped) + "\n")
-        log.warning("skipped %d unreadable file(s); list in %s", len(skipped), directory / "skipped_files.tsv")
+        log.warning("skipped %d file(s) that are not images it can read; list and reasons in %s", len(skipped),
+                    directory / "skipped_files.tsv")
+
+
+def _tsv_cell(text: str) -> str:
+    # A file name may hold a tab or a newline: escaped, each file stays one row.
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")

@@ -67,11 +67,12 @@ def tune(settings, space: dict, data, channels: list[str], local_dir, runner: st
     static = own_hook_hyperparameters(settings)  # each trial saves tensors for the rules and the report
     # With a frozen backbone, the first trial's backbone features serve every later trial.
     static.setdefault("feature-cache-dir", str((root / "feature-cache").resolve()))
+    cache_root = {"FEATURE_CACHE_ROOT": static["feature-cache-dir"]}  # train accepts the folder there
     # Parallel trials share this machine's cores: give each its share of loader workers and of
     # torch's compute threads (each process would otherwise start one thread per core).
     share = max(1, len(os.sched_getaffinity(0)) // parallel)
     static.setdefault("num-workers", share - 1)
-    threads = {"OMP_NUM_THREADS": share}
+    threads = {"OMP_NUM_THREADS": share, **cache_root}
     print(f"local tuning {name}: {settings.strategy}, {n_trials} trials, {parallel} at a time, "
           f"early stopping {settings.early_stopping}, objective {settings.objective_metric} maximized; "
           f"jobs in {root}", flush=True)

@@ -62,9 +62,10 @@ def memory_limit() -> int:
 
 def jvm_heap_mib(memory: int) -> int:
     """MMS's Java frontend only moves bytes; the models live in the Python workers. 1/32 of the
-    container's memory, 128 to 512 MiB: 256 MiB on an 8 GiB ml.m5.large. Unbounded, the JVM took a
-    quarter of the host's memory as its ceiling and grew 122 -> 350 MB over 10,000 requests."""
-    return max(128, min(512, memory // 32 // MIB))
+    container's memory, 256 to 512 MiB (room for request bodies of up to 6 MB waiting in MMS's
+    queue): 256 MiB on an 8 GiB ml.m5.large. Unbounded, the JVM takes a quarter of the machine's
+    memory as its ceiling."""
+    return max(256, min(512, memory // 32 // MIB))
 
 
 def vmargs(toolkit_default: str) -> str:

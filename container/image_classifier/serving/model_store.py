@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from .. import paths
-from ..artifact import MANIFEST_FILE, WEIGHTS_FILE
+from ..paths import MANIFEST_FILE, WEIGHTS_FILE  # not from artifact: the front never imports torch
 
 log = logging.getLogger(__name__)
 
