@@ -12,13 +12,9 @@ from image_classifier.preprocessing import Preprocessing
 from image_classifier.serving import inference
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("m")
-    net, _, source = models.build("resnet18", "none", 3)
-    artifact.save(d, net, "resnet18", ["A", "B", "C"], ["001.A", "002.B", "003.C"],
-                  Preprocessing(32, 36, (0.5,) * 3, (0.5,) * 3, "bilinear"), {}, {}, source)
-    return inference.model_fn(str(d))
+@pytest.fixture
+def model(small_model):
+    return small_model
 
 
 def jpeg(size=(40, 30), colour="red") -> bytes:

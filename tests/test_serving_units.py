@@ -7,20 +7,14 @@ import pytest
 from PIL import Image
 from sagemaker_inference.errors import GenericInferenceToolkitError
 
-from image_classifier import artifact, models
-from image_classifier.preprocessing import Preprocessing
 from image_classifier.serving import inference, mms, model_store
 
 MIB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("m")
-    net, _, source = models.build("resnet18", "none", 3)
-    artifact.save(d, net, "resnet18", ["A", "B", "C"], ["001.A", "002.B", "003.C"],
-                  Preprocessing(32, 36, (0.5,) * 3, (0.5,) * 3, "bilinear"), {}, {}, source)
-    return inference.model_fn(str(d))
+@pytest.fixture
+def model(small_model):
+    return small_model
 
 
 def png(size, mode="RGB") -> bytes:

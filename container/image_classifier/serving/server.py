@@ -18,7 +18,6 @@ from pathlib import Path
 
 from .. import paths
 from . import mms, model_state, model_store
-from .front import Front
 from .limits import MIB, max_payload_bytes
 
 log = logging.getLogger("image_classifier.serve")
@@ -96,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{model_store.model_root()}" if multi else f"model {model_dir}")
     # The front refuses bodies over the limit; MMS's own ceiling only has to let those through.
     process = mms.start(run_dir, limit + MIB, staged)
+    from .front import Front  # aiohttp's import (0.3 s) overlaps Java's start
+
     front = Front(run_dir, process, multi_model=multi, payload_limit=limit, started=started, **timing)
     try:
         problem = asyncio.run(front.serve(bind_host(), int(port)))
