@@ -10,10 +10,12 @@ DATA ?= ../shared/data/imagewoof10
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: container/requirements.txt launch/requirements.txt requirements-dev.txt Makefile
+$(VENV)/.installed: container/requirements.txt launch/requirements.txt requirements-dev.txt Makefile pyproject.toml container/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip==26.3"
 	$(PY) -m pip install --quiet --progress-bar off "$(TORCH_SPEC)" -r container/requirements.txt -r launch/requirements.txt -r requirements-dev.txt
+	# Our two packages, editable: image_classifier (container/) and launch (the repository root).
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e container -e .
 	touch $@
 
 prereqs:

@@ -1,8 +1,5 @@
-"""The launch side: SageMaker SDK scripts and the same pipeline on one machine (--local)."""
-import sys
-from pathlib import Path
+"""The launch side: SageMaker SDK scripts and the same pipeline on one machine (--local).
 
-# The container's package holds what both sides share (hyperparameters, metrics, search space).
-CONTAINER = Path(__file__).resolve().parents[1] / "container"
-if str(CONTAINER) not in sys.path:
-    sys.path.insert(0, str(CONTAINER))
+It imports the image's package (`image_classifier`: hyperparameters, metrics, search space) for
+what both sides share; `make venv` installs both packages into .venv (editable).
+"""

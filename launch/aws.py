@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import re
+import secrets
+import time
 
 # The SDK reads its config and telemetry settings from here instead of looking them up online.
 SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
@@ -21,10 +24,29 @@ def session(settings, boto_session=None, sagemaker_client=None, runtime_client=N
     return sm
 
 
-def job_name(settings, kind: str = "") -> str:
-    """A unique SageMaker name (63 characters at most) under the settings' prefix."""
-    from sagemaker.utils import name_from_base
-    return name_from_base(f"{settings.prefix}-{kind}" if kind else settings.prefix, short=bool(kind))
+# SageMaker's resource names (training, tuning and transform jobs, models, endpoints and their
+# configs): letters, digits and single or repeated hyphens between them (API_CreateTrainingJob.html).
+NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
+NAME_RULE = "letters, digits and hyphens, starting and ending with a letter or digit"
+MAX_NAME = 63
+MAX_TUNING_NAME = 32  # API_CreateHyperParameterTuningJob.html
+
+
+def check_name(name: str, what: str, max_length: int = MAX_NAME) -> str:
+    """Refuse, before any request, a name SageMaker would refuse."""
+    if not NAME.match(name) or len(name) > max_length:
+        raise SystemExit(f"{what} {name!r} is not a valid SageMaker name: {NAME_RULE}, "
+                         f"{max_length} characters at most")
+    return name
+
+
+def job_name(settings, kind: str = "", max_length: int = MAX_NAME) -> str:
+    """A unique, valid SageMaker name for any prefix: PREFIX[-KIND]-yymmdd-HHMMSS-xxxx, the
+    prefix shortened to fit max_length; the random part keeps two runs in the same second apart."""
+    check_name(settings.prefix, "prefix", max_length=10_000)
+    stamp = f"{time.strftime('%y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    base = f"{settings.prefix}-{kind}" if kind else settings.prefix
+    return f"{base[:max_length - len(stamp) - 1].rstrip('-')}-{stamp}"
 
 
 def split_uri(uri: str) -> tuple[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import aws, jobs, settings as settings_mod
+from launch import aws, jobs, settings as settings_mod
 
 
 def parse_args(argv=None):
@@ -34,7 +34,7 @@ def main(argv=None, session=None) -> int:
     args = parse_args(argv)
     settings = settings_mod.load(args)
     session = session or aws.session(settings)
-    name = args.job_name or aws.job_name(settings, "transform")
+    name = aws.check_name(args.job_name, "--job-name") if args.job_name else aws.job_name(settings, "transform")
     model_name = args.model_name
     if args.model_data:
         settings.require("role", "image_uri")

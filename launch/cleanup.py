@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import aws, jobs, settings as settings_mod
+from launch import aws, jobs, settings as settings_mod
 
 
 def parse_args(argv=None):
@@ -42,7 +42,7 @@ def main(argv=None, session=None) -> int:
     args = parse_args(argv)
     settings = settings_mod.load(args)
     if args.local:
-        from .local import endpoint
+        from launch.local import endpoint
         for entry in endpoint.running():
             print(f"stopping local endpoint {entry['name']} (pid {entry['pid']})")
             if not args.dry_run:

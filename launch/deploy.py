@@ -12,9 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from . import local as local_args
-from . import aws, jobs, settings as settings_mod
-from .predictor import image_predictor_class
+from launch import local as local_args
+from launch import aws, jobs, settings as settings_mod
+from launch.predictor import image_predictor_class
 
 
 def parse_args(argv=None):
@@ -63,7 +63,7 @@ def main(argv=None, session=None) -> int:
     args = parse_args(argv)
     settings = settings_mod.load(args)
     if args.local:
-        from .local import endpoint
+        from launch.local import endpoint
         name = args.endpoint_name or f"{settings.prefix}-local"
         return endpoint.run(name, local_model_dir(args), args.port, args.local_runner, settings.image_uri)
 
@@ -71,7 +71,7 @@ def main(argv=None, session=None) -> int:
     settings.require("role", "image_uri")
     session = session or aws.session(settings)
     data = model_data(session, args)
-    name = args.endpoint_name or aws.job_name(settings)
+    name = aws.check_name(args.endpoint_name, "--endpoint-name") if args.endpoint_name else aws.job_name(settings)
     model = Model(image_uri=settings.image_uri, model_data=data, role=settings.role, name=name,
                   predictor_cls=image_predictor_class(), sagemaker_session=session)
     predictor = model.deploy(initial_instance_count=1, instance_type=settings.inference_instance_type,

@@ -20,9 +20,9 @@ import re
 import sys
 from pathlib import Path
 
-from . import local as local_args
-from . import aws, jobs, settings as settings_mod
-from .predictor import image_predictor_class
+from launch import local as local_args
+from launch import aws, jobs, settings as settings_mod
+from launch.predictor import image_predictor_class
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -73,7 +73,7 @@ def main(argv=None, session=None) -> int:
     settings = settings_mod.load(args)
     models = parse_models(args.model)
     if args.local:
-        from .local import endpoint
+        from launch.local import endpoint
         name = args.endpoint_name or f"{settings.prefix}-mme-local"
         return endpoint.run(name, None, args.port, args.local_runner, settings.image_uri,
                             models={m: local_source(s) for m, s in models.items()})
@@ -83,7 +83,7 @@ def main(argv=None, session=None) -> int:
     if args.add_only and not args.endpoint_name:
         raise SystemExit("--add-only needs --endpoint-name")
     session = session or aws.session(settings)
-    name = args.endpoint_name or aws.job_name(settings, "mme")
+    name = aws.check_name(args.endpoint_name, "--endpoint-name") if args.endpoint_name else aws.job_name(settings, "mme")
     prefix = settings.s3("multi-model", name) + "/"
     endpoint = MultiDataModel(name=name, model_data_prefix=prefix, image_uri=settings.image_uri,
                               role=settings.role, sagemaker_session=session, predictor_cls=image_predictor_class(),

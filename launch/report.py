@@ -21,7 +21,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from . import aws, jobs, profile_summary, settings as settings_mod
+from launch import aws, jobs, profile_summary, settings as settings_mod
 
 STATUS_CLASS = {"IssuesFound": "issue", "NoIssuesFound": "ok", "NotEvaluated": "none", "Error": "issue"}
 
@@ -163,7 +163,7 @@ def findings(files: JobFiles, rules: list, verdicts: list) -> list[str]:
 
 
 def render(files: JobFiles, found: list[str], rules: list, losses: dict, verdicts: list, profile) -> str:
-    from . import report_plots
+    from launch import report_plots
     parts = []
     parts.append('<section id="findings"><h2>Key findings</h2><ul>'
                  + "".join(f"<li>{html.escape(f)}</li>" for f in found) + "</ul></section>")
@@ -251,7 +251,7 @@ img {{ max-width: 100%; display: block; margin: 0.8em 0; }}
 
 def write(files: JobFiles, out: Path) -> tuple[Path, list[str]]:
     """The report for FILES at OUT, and its key findings."""
-    from . import debugger_rules
+    from launch import debugger_rules
     rules, losses = [], {}
     if files.debug:
         trial = debugger_rules.trial(files.debug)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import local as local_args
-from . import aws, jobs, settings as settings_mod
+from launch import local as local_args
+from launch import aws, jobs, settings as settings_mod
 
 
 def parse_args(argv=None):
@@ -31,13 +31,13 @@ def main(argv=None, session=None) -> int:
     settings = settings_mod.load(args)
     channels = [c for c in args.channels.split(",") if c]
     if args.local:
-        from .local import jobs as local_jobs
+        from launch.local import jobs as local_jobs
         result = local_jobs.run_training_job(settings, args.data, channels, args.local_dir, args.local_runner,
                                              job_name=args.job_name)
         return 0 if result.succeeded else 1
 
     session = session or aws.session(settings)
-    name = args.job_name or aws.job_name(settings)
+    name = aws.check_name(args.job_name, "--job-name") if args.job_name else aws.job_name(settings)
     checkpoints = args.checkpoint_s3_uri or settings.s3("checkpoints", name)
     estimator = jobs.estimator(settings, session, checkpoint_s3_uri=checkpoints)
     estimator.fit(jobs.inputs(settings, args.data, channels), job_name=name, wait=not args.no_wait, logs="All")

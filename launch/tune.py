@@ -13,10 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from . import local as local_args
-from . import aws, jobs, settings as settings_mod, tuning_report
+from launch import local as local_args
+from launch import aws, jobs, settings as settings_mod, tuning_report
 from image_classifier.metrics import METRIC_DEFINITIONS
-from image_classifier.search_space import Categorical, Continuous, Integer, as_grid
+from image_classifier.search_space import (GRID_LIMIT, RESOURCE, Categorical, Continuous, Integer, as_grid,
+                                           grid_points, hyperband)
 
 TERMINAL = ("Completed", "Stopped", "Failed")
 
@@ -35,7 +36,33 @@ def sdk_ranges(space: dict) -> dict:
 
 
 def tuning_space(settings) -> dict:
-    return as_grid(settings.search_space) if settings.strategy == "Grid" else settings.search_space
+    """The ranges the tuner samples. Grid: categorical values only, and the whole grid fits one
+    tuning job. Hyperband: `epochs` is its resource (static, at the max), not a tuned range."""
+    if settings.strategy == "Grid":
+        grid = as_grid(settings.search_space)
+        if grid_points(grid) > GRID_LIMIT:
+            raise SystemExit(f"the grid has {grid_points(grid)} points; a SageMaker tuning job runs at most "
+                             f"{GRID_LIMIT} training jobs: fewer values or hyperparameters in search_space")
+        return grid
+    if settings.strategy == "Hyperband":
+        space, low, high = hyperband(settings.search_space, settings.hyperparameters)
+        settings.hyperparameters = {**settings.hyperparameters, RESOURCE: high}
+        return space
+    return settings.search_space
+
+
+def max_jobs(settings, space: dict) -> int:
+    """Grid: the number of grid points (SageMaker's rule: unset or exactly that many)."""
+    return grid_points(space) if settings.strategy == "Grid" else settings.max_jobs
+
+
+def strategy_config(settings):
+    """Hyperband's resource bounds, from the search space's epochs."""
+    if settings.strategy != "Hyperband":
+        return None
+    from sagemaker.tuner import HyperbandStrategyConfig, StrategyConfig
+    _, low, high = hyperband(settings.search_space, settings.hyperparameters)
+    return StrategyConfig(HyperbandStrategyConfig(max_resource=high, min_resource=low))
 
 
 def parse_args(argv=None):
@@ -87,7 +114,7 @@ def main(argv=None, session=None) -> int:
     space = tuning_space(settings)
     channels = [c for c in args.channels.split(",") if c]
     if args.local:
-        from .local import tuner as local_tuner
+        from launch.local import tuner as local_tuner
         best = local_tuner.tune(settings, space, args.data, channels, args.local_dir, args.local_runner,
                                 Path(args.results))
         return 0 if best is not None else 1
@@ -106,15 +133,16 @@ def main(argv=None, session=None) -> int:
         hyperparameter_ranges=sdk_ranges(space),
         metric_definitions=METRIC_DEFINITIONS,
         strategy=settings.strategy,
-        max_jobs=settings.max_jobs,
-        max_parallel_jobs=settings.max_parallel_jobs,
+        strategy_config=strategy_config(settings),
+        max_jobs=max_jobs(settings, space),
+        max_parallel_jobs=min(settings.max_parallel_jobs, max_jobs(settings, space)),
         early_stopping_type="Off" if settings.strategy == "Hyperband" else settings.early_stopping,
-        base_tuning_job_name=settings.prefix[:20],
         tags=jobs.TAGS,
     )
-    name = args.job_name or aws.job_name(settings, "hpo")[:32]
+    name = aws.check_name(args.job_name, "--job-name", aws.MAX_TUNING_NAME) if args.job_name \
+        else aws.job_name(settings, "hpo", aws.MAX_TUNING_NAME)
     tuner.fit(jobs.inputs(settings, args.data, channels), job_name=name, wait=False)
-    print(f"tuning job: {name} ({settings.strategy}, {settings.max_jobs} jobs, "
+    print(f"tuning job: {name} ({settings.strategy}, {max_jobs(settings, space)} jobs, "
           f"{settings.max_parallel_jobs} at a time, objective {settings.objective_metric} maximized)", flush=True)
     if args.no_wait:
         return 0

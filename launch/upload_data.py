@@ -20,7 +20,7 @@ from pathlib import Path
 from image_classifier import data
 from image_classifier.errors import TrainingError
 
-from . import aws, settings as settings_mod
+from launch import aws, settings as settings_mod
 
 CHANNELS = ("train", "valid", "test")
 

@@ -1,5 +1,7 @@
 """Real boto3 SageMaker and S3 clients behind botocore's Stubber: every request the scripts send
-is validated by botocore against the service's model, and recorded for the tests to check."""
+is validated by botocore against the service's model, then by sagemaker_rules against what
+botocore skips (max, pattern, enum) and SageMaker's documented cross-field rules, and recorded
+for the tests to check. A request the service would refuse raises sagemaker_rules.InvalidRequest."""
 from __future__ import annotations
 
 import copy
@@ -10,6 +12,8 @@ from pathlib import Path
 
 import boto3
 from botocore.stub import Stubber
+
+import sagemaker_rules
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"
@@ -28,6 +32,7 @@ class StubbedSageMaker:
         self.s3 = self.boto.client("s3")
         self.stubber, self.s3_stubber = Stubber(self.client), Stubber(self.s3)
         self.requests: list[tuple[str, dict]] = []
+        self.violations: list[sagemaker_rules.InvalidRequest] = []
         self.client.meta.events.register("before-parameter-build.sagemaker.*", self._capture)
         self.s3.meta.events.register("before-parameter-build.s3.*", self._capture)
         self.stubber.activate()
@@ -36,6 +41,10 @@ class StubbedSageMaker:
     def _capture(self, params, model, **kwargs):
         # An upload's Body is an open file: record that one was sent, not its bytes.
         self.requests.append((model.name, {k: "<body>" if k == "Body" else copy.deepcopy(v) for k, v in params.items()}))
+        found = sagemaker_rules.violations(model.name, params, model.service_model)
+        if found:  # kept too, so done() still fails if the launch code swallows the exception
+            self.violations.append(sagemaker_rules.InvalidRequest(model.name, found))
+            raise self.violations[-1]
 
     def respond(self, operation: str, response: dict | None = None) -> None:
         self.stubber.add_response(operation, response or {})
@@ -68,6 +77,7 @@ class StubbedSageMaker:
         return [p for op, p in self.requests if op == operation]
 
     def done(self) -> None:
+        assert not self.violations, "\n".join(str(v) for v in self.violations)
         self.stubber.assert_no_pending_responses()
         self.s3_stubber.assert_no_pending_responses()
         # The IAM policy README gives the launching user covers every request the scripts sent.

@@ -2,6 +2,8 @@
 import csv
 import re
 
+import pytest
+
 from image_classifier import hyperparameters, metrics, search_space
 from sagemaker_stub import (arn, best_job, describe_training_job,
                             describe_tuning_job)
@@ -81,10 +83,53 @@ def test_grid_strategy_sends_only_categorical_ranges(sm):
     for name, vals in values.items():
         for v in vals:
             hyperparameters.BY_NAME[name].parse(v)
+    # SageMaker's rule: MaxNumberOfTrainingJobs unset or the number of grid points (3 x 3 x 3 x 3)
+    assert sm.sent("CreateHyperParameterTuningJob")["HyperParameterTuningJobConfig"]["ResourceLimits"][
+        "MaxNumberOfTrainingJobs"] == 81
+
+
+def test_a_grid_over_sagemakers_job_limit_is_refused_before_any_request(sm, tmp_path):
+    config = tmp_path / "big.toml"
+    config.write_text("[search_space]\n" + "".join(
+        f'{name} = {{ values = {values} }}\n' for name, values in
+        [("lr", [0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.009, 0.01]),
+         ("batch-size", [8, 16, 32, 64]), ("epochs", [2, 3, 4, 5, 6, 7, 8, 9, 10, 11]),
+         ("weight-decay", [0.0, 0.0001])]))
+    with pytest.raises(SystemExit, match="the grid has 800 points; a SageMaker tuning job runs at most 750"):
+        sm.run("tune", "--config", str(config), "--strategy", "Grid", "--no-wait")
+    assert sm.requests == []
 
 
 def test_hyperband_turns_sagemaker_early_stopping_off(sm):
     sm.respond("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", "h")})
     sm.run("tune", "--job-name", "h", "--strategy", "Hyperband", "--no-wait")
-    config = sm.sent("CreateHyperParameterTuningJob")["HyperParameterTuningJobConfig"]
+    sent = sm.sent("CreateHyperParameterTuningJob")
+    config = sent["HyperParameterTuningJobConfig"]
     assert config["Strategy"] == "Hyperband" and config.get("TrainingJobEarlyStoppingType", "Off") == "Off"
+    # epochs is Hyperband's resource: bounded by the search space's range, static at its max, not tuned
+    assert config["StrategyConfig"] == {"HyperbandStrategyConfig": {"MinResource": 2, "MaxResource": 8}}
+    tuned = [r["Name"] for kind in config["ParameterRanges"].values() for r in kind]
+    assert "epochs" not in tuned and "lr" in tuned
+    assert sent["TrainingJobDefinition"]["StaticHyperParameters"]["epochs"] == "8"
+
+
+@pytest.mark.parametrize("prefix", ["ic", "image-classifier", "a-very-long-project-prefix-for-dogs-and-cats-classifier",
+                                    "x" * 40 + "-" * 5 + "y"])
+def test_tuning_job_names_are_valid_and_unique_for_any_prefix(sm, prefix):
+    for name in ("a", "b"):
+        sm.respond("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", name)})
+    assert sm.run("tune", "--prefix", prefix, "--no-wait") == 0
+    assert sm.run("tune", "--prefix", prefix, "--no-wait") == 0  # the same second, most likely
+    first, second = [p["HyperParameterTuningJobName"] for op, p in sm.requests if op == "CreateHyperParameterTuningJob"]
+    for name in (first, second):  # the strict validator has checked the pattern; the length and the stamp:
+        assert len(name) <= 32 and re.search(r"-\d{6}-\d{6}-[0-9a-f]{4}$", name), name
+    assert first != second
+
+
+@pytest.mark.parametrize("args, what", [(["--prefix", "my_project"], "prefix 'my_project'"),
+                                        (["--prefix=-x"], "prefix .-x."),
+                                        (["--job-name", "x" * 33], "--job-name")])
+def test_an_invalid_name_or_prefix_is_refused_before_any_request(sm, args, what):
+    with pytest.raises(SystemExit, match=f"{what}.* is not a valid SageMaker name: letters, digits and hyphens"):
+        sm.run("tune", *args, "--no-wait")
+    assert sm.requests == []

@@ -32,10 +32,23 @@ def epoch_line(epoch: int, epochs: int, train_loss: float, train_acc: float, val
             f"images_per_second={images_per_second:.1f} lr={lr:.3g}")
 
 
+def selected_line(epoch: int, valid_loss: float, valid_acc: float) -> str:
+    """Printed last of the valid lines, for the model the job saves: SageMaker's tuner takes a
+    job's *last* valid:accuracy as its objective value, so that value is the saved model's."""
+    return f"selected epoch={epoch} valid_loss={valid_loss:.4f} valid_acc={valid_acc:.4f}"
+
+
 def test_line(loss: float, acc: float) -> str:
     return f"final test_loss={loss:.4f} test_acc={acc:.4f}"
 
 
 def parse(log_text: str) -> dict[str, list[float]]:
-    """Read metrics out of a job log the way SageMaker does (used by the local tuner)."""
+    """Read metrics out of a job log the way SageMaker does (used by the local tuner). A tuning job's
+    objective value is the last value of its metric (objective_value)."""
     return {d["Name"]: [float(m) for m in re.findall(d["Regex"], log_text)] for d in METRIC_DEFINITIONS}
+
+
+def objective_value(log_text: str, metric: str = OBJECTIVE_METRIC) -> float | None:
+    """What SageMaker's tuner scores a training job by: the last value its regex matched."""
+    values = parse(log_text)[metric]
+    return values[-1] if values else None

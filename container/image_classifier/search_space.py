@@ -69,6 +69,31 @@ def as_grid(space: dict, points: int = 3) -> dict:
     return grid
 
 
+GRID_LIMIT = 750  # SageMaker: training jobs per tuning job (dg/automatic-model-tuning-limits.html)
+RESOURCE = "epochs"  # what Hyperband gives trials more or less of
+
+
+def grid_points(grid: dict) -> int:
+    """How many training jobs a grid search runs: every combination of the categorical values."""
+    import math
+    return math.prod(len(rng.values) for rng in grid.values())
+
+
+def hyperband(space: dict, static: dict) -> tuple[dict, int, int]:
+    """Hyperband's resource is `epochs`, never a tuned value: (the space without it, min and max
+    resource). Its range (or the static value, else the default) bounds the resource; every trial
+    is set to the max and Hyperband stops the ones that do not earn it."""
+    rng = space.get(RESOURCE)
+    if isinstance(rng, Categorical):
+        low, high = min(rng.values), max(rng.values)
+    elif rng is not None:
+        low, high = rng.low, rng.high
+    else:
+        high = int(static.get(RESOURCE, BY_NAME[RESOURCE].default))
+        low = 1
+    return {n: r for n, r in space.items() if n != RESOURCE}, int(low), int(high)
+
+
 def from_config(table: dict) -> dict:
     """Ranges from a config file: {"lr": {"min": 1e-4, "max": 1e-2, "scaling": "Logarithmic"},
     "batch-size": {"values": [16, 32]}, "epochs": {"min": 2, "max": 5, "type": "integer"}}."""

@@ -247,10 +247,32 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "progress": json.dumps(progress),
             "hyperparameters": json.dumps(hp_dict), "class_folders": json.dumps(train_ch.folders)})
 
+    def best_model() -> dict:
+        """Load the best epoch's weights into the model; its metrics for the manifest."""
+        best = checkpoint.load_best(checkpoint_dir)
+        if best is not None:
+            model.load_state_dict(best)
+        history = progress["history"]
+        best_row = next((h for h in history if h["epoch"] == progress["best_epoch"]), {})
+        return {"best_epoch": progress["best_epoch"], "epochs_run": len(history),
+                "valid_loss": best_row.get("valid_loss"), "valid_accuracy": best_row.get("valid_acc"),
+                "skipped_files": sum(len(ch.skipped) for ch in (train_ch, valid_ch, test_ch) if ch),
+                "undecodable_images": progress["failed"], "history": history}
+
+    def save_on_stop() -> None:
+        """SageMaker uploads /opt/ml/model when a stopped job ends (MaxRuntime, StopTrainingJob, the
+        tuner's early stopping): the best epoch so far goes there, not tested (no time for it)."""
+        if progress["best_epoch"]:
+            final = best_model()
+            artifact.save(model_dir, model, hp.backbone, classes, train_ch.folders, pre, hp_dict, final, weights_source)
+            log.warning("stopped: the best model so far (epoch %d, valid accuracy %.4f) is saved to %s",
+                        final["best_epoch"], final["valid_accuracy"], model_dir)
+
     def stopped_by_sigterm(epoch: int, started: float) -> Stopped:
         progress["seconds"] = time.perf_counter() - started
         save_checkpoint()
         debug.close()
+        save_on_stop()
         return Stopped(f"stopped by SIGTERM at epoch {epoch + 1} step {progress['batches_done']}; "
                        f"checkpoint saved in {checkpoint_dir}")
 
@@ -332,20 +354,15 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
                       f"best epoch {progress['best_epoch']}", flush=True)
             if stop.requested:
                 debug.close()
+                save_on_stop()
                 raise Stopped(f"stopped by SIGTERM after epoch {epoch + 1}; checkpoint saved in {checkpoint_dir}")
     finally:
         profiling.close()
 
     # Test, once, on the best model (selected by valid accuracy only)
-    best = checkpoint.load_best(checkpoint_dir)
-    if best is not None:
-        model.load_state_dict(best)
-    history = progress["history"]
-    best_row = next((h for h in history if h["epoch"] == progress["best_epoch"]), {})
-    final = {"best_epoch": progress["best_epoch"], "epochs_run": len(history),
-             "valid_loss": best_row.get("valid_loss"), "valid_accuracy": best_row.get("valid_acc"),
-             "skipped_files": len(train_ch.skipped) + len(valid_ch.skipped) + (len(test_ch.skipped) if test_ch else 0),
-             "undecodable_images": progress["failed"], "history": history}
+    final = best_model()
+    if final["valid_accuracy"] is not None:
+        print(metrics.selected_line(final["best_epoch"], final["valid_loss"], final["valid_accuracy"]), flush=True)
     debug.predict()  # the test pass is not part of the valid (EVAL) curves
     if test_ch is not None:
         test = evaluate(model, make_loader(test_ch.samples, eval_transform(pre), pre.resize_size, hp),

@@ -1,6 +1,7 @@
 """A local hyperparameter tuner with SageMaker's strategies (Bayesian, Random, Grid, Hyperband)
 over the same search space, driven by optuna. Each trial is a local training job; its metric
-lines are read with the same regexes SageMaker uses; with early stopping "Auto", a trial whose
+lines are read with the same regexes SageMaker uses, and it is scored as SageMaker scores it (the
+last value of the objective metric); with early stopping "Auto", a trial whose
 valid accuracy falls below the median of earlier trials at the same epoch is stopped (SIGTERM),
 as SageMaker's early stopping does."""
 from __future__ import annotations
@@ -8,14 +9,13 @@ from __future__ import annotations
 import math
 import os
 import threading
-import time
 from pathlib import Path
 
-from .. import tuning_report
+from .. import aws, tuning_report
 from ..jobs import own_hook_hyperparameters
 from . import jobs
 from image_classifier import metrics
-from image_classifier.search_space import Categorical, Integer
+from image_classifier.search_space import Categorical, Integer, grid_points, hyperband
 
 EPOCH = "valid:accuracy"
 
@@ -37,8 +37,9 @@ def sampler(strategy: str, space: dict, seed: int):
 
 def pruner(settings):
     import optuna
-    if settings.strategy == "Hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1)
+    if settings.strategy == "Hyperband":  # epochs is the resource, as SageMaker's Hyperband has it
+        _, low, high = hyperband(settings.search_space, settings.hyperparameters)
+        return optuna.pruners.HyperbandPruner(min_resource=low, max_resource=high)
     if settings.early_stopping == "Auto":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     return optuna.pruners.NopPruner()
@@ -58,11 +59,11 @@ def tune(settings, space: dict, data, channels: list[str], local_dir, runner: st
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not data:
         raise SystemExit("--local needs --data: a folder with train/ and valid/ class folders")
-    name = f"{settings.prefix[:20]}-hpo-{time.strftime('%y%m%d-%H%M%S')}"
+    name = aws.job_name(settings, "hpo", aws.MAX_TUNING_NAME)  # as the cloud names it
     root = Path(local_dir) / name
     n_trials = settings.max_jobs
-    if settings.strategy == "Grid":
-        n_trials = min(n_trials, math.prod(len(r.values) for r in space.values()))
+    if settings.strategy == "Grid":  # the whole grid, as SageMaker runs it
+        n_trials = grid_points(space)
     parallel = max(1, min(settings.max_parallel_jobs, n_trials))
     static = own_hook_hyperparameters(settings)  # each trial saves tensors for the rules and the report
     # With a frozen backbone, the first trial's backbone features serve every later trial.
@@ -91,7 +92,7 @@ def tune(settings, space: dict, data, channels: list[str], local_dir, runner: st
 
         def on_line(line):
             values = metrics.parse(line)
-            if values[EPOCH] and not pruned:
+            if values[EPOCH] and line.startswith("epoch=") and not pruned:  # not the selected-model line
                 epoch = epochs_seen[0]
                 epochs_seen[0] += 1
                 trial.report(values[EPOCH][0], epoch)
@@ -104,7 +105,9 @@ def tune(settings, space: dict, data, channels: list[str], local_dir, runner: st
 
         jobs.follow(job, on_line)
         found = job.metrics()
-        value = max(found.get(settings.objective_metric) or [float("nan")])
+        # SageMaker's objective value: the last one the metric's regex matched (train prints the
+        # saved model's last), so local and cloud tuning rank trials alike.
+        value = (found.get(settings.objective_metric) or [float("nan")])[-1]
         with lock:
             rows.append({"TrainingJobName": job_name, "TrainingJobStatus": job.status,
                          "FinalObjectiveValue": None if math.isnan(value) else value,
