@@ -33,8 +33,14 @@ def test_printed_metrics_match_the_regexes_sagemaker_uses(tmp_path, tiny_data):
     result = run_train(base)
     assert result.returncode == 0, result.stderr
     found = metrics.parse(result.stdout)
-    assert all(len(found[n]) == 2 for n in ("train:loss", "train:accuracy", "valid:loss", "valid:accuracy",
-                                              "epoch:seconds", "train:images_per_second"))
+    assert all(len(found[n]) == 2 for n in ("train:loss", "train:accuracy", "epoch:seconds",
+                                              "train:images_per_second"))
+    # 2 epochs, then the selected model's line: SageMaker's tuner scores a job by its last value,
+    # which is thus the saved model's
+    saved = read_json(base / "model" / "model.json")["metrics"]
+    assert len(found["valid:accuracy"]) == len(found["valid:loss"]) == 3
+    assert metrics.objective_value(result.stdout) == round(saved["valid_accuracy"], 4)
+    assert found["valid:accuracy"][saved["best_epoch"] - 1] == found["valid:accuracy"][-1]
     assert len(found["test:accuracy"]) == 1 and 0 <= found["test:accuracy"][0] <= 1
     assert "epoch 1 step 2/" in result.stdout  # progress
 
@@ -230,7 +236,12 @@ def test_sigterm_checkpoints_and_a_rerun_resumes(tmp_path, tiny_data):
     assert proc.wait(60) == 143, "".join(first)
     first = "".join(first)
     assert "checkpoint saved" in first and "epoch=1/3" in first and "epoch=2/3" not in first
-    assert not (base / "output" / "failure").exists() and not (base / "model" / "model.pt").exists()
+    assert not (base / "output" / "failure").exists()
+    # SageMaker uploads /opt/ml/model when a stopped job ends: the best epoch so far is there
+    assert "stopped: the best model so far (epoch 1" in first
+    stopped = read_json(base / "model" / "model.json")["metrics"]
+    assert stopped["best_epoch"] == 1 and stopped["epochs_run"] == 1 and "test_accuracy" not in stopped
+    assert (base / "model" / "model.pt").exists()
 
     result = run_train(base)
     assert result.returncode == 0, result.stderr
