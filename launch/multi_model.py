@@ -62,6 +62,19 @@ def artifact(session, source: str) -> str:
     return jobs.model_artifact(session, source)
 
 
+def refuse_overwrites(session, prefix: str, models: dict) -> None:
+    """Never replace a model an endpoint may already serve: SageMaker's docs say to add a changed
+    model under a new name, since instances that loaded the old NAME.tar.gz keep serving it."""
+    bucket, key = aws.split_uri(prefix)
+    listed = session.s3_client.list_objects_v2(Bucket=bucket, Prefix=key + "/")
+    present = {o["Key"].rsplit("/", 1)[-1] for o in listed.get("Contents", [])}
+    taken = sorted(f"{m}.tar.gz" for m in models if f"{m}.tar.gz" in present)
+    if taken:
+        raise SystemExit(f"{', '.join(taken)} already in {prefix}: an endpoint may be serving it, and SageMaker "
+                         "keeps serving a loaded model when its file changes. Add it under a new name "
+                         "(e.g. --model dogs-v2=SOURCE); nothing was uploaded")
+
+
 def local_source(source: str) -> Path:
     """A model folder, a job folder (its model/), or a model.tar.gz."""
     path = Path(source)
@@ -88,6 +101,7 @@ def main(argv=None, session=None) -> int:
     endpoint = MultiDataModel(name=name, model_data_prefix=prefix, image_uri=settings.image_uri,
                               role=settings.role, sagemaker_session=session, predictor_cls=image_predictor_class(),
                               env={"SAGEMAKER_MULTI_MODEL": "true"})  # the image's serve reads it
+    refuse_overwrites(session, prefix, models)
     for model, source in models.items():
         print(f"model {model}: {endpoint.add_model(artifact(session, source), f'{model}.tar.gz')}", flush=True)
     if args.add_only:

@@ -14,6 +14,7 @@ def test_multi_model_endpoint_from_s3_a_training_job_and_a_local_file(sm, traine
         tar.add(trained / "model" / "model.json", arcname="model.json")
     job = describe_training_job("ic-2", {})
     source = f"s3://{BUCKET}/image-classifier/models/ic-1/output/model.tar.gz"
+    sm.respond_s3("list_objects_v2", {"KeyCount": 0}, {"Bucket": BUCKET, "Prefix": PREFIX + "/"})  # nothing to overwrite
     # dogs: an S3 artifact, copied (s3transfer asks its size first)
     sm.respond_s3("head_object", {"ContentLength": 1000},
                   {"Bucket": BUCKET, "Key": "image-classifier/models/ic-1/output/model.tar.gz"})
@@ -45,6 +46,7 @@ def test_multi_model_endpoint_from_s3_a_training_job_and_a_local_file(sm, traine
 
 
 def test_add_only_copies_and_creates_nothing(sm):
+    sm.respond_s3("list_objects_v2", {"KeyCount": 1, "Contents": [{"Key": f"{PREFIX}/dogs.tar.gz"}]})
     sm.respond_s3("head_object", {"ContentLength": 10})
     sm.respond_s3("copy_object", {"CopyObjectResult": {"ETag": '"x"'}})
     assert sm.run("multi_model", "--add-only", "--endpoint-name", "dogs-mme",
@@ -59,3 +61,10 @@ def test_bad_model_names_fail_before_any_request(sm, spec):
     with pytest.raises(SystemExit, match="--model takes NAME=SOURCE"):
         sm.run("multi_model", "--model", spec)
     assert sm.operations() == []
+
+
+def test_add_only_never_overwrites_a_model_the_endpoint_may_serve(sm):
+    sm.respond_s3("list_objects_v2", {"KeyCount": 1, "Contents": [{"Key": f"{PREFIX}/dogs.tar.gz"}]})
+    with pytest.raises(SystemExit, match="dogs.tar.gz already in .* Add it under a new name"):
+        sm.run("multi_model", "--add-only", "--endpoint-name", "dogs-mme", "--model", f"dogs=s3://{BUCKET}/m/model.tar.gz")
+    assert sm.operations() == ["ListObjectsV2"]

@@ -209,13 +209,14 @@ def test_multi_model_mode_loads_invokes_and_unloads(trained, tmp_path):
         assert answer.status_code == 200 and len(answer.json()["predictions"][0]["top_k"]) == 3
         bad = requests.post(srv.url + "/models/dogs/invoke", data=b"x", headers={"Content-Type": "text/plain"})
         assert bad.status_code == 415 and "Traceback" not in bad.text
-        # MMS registers a model before a worker loads it; the broken one then answers every
-        # request with a JSON 500 that names the reason, and the others keep working.
-        requests.post(srv.url + "/models", json={"model_name": "broken", "url": str(broken)}, timeout=120)
-        failed = requests.post(srv.url + "/models/broken/invoke", data=image, headers={"Content-Type": "image/jpeg"},
-                               timeout=60)
-        assert failed.status_code == 500 and "model failed to load" in failed.json()["message"]
+        # A model that cannot load is an error at POST /models (MMS alone answers 200, then 500 to
+        # every request), naming the reason; it is not listed, and the others keep working.
+        failed = requests.post(srv.url + "/models", json={"model_name": "broken", "url": str(broken)}, timeout=120)
+        assert failed.status_code == 400, failed.text
+        assert "model 'broken' failed to load: model.pt cannot be read as saved weights" in failed.json()["message"]
         assert "Traceback" not in failed.text
+        assert [m["modelName"] for m in requests.get(srv.url + "/models").json()["models"]] == ["dogs"]
+        assert requests.post(srv.url + "/models/broken/invoke", data=image).status_code == 404
         assert requests.post(srv.url + "/models/dogs/invoke", data=image, headers={"Content-Type": "image/jpeg"},
                              timeout=60).status_code == 200
         assert requests.post(srv.url + "/models/nothing/invoke", data=image).status_code == 404

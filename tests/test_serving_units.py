@@ -145,3 +145,29 @@ def test_the_front_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(__import__("conftest").CONTAINER))
     assert out.stdout.strip() == "[]"
+
+
+def test_a_failed_multi_model_load_answers_507_for_memory_or_disk_else_400_or_500(tmp_path, monkeypatch):
+    """POST /models' status from what the workers reported (model_state), as SageMaker expects:
+    507 lets it unload other models and retry."""
+    import asyncio
+    import errno
+
+    from image_classifier.artifact import ArtifactError
+    from image_classifier.serving import front, model_state
+    from image_classifier.serving.handler_service import cause
+    assert cause(MemoryError()) == cause(OSError(errno.ENOSPC, "No space left on device")) == model_state.RESOURCES
+    assert cause(RuntimeError("CUDA out of memory")) == model_state.RESOURCES
+    assert cause(ArtifactError("no model.json")) == model_state.ARTIFACT and cause(KeyError("x")) == model_state.OTHER
+    monkeypatch.setenv(model_state.STATE_DIR_ENV, str(tmp_path))
+    f = front.Front(tmp_path, None, multi_model=True, payload_limit=1, request_timeout=1, drain_seconds=1,
+                    unhealthy_seconds=1, started=0)
+    for name, kind, status in [("a", model_state.RESOURCES, 507), ("b", model_state.ARTIFACT, 400),
+                               ("c", model_state.OTHER, 500)]:
+        model_state.report_failed("why", name, kind)
+        answer = asyncio.run(f._load_failure(name))
+        assert answer.status == status and f"model '{name}' failed to load: why" in answer.text
+    model_state.report_loaded("d")
+    assert asyncio.run(f._load_failure("d")) is None
+    model_state.forget(tmp_path, "a")
+    assert model_state.read(tmp_path, "a") == (False, None)

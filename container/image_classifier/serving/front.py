@@ -249,10 +249,33 @@ class Front:
                                          json.dumps({"model_name": name, "url": str(staged)}).encode(),
                                          {"Content-Type": JSON_TYPE}, timeout=max(300.0, self.request_timeout))
             if answer.status == 200:
+                failed = await self._load_failure(name)
+                if failed:  # MMS registered it, but its workers could not load it
+                    await self._forward(request.app["management"], "DELETE", f"/models/{name}", None, {})
+                    answer = failed
+            if answer.status == 200:
                 self.models[name] = (payload["url"], staged)
             else:
                 shutil.rmtree(staged, ignore_errors=True)
+                model_state.forget(self.run_dir, name)
             return answer
+
+    async def _load_failure(self, name: str) -> web.Response | None:
+        """The error for a model whose workers reported a failed load (MMS itself answers 200 and
+        then 500 to every request): 507 when memory or disk ran short, as SageMaker expects so that
+        it can unload others and retry, 400 for an artifact this image cannot load, else 500."""
+        deadline = time.monotonic() + 5  # the workers have reported by the time MMS answers; a margin
+        while True:
+            loaded, failure = model_state.read_cause(self.run_dir, name)
+            if failure or loaded or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        if not failure:
+            return None
+        cause, reason = failure
+        status = {model_state.RESOURCES: 507, model_state.ARTIFACT: 400}.get(cause, 500)
+        log.warning("model %s failed to load (%d): %s", name, status, reason)
+        return json_error(status, f"model {name!r} failed to load: {reason}")
 
     async def list_models(self, request: web.Request) -> web.Response:
         return web.json_response({"models": [{"modelName": n, "modelUrl": url} for n, (url, _) in self.models.items()]})
@@ -271,6 +294,7 @@ class Front:
             answer = await self._forward(request.app["management"], "DELETE", f"/models/{name}", None, {})
             if answer.status == 200:
                 shutil.rmtree(self.models.pop(name)[1], ignore_errors=True)
+                model_state.forget(self.run_dir, name)
             return answer
 
     # --- running ---------------------------------------------------------------------------------

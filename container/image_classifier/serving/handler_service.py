@@ -1,4 +1,5 @@
-"""The MMS handler module. MMS requires exactly one class here; helpers live elsewhere."""
+"""The MMS handler module. MMS requires exactly one class here (and no other class)."""
+import errno
 import logging
 
 from sagemaker_inference.default_handler_service import DefaultHandlerService
@@ -14,23 +15,33 @@ class HandlerService(DefaultHandlerService):
 
     MMS logs and swallows an exception from initialize(): the worker stays up and the transformer
     retries the load per request, answering each with a JSON 500 that names the reason. That is
-    what a multi-model endpoint needs (one broken model must not take the worker down). A single
-    model's outcome is also reported to `serve` (model_state), which stops if the load failed.
+    what a multi-model endpoint needs (one broken model must not take the worker down). The outcome
+    is also reported to `serve` (model_state): for a single model it stops if the load failed; on a
+    multi-model endpoint POST /models answers with it.
     """
 
     def __init__(self):
         super().__init__(transformer=ImageTransformer())
 
     def initialize(self, context):
-        single_model = not multi_model()
+        model = context.model_name if multi_model() else None
         try:
             super().initialize(context)
         except Exception as e:  # noqa: BLE001
             logging.getLogger(__name__).exception("model in %s failed to load",
                                                   context.system_properties.get("model_dir"))
-            if single_model:
-                reason = (str(e).strip().splitlines() or [""])[0]
-                model_state.report_failed(reason if isinstance(e, ArtifactError) else f"{type(e).__name__}: {reason}")
+            reason = (str(e).strip().splitlines() or [""])[0]
+            model_state.report_failed(reason if isinstance(e, ArtifactError) else f"{type(e).__name__}: {reason}",
+                                      model, cause(e))
             return
-        if single_model:
-            model_state.report_loaded()
+        model_state.report_loaded(model)
+
+
+def cause(e: Exception) -> str:
+    """What kind of failure: the artifact's, the machine's (memory or disk: SageMaker's 507), or other."""
+    if isinstance(e, ArtifactError):
+        return model_state.ARTIFACT
+    if isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno == errno.ENOSPC) \
+            or "out of memory" in str(e).lower():
+        return model_state.RESOURCES
+    return model_state.OTHER

@@ -1,9 +1,10 @@
-"""How an MMS worker tells `serve` that the model loaded, or why it did not.
+"""How an MMS worker tells `serve` that a model loaded, or why it did not.
 
 MMS answers /ping with 200 from the moment its workers are up, whether or not any of them has
 the model, and a worker whose load failed stays up answering every request with a 500. So the
-worker that loads the single model writes a file into `serve`'s run directory ($SERVE_STATE_DIR),
-and `serve` logs "model loaded" when it appears, or stops with the reason when loading failed.
+worker writes a file into `serve`'s run directory ($SERVE_STATE_DIR) when it has loaded a model:
+for the single model, `serve` logs "model loaded" when it appears, or stops with the reason; on a
+multi-model endpoint, `POST /models` answers with the outcome (per model name).
 """
 from __future__ import annotations
 
@@ -24,15 +25,36 @@ def _write(name: str, text: str) -> None:
     os.replace(tmp, Path(folder) / name)  # `serve` never reads half a reason
 
 
-def report_loaded() -> None:
-    _write(LOADED, str(os.getpid()))
+# Why a load failed, for the status a multi-model POST /models answers with.
+ARTIFACT, RESOURCES, OTHER = "artifact", "resources", "other"
 
 
-def report_failed(reason: str) -> None:
-    _write(FAILED, reason)
+def _name(kind: str, model: str | None) -> str:
+    return f"{kind}.{model}" if model else kind
 
 
-def read(folder: Path) -> tuple[bool, str | None]:
+def report_loaded(model: str | None = None) -> None:
+    _write(_name(LOADED, model), str(os.getpid()))
+
+
+def report_failed(reason: str, model: str | None = None, cause: str = OTHER) -> None:
+    _write(_name(FAILED, model), f"{cause}\n{reason}")
+
+
+def read(folder: Path, model: str | None = None) -> tuple[bool, str | None]:
     """(loaded, failure reason or None)."""
-    failed = folder / FAILED
-    return (folder / LOADED).exists(), failed.read_text() if failed.exists() else None
+    loaded, cause_reason = read_cause(folder, model)
+    return loaded, cause_reason[1] if cause_reason else None
+
+
+def read_cause(folder: Path, model: str | None = None) -> tuple[bool, tuple[str, str] | None]:
+    """(loaded, (cause, reason) of a failure or None)."""
+    failed = Path(folder) / _name(FAILED, model)
+    cause_reason = tuple(failed.read_text().split("\n", 1)) if failed.exists() else None
+    return (Path(folder) / _name(LOADED, model)).exists(), cause_reason
+
+
+def forget(folder: Path, model: str) -> None:
+    """A model unloaded: a later load of the same name reports afresh."""
+    for kind in (LOADED, FAILED):
+        (Path(folder) / _name(kind, model)).unlink(missing_ok=True)
