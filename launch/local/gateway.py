@@ -24,6 +24,10 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PATH = re.compile(r"^/endpoints/([^/]+)/invocations$")
+# SageMaker Runtime's limits for real-time endpoints: the InvokeEndpoint Body's max in the service
+# model (6 MB), and 60 s for the container to answer (dg/realtime-endpoints-test-endpoints.html).
+MAX_BODY = 6 * 1024 * 1024
+INVOCATION_SECONDS = 60
 FORWARD = ("content-type", "accept", "x-amzn-sagemaker-custom-attributes")
 VARIANT = "AllTraffic"
 
@@ -54,8 +58,9 @@ class LoadFailed(Exception):
 class Gateway(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, endpoints: dict[str, Backend], port: int = 0, host: str = "127.0.0.1"):
-        self.endpoints = endpoints
+    def __init__(self, endpoints: dict[str, Backend], port: int = 0, host: str = "127.0.0.1",
+                 invocation_seconds: float = INVOCATION_SECONDS):
+        self.endpoints, self.invocation_seconds = endpoints, invocation_seconds
         super().__init__((host, port), _Handler)
 
     @property
@@ -87,7 +92,12 @@ class _Handler(BaseHTTPRequestHandler):
                    {"Content-Type": "application/json", "x-amzn-ErrorType": f"{code}:"})
 
     def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:  # refused before the container sees it, as SageMaker does
+            self.close_connection = True
+            return self._error(413, "ValidationError", {"message": f"Request body of {length} bytes is over the "
+                                                        f"{MAX_BODY}-byte limit of InvokeEndpoint."})
+        body = self.rfile.read(length)
         match = PATH.match(urllib.parse.urlsplit(self.path).path)
         if not match:
             return self._error(404, "UnknownOperationException", {"message": f"no such operation: POST {self.path}"})
@@ -115,7 +125,13 @@ class _Handler(BaseHTTPRequestHandler):
             except LoadFailed as e:  # the container's answer, as SageMaker passes it on
                 return self._model_error(e.status, e.answer)
         try:
-            status, answer, content_type, attributes = _post(backend.url, path, body, headers)
+            status, answer, content_type, attributes = _post(backend.url, path, body, headers,
+                                                             timeout=self.server.invocation_seconds)
+        except TimeoutError:
+            return self._error(424, "ModelError", {
+                "Message": f"Your invocation timed out while waiting for a response from container primary "
+                           f"(SageMaker waits {self.server.invocation_seconds:g} s).", "OriginalStatusCode": 0,
+                "OriginalMessage": "", "LogStreamArn": ""})
         except OSError as e:
             return self._container_down(e)
         if 200 <= status < 300:
