@@ -126,8 +126,14 @@ def main(argv=None, session=None) -> int:
         print("Debugger: tuning jobs take no hook or rules; each trial saves its tensors into its "
               f"output.tar.gz instead (debug-dir={jobs.OWN_HOOK_DEBUG_DIR}); "
               "python -m launch.report JOB runs the rules over them")
+    name = aws.check_name(args.job_name, "--job-name", aws.MAX_TUNING_NAME) if args.job_name \
+        else aws.job_name(settings, "hpo", aws.MAX_TUNING_NAME)
+    checkpoints = None
+    if settings.spot:  # an interrupted spot trial resumes from its own checkpoints, not from epoch 1
+        checkpoints = settings.s3("checkpoints", name)
+        settings.hyperparameters = {**settings.hyperparameters, "checkpoint-per-job": "true"}
     tuner = HyperparameterTuner(
-        jobs.estimator(settings, session, for_tuning=True),
+        jobs.estimator(settings, session, checkpoint_s3_uri=checkpoints, for_tuning=True),
         objective_metric_name=settings.objective_metric,
         objective_type=settings.objective_type,
         hyperparameter_ranges=sdk_ranges(space),
@@ -139,8 +145,6 @@ def main(argv=None, session=None) -> int:
         early_stopping_type="Off" if settings.strategy == "Hyperband" else settings.early_stopping,
         tags=jobs.TAGS,
     )
-    name = aws.check_name(args.job_name, "--job-name", aws.MAX_TUNING_NAME) if args.job_name \
-        else aws.job_name(settings, "hpo", aws.MAX_TUNING_NAME)
     tuner.fit(jobs.inputs(settings, args.data, channels), job_name=name, wait=False)
     print(f"tuning job: {name} ({settings.strategy}, {max_jobs(settings, space)} jobs, "
           f"{settings.max_parallel_jobs} at a time, objective {settings.objective_metric} maximized)", flush=True)

@@ -133,3 +133,13 @@ def test_an_invalid_name_or_prefix_is_refused_before_any_request(sm, args, what)
     with pytest.raises(SystemExit, match=f"{what}.* is not a valid SageMaker name: letters, digits and hyphens"):
         sm.run("tune", *args, "--no-wait")
     assert sm.requests == []
+
+
+def test_spot_trials_resume_from_their_own_checkpoints(sm):
+    sm.respond("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", "s")})
+    assert sm.run("tune", "--job-name", "spot-hpo", "--spot", "--no-wait") == 0
+    definition = sm.sent("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
+    assert definition["EnableManagedSpotTraining"] is True
+    assert definition["CheckpointConfig"]["S3Uri"] == "s3://test-bucket/image-classifier/checkpoints/spot-hpo"
+    # each trial keeps its checkpoints under its own job name inside /opt/ml/checkpoints
+    assert definition["StaticHyperParameters"]["checkpoint-per-job"] == "true"

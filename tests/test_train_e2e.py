@@ -355,3 +355,11 @@ def test_a_run_resumed_mid_epoch_ends_with_the_uninterrupted_weights(tmp_path, t
         assert expected.keys() == got.keys()
         assert all(torch.equal(expected[k], got[k]) for k in expected), \
             max((expected[k].float() - got[k].float()).abs().max().item() for k in expected)
+
+
+def test_checkpoint_per_job_keeps_a_trials_checkpoints_under_its_job_name(tmp_path, tiny_data):
+    base = local.make_tree(tmp_path, tiny_data, {**FAST_HP, "epochs": 1, "checkpoint-per-job": "true"})
+    result = run_train(base, TRAINING_JOB_NAME="ic-hpo-001-abcd1234")  # as SageMaker sets it in a trial
+    assert result.returncode == 0, result.stderr
+    assert (base / "checkpoints" / "ic-hpo-001-abcd1234" / "checkpoint.pt").exists()
+    assert not (base / "checkpoints" / "checkpoint.pt").exists()

@@ -91,6 +91,10 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("valid-fraction", float, 0.2,
                    "Share of each class held out for validation when there is no 'valid' channel.",
                    minimum=0.01, maximum=0.5),
+    Hyperparameter("checkpoint-per-job", _bool, False,
+                   "Keep checkpoints in a folder named after the training job ($TRAINING_JOB_NAME) inside "
+                   "/opt/ml/checkpoints, so that the trials of a tuning job that share a checkpoint S3 URI "
+                   "each resume from their own (launch.tune sets it)."),
     Hyperparameter("log-interval", int, 0,
                    "Print progress every N training steps; 0 prints once per epoch.", minimum=0),
     Hyperparameter("debug-dir", str, "",

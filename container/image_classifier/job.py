@@ -123,7 +123,10 @@ def run_job() -> int:
         channels = {name: Path(d) for name, d in env.channel_input_dirs.items()}
         model_dir = Path(os.environ["SM_MODEL_DIR"])
         print("hyperparameters: " + json.dumps(hyperparameters.as_dict(hp), sort_keys=True), flush=True)
-        train.run(hp, channels, model_dir, paths.checkpoint_dir(), Path(os.environ["SM_OUTPUT_DATA_DIR"]), stop)
+        checkpoints = paths.checkpoint_dir()
+        if hp.checkpoint_per_job and os.environ.get("TRAINING_JOB_NAME"):  # SageMaker sets it in every job
+            checkpoints = paths.inside(checkpoints, os.environ["TRAINING_JOB_NAME"], "checkpoint-per-job")
+        train.run(hp, channels, model_dir, checkpoints, Path(os.environ["SM_OUTPUT_DATA_DIR"]), stop)
     except train.Stopped as e:
         log.warning("%s; rerun with the same checkpoint directory to resume", e)
         return EXIT_STOPPED
