@@ -88,10 +88,32 @@ def estimator(settings, session, checkpoint_s3_uri: str | None = None, for_tunin
     )
 
 
-def inputs(settings, data: str | None, channels: list[str]) -> dict:
+REQUIRED_CHANNELS = ("train",)
+
+
+def inputs(settings, session, data: str | None, channels: list[str], explicit: bool) -> dict:
+    """Channels for the S3 prefixes that hold objects. SageMaker fails CreateTrainingJob ("No S3
+    objects found") for an empty one, so a default channel without data is left out with a line
+    saying so; a channel asked for by name (explicit) that has none is an error before any job."""
     from sagemaker.inputs import TrainingInput
+    from launch import aws
     root = (data or settings.s3("data")).rstrip("/")
-    return {name: TrainingInput(f"{root}/{name}/", distribution="FullyReplicated") for name in channels}
+    bucket, prefix = aws.split_uri(root)
+    found, missing = {}, []
+    for name in channels:
+        key = f"{prefix}/{name}/" if prefix else f"{name}/"
+        listed = session.s3_client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+        if listed.get("KeyCount", len(listed.get("Contents", []))):
+            found[name] = TrainingInput(f"{root}/{name}/", distribution="FullyReplicated")
+        else:
+            missing.append(name)
+    needed = [c for c in missing if explicit or c in REQUIRED_CHANNELS]
+    if needed:
+        raise SystemExit(f"no data for channel(s) {', '.join(needed)} under {root}/ (s3://BUCKET/PREFIX/CHANNEL/"
+                         "CLASS/IMAGE); upload it with python -m launch.upload_data, or leave the channel out")
+    for name in missing:
+        print(f"channel {name}: no objects under {root}/{name}/; the job runs without it", flush=True)
+    return found
 
 
 def model_artifact(session, job_name: str) -> str:

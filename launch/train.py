@@ -17,7 +17,8 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="where train/ valid/ test/ are: an S3 prefix (default "
                         "s3://BUCKET/PREFIX/data) or, with --local, a folder")
-    parser.add_argument("--channels", default="train,valid,test", help="channels to give the job")
+    parser.add_argument("--channels", help="channels to give the job (default train,valid,test: those of "
+                        "them that have data; each channel named here must have data)")
     parser.add_argument("--job-name", help="default: PREFIX-<timestamp>")
     parser.add_argument("--checkpoint-s3-uri", help="default: s3://BUCKET/PREFIX/checkpoints/JOB; reuse one to resume")
     parser.add_argument("--no-wait", action="store_true", help="return once the job is created")
@@ -29,9 +30,10 @@ def parse_args(argv=None):
 def main(argv=None, session=None) -> int:
     args = parse_args(argv)
     settings = settings_mod.load(args)
-    channels = [c for c in args.channels.split(",") if c]
+    channels = [c for c in (args.channels or "train,valid,test").split(",") if c]
     if args.local:
         from launch.local import jobs as local_jobs
+        channels = local_jobs.present(args.data, channels, explicit=bool(args.channels))
         result = local_jobs.run_training_job(settings, args.data, channels, args.local_dir, args.local_runner,
                                              job_name=args.job_name)
         return 0 if result.succeeded else 1
@@ -40,7 +42,8 @@ def main(argv=None, session=None) -> int:
     name = aws.check_name(args.job_name, "--job-name") if args.job_name else aws.job_name(settings)
     checkpoints = args.checkpoint_s3_uri or settings.s3("checkpoints", name)
     estimator = jobs.estimator(settings, session, checkpoint_s3_uri=checkpoints)
-    estimator.fit(jobs.inputs(settings, args.data, channels), job_name=name, wait=not args.no_wait, logs="All")
+    data = jobs.inputs(settings, session, args.data, channels, explicit=bool(args.channels))
+    estimator.fit(data, job_name=name, wait=not args.no_wait, logs="All")
     print(f"training job: {name}")
     print(f"checkpoints: {checkpoints}")
     if not args.no_wait:

@@ -70,7 +70,8 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="S3 prefix with train/ valid/ (default s3://BUCKET/PREFIX/data), "
                         "or a folder with --local")
-    parser.add_argument("--channels", default="train,valid", help="channels for every training job")
+    parser.add_argument("--channels", help="channels for every training job (default train,valid: those "
+                        "of them that have data; each channel named here must have data)")
     parser.add_argument("--job-name", help="tuning job name (32 characters at most)")
     parser.add_argument("--no-wait", action="store_true", help="return once the tuning job is created")
     parser.add_argument("--poll-seconds", type=float, default=30.0, help="progress interval while waiting")
@@ -112,9 +113,10 @@ def main(argv=None, session=None) -> int:
     args = parse_args(argv)
     settings = settings_mod.load(args)
     space = tuning_space(settings)
-    channels = [c for c in args.channels.split(",") if c]
+    channels = [c for c in (args.channels or "train,valid").split(",") if c]
     if args.local:
-        from launch.local import tuner as local_tuner
+        from launch.local import jobs as local_jobs, tuner as local_tuner
+        channels = local_jobs.present(args.data, channels, explicit=bool(args.channels))
         best = local_tuner.tune(settings, space, args.data, channels, args.local_dir, args.local_runner,
                                 Path(args.results))
         return 0 if best is not None else 1
@@ -145,7 +147,8 @@ def main(argv=None, session=None) -> int:
         early_stopping_type="Off" if settings.strategy == "Hyperband" else settings.early_stopping,
         tags=jobs.TAGS,
     )
-    tuner.fit(jobs.inputs(settings, args.data, channels), job_name=name, wait=False)
+    tuner.fit(jobs.inputs(settings, session, args.data, channels, explicit=bool(args.channels)), job_name=name,
+              wait=False)
     print(f"tuning job: {name} ({settings.strategy}, {max_jobs(settings, space)} jobs, "
           f"{settings.max_parallel_jobs} at a time, objective {settings.objective_metric} maximized)", flush=True)
     if args.no_wait:

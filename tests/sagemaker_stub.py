@@ -52,6 +52,15 @@ class StubbedSageMaker:
     def respond_s3(self, operation: str, response: dict | None = None, params: dict | None = None) -> None:
         self.s3_stubber.add_response(operation, response or {}, params)
 
+    def data(self, *channels: str, missing: tuple = (), root: str = "image-classifier/data",
+             bucket: str = BUCKET) -> None:
+        """S3's answers to the launch scripts' look at each channel's prefix (train, tune), in order."""
+        for name in channels:
+            count = 0 if name in missing else 1
+            self.respond_s3("list_objects_v2", {"KeyCount": count, **({"Contents": [{"Key": f"{root}/{name}/a/x.jpg"}]}
+                                                                      if count else {})},
+                            {"Bucket": bucket, "Prefix": f"{root}/{name}/", "MaxKeys": 1})
+
     def session(self, settings):
         from launch import aws
         return aws.session(settings, boto_session=self.boto, sagemaker_client=self.client,

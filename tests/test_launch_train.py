@@ -9,6 +9,7 @@ from sagemaker_stub import BUCKET, IMAGE, ROLE
 
 def test_create_training_job_request(sm, trained):
     sm.respond("create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:123456789012:training-job/x"})
+    sm.data("train", "valid", "test")
     assert sm.run("train", "--no-wait", "--job-name", "ic-job-1", "--hp", "backbone=efficientnet_lite0",
                      "--hp", "epochs=3", "--hp", "lr=0.0005", "--spot") == 0
     sm.done()
@@ -57,6 +58,7 @@ def test_create_training_job_request(sm, trained):
 
 def test_debugger_and_profiler_can_be_off_and_channels_chosen(sm):
     sm.respond("create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:123456789012:training-job/y"})
+    sm.data("train", "valid", bucket="other", root="dogs")
     sm.run("train", "--no-wait", "--no-debugger", "--no-profiler", "--channels", "train,valid",
               "--data", "s3://other/dogs")
     req = sm.sent("CreateTrainingJob")
@@ -92,3 +94,20 @@ def test_rule_statuses_are_printed_after_a_job(sm, capsys):
     assert out == ["rule Overfit: IssuesFound (RuleEvaluationConditionMet: Evaluation of the rule Overfit at step "
                    "300 resulted in the condition being met)", "rule VanishingGradient: NoIssuesFound",
                    "rule ProfilerReport: InProgress"]
+
+
+def test_a_default_channel_without_data_is_left_out(sm, capsys):
+    sm.respond("create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:123456789012:training-job/z"})
+    sm.data("train", "valid", "test", missing=("test",))  # no test/ under the prefix: README calls it optional
+    assert sm.run("train", "--no-wait", "--job-name", "no-test") == 0
+    assert [c["ChannelName"] for c in sm.sent("CreateTrainingJob")["InputDataConfig"]] == ["train", "valid"]
+    assert "channel test: no objects under s3://test-bucket/image-classifier/data/test/" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("channels, missing", [("train,valid,test", "test"), (None, "train")])
+def test_a_channel_asked_for_or_train_without_data_fails_before_any_job(sm, channels, missing):
+    asked = (channels or "train,valid,test").split(",")
+    sm.data(*asked, missing=(missing,))
+    with pytest.raises(SystemExit, match=f"no data for channel\\(s\\) {missing} under s3://test-bucket/image-classifier/data/"):
+        sm.run("train", "--no-wait", *(["--channels", channels] if channels else []))
+    assert set(sm.operations()) == {"ListObjectsV2"}

@@ -30,6 +30,7 @@ def test_tuning_job_request_progress_best_job_and_report(sm, tmp_path, trained, 
         **tuned[0], "backbone": "resnet50", "_tuning_objective_metric": "valid:accuracy"}))
     sm.respond("list_training_jobs_for_hyper_parameter_tuning_job", {"TrainingJobSummaries": [
         summary(f"{name}-001", 0.93, tuned[0]), summary(f"{name}-002", 0.71, tuned[1])]})
+    sm.data("train", "valid")
 
     assert sm.run("tune", "--job-name", name, "--poll-seconds", "0", "--max-jobs", "4", "--hp", "backbone=resnet50",
                     "--results", str(tmp_path)) == 0
@@ -75,6 +76,7 @@ def test_tuning_job_request_progress_best_job_and_report(sm, tmp_path, trained, 
 
 def test_grid_strategy_sends_only_categorical_ranges(sm):
     sm.respond("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", "g")})
+    sm.data("train", "valid")
     assert sm.run("tune", "--job-name", "g", "--strategy", "Grid", "--no-wait") == 0
     ranges = sm.sent("CreateHyperParameterTuningJob")["HyperParameterTuningJobConfig"]["ParameterRanges"]
     assert not ranges.get("ContinuousParameterRanges") and not ranges.get("IntegerParameterRanges")
@@ -102,6 +104,7 @@ def test_a_grid_over_sagemakers_job_limit_is_refused_before_any_request(sm, tmp_
 
 def test_hyperband_turns_sagemaker_early_stopping_off(sm):
     sm.respond("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", "h")})
+    sm.data("train", "valid")
     sm.run("tune", "--job-name", "h", "--strategy", "Hyperband", "--no-wait")
     sent = sm.sent("CreateHyperParameterTuningJob")
     config = sent["HyperParameterTuningJobConfig"]
@@ -118,7 +121,9 @@ def test_hyperband_turns_sagemaker_early_stopping_off(sm):
 def test_tuning_job_names_are_valid_and_unique_for_any_prefix(sm, prefix):
     for name in ("a", "b"):
         sm.respond("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", name)})
+    sm.data("train", "valid", root=f"{prefix}/data")
     assert sm.run("tune", "--prefix", prefix, "--no-wait") == 0
+    sm.data("train", "valid", root=f"{prefix}/data")
     assert sm.run("tune", "--prefix", prefix, "--no-wait") == 0  # the same second, most likely
     first, second = [p["HyperParameterTuningJobName"] for op, p in sm.requests if op == "CreateHyperParameterTuningJob"]
     for name in (first, second):  # the strict validator has checked the pattern; the length and the stamp:
@@ -137,6 +142,7 @@ def test_an_invalid_name_or_prefix_is_refused_before_any_request(sm, args, what)
 
 def test_spot_trials_resume_from_their_own_checkpoints(sm):
     sm.respond("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", "s")})
+    sm.data("train", "valid")
     assert sm.run("tune", "--job-name", "spot-hpo", "--spot", "--no-wait") == 0
     definition = sm.sent("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
     assert definition["EnableManagedSpotTraining"] is True

@@ -47,6 +47,20 @@ class LocalJob:
         return path.read_text().strip() if path.exists() else None
 
 
+def present(data, channels: list[str], explicit: bool) -> list[str]:
+    """The local twin of jobs.inputs: default channels without a folder are left out (train is
+    required); channels named on the command line must all be there."""
+    if not data:
+        raise SystemExit("--local needs --data: a folder with train/ (valid/, test/) class folders")
+    missing = [c for c in channels if not (Path(data) / c).is_dir()]
+    needed = [c for c in missing if explicit or c == "train"]
+    if needed:
+        raise SystemExit(f"{data} has no {', '.join(needed)} folder(s) for the channel(s)")
+    for name in missing:
+        print(f"channel {name}: no {Path(data) / name} folder; the job runs without it", flush=True)
+    return [c for c in channels if c not in missing]
+
+
 def start(name: str, root: Path, data: Path, channels: list[str], hyperparameters: dict,
           runner: str = "native", image: str | None = None, env: dict | None = None) -> LocalJob:
     """Start `train` in a fresh /opt/ml tree ROOT/NAME; env adds variables (e.g. OMP_NUM_THREADS)."""
