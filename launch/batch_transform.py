@@ -37,9 +37,10 @@ def main(argv=None, session=None) -> int:
     name = aws.check_name(args.job_name, "--job-name") if args.job_name else aws.job_name(settings, "transform")
     model_name = args.model_name
     if args.model_data:
-        settings.require("role", "image_uri")
+        settings.require("role")
         model_name = name
-        Model(image_uri=settings.image_uri, model_data=args.model_data, role=settings.role, name=model_name,
+        image = settings.image_for(settings.transform_instance_type)
+        Model(image_uri=image, model_data=args.model_data, role=settings.role, name=model_name,
               sagemaker_session=session).create(instance_type=settings.transform_instance_type, tags=jobs.TAGS)
     output = args.output or settings.s3("transform", name)
     transformer = Transformer(

@@ -68,11 +68,12 @@ def main(argv=None, session=None) -> int:
         return endpoint.run(name, local_model_dir(args), args.port, args.local_runner, settings.image_uri)
 
     from sagemaker.model import Model
-    settings.require("role", "image_uri")
+    settings.require("role")
     session = session or aws.session(settings)
     data = model_data(session, args)
     name = aws.check_name(args.endpoint_name, "--endpoint-name") if args.endpoint_name else aws.job_name(settings)
-    model = Model(image_uri=settings.image_uri, model_data=data, role=settings.role, name=name,
+    image = settings.image_for(settings.inference_instance_type)
+    model = Model(image_uri=image, model_data=data, role=settings.role, name=name,
                   predictor_cls=image_predictor_class(), sagemaker_session=session)
     predictor = model.deploy(initial_instance_count=1, instance_type=settings.inference_instance_type,
                              endpoint_name=name, tags=jobs.TAGS, wait=not args.no_wait)

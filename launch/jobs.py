@@ -65,9 +65,9 @@ def profiler_config(settings):
 def estimator(settings, session, checkpoint_s3_uri: str | None = None, for_tuning: bool = False):
     """for_tuning: no Debugger hook or rules, which a tuning job's definition cannot carry."""
     from sagemaker.estimator import Estimator
-    settings.require("role", "image_uri", "bucket")
+    settings.require("role", "bucket")
     return Estimator(
-        image_uri=settings.image_uri,
+        image_uri=settings.image_for(settings.train_instance_type),
         role=settings.role,
         instance_count=settings.train_instance_count,
         instance_type=settings.train_instance_type,

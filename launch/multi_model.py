@@ -92,13 +92,14 @@ def main(argv=None, session=None) -> int:
                             models={m: local_source(s) for m, s in models.items()})
 
     from sagemaker.multidatamodel import MultiDataModel
-    settings.require("role", "image_uri")
+    settings.require("role")
     if args.add_only and not args.endpoint_name:
         raise SystemExit("--add-only needs --endpoint-name")
     session = session or aws.session(settings)
     name = aws.check_name(args.endpoint_name, "--endpoint-name") if args.endpoint_name else aws.job_name(settings, "mme")
     prefix = settings.s3("multi-model", name) + "/"
-    endpoint = MultiDataModel(name=name, model_data_prefix=prefix, image_uri=settings.image_uri,
+    image = settings.image_for(settings.inference_instance_type)
+    endpoint = MultiDataModel(name=name, model_data_prefix=prefix, image_uri=image,
                               role=settings.role, sagemaker_session=session, predictor_cls=image_predictor_class(),
                               env={"SAGEMAKER_MULTI_MODEL": "true"})  # the image's serve reads it
     refuse_overwrites(session, prefix, models)

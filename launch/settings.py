@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import tomllib
 from pathlib import Path
 
@@ -24,8 +25,9 @@ class Settings:
     role: str | None = None  # IAM role SageMaker assumes (ARN)
     bucket: str | None = None
     prefix: str = "image-classifier"  # S3 key prefix and name prefix of every resource
-    image_uri: str | None = None  # from build_and_push.sh
-    train_instance_type: str = "ml.g4dn.xlarge"
+    image_uri: str | None = None  # the CPU image, from build_and_push.sh
+    gpu_image_uri: str | None = None  # the CUDA image, from build_and_push.sh --gpu; for ml.g*/ml.p* instances
+    train_instance_type: str = "ml.m5.xlarge"  # CPU, as the default image is
     train_instance_count: int = 1
     volume_size_gb: int = 50
     max_run_seconds: int = 24 * 3600
@@ -50,11 +52,29 @@ class Settings:
             raise SystemExit("no S3 bucket: set bucket in the config, IC_BUCKET, or --bucket")
         return "s3://" + "/".join([self.bucket, self.prefix, *[p.strip("/") for p in parts if p]])
 
+    def image_for(self, instance_type: str) -> str:
+        """The image built for this instance type: the CUDA build on GPU instances, the CPU build
+        elsewhere. A GPU instance without a CUDA image is refused: the CPU build would train on
+        its CPU at GPU prices."""
+        if is_gpu(instance_type):
+            if not self.gpu_image_uri:
+                raise SystemExit(f"{instance_type} is a GPU instance: build the CUDA image (./build_and_push.sh "
+                                 "--gpu --tag gpu NAME) and set gpu_image_uri (config, IC_GPU_IMAGE_URI or "
+                                 "--gpu-image-uri), or choose a CPU instance type such as ml.m5.xlarge")
+            return self.gpu_image_uri
+        self.require("image_uri")
+        return self.image_uri
+
     def require(self, *names: str) -> None:
         missing = [n for n in names if not getattr(self, n)]
         if missing:
             flags = ", ".join(f"--{n.replace('_', '-')}" for n in missing)
             raise SystemExit(f"missing settings: {', '.join(missing)} (config file, IC_<NAME> or {flags})")
+
+
+def is_gpu(instance_type: str) -> bool:
+    """SageMaker's GPU families: ml.g4dn, ml.g5, ml.g6, ml.p3, ml.p4d, ml.p5, ..."""
+    return re.match(r"^ml\.[gp]\d", instance_type or "") is not None
 
 
 _SCALARS = [f for f in dataclasses.fields(Settings) if f.name not in ("hyperparameters", "search_space")]

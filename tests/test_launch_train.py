@@ -111,3 +111,29 @@ def test_a_channel_asked_for_or_train_without_data_fails_before_any_job(sm, chan
     with pytest.raises(SystemExit, match=f"no data for channel\\(s\\) {missing} under s3://test-bucket/image-classifier/data/"):
         sm.run("train", "--no-wait", *(["--channels", channels] if channels else []))
     assert set(sm.operations()) == {"ListObjectsV2"}
+
+
+def test_image_and_instance_type_agree(sm):
+    """The CPU image on CPU instances (the default), the CUDA image on GPU ones; a GPU instance
+    without a CUDA image is refused before any request, saying which image to build."""
+    gpu_image = IMAGE.replace(":test", ":gpu")
+    for instance, extra, image in [("ml.m5.xlarge", [], IMAGE),
+                                   ("ml.g4dn.xlarge", ["--gpu-image-uri", gpu_image], gpu_image)]:
+        sm.respond("create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:123456789012:training-job/i"})
+        sm.data("train", "valid", "test")
+        assert sm.run("train", "--no-wait", "--job-name", f"i-{instance[3:5]}", "--train-instance-type", instance,
+                      *extra) == 0
+        sent = sm.sent_all("CreateTrainingJob")[-1]
+        assert (sent["AlgorithmSpecification"]["TrainingImage"], sent["ResourceConfig"]["InstanceType"]) == (
+            image, instance)
+    before = len(sm.requests)
+    with pytest.raises(SystemExit, match=r"ml.p3.2xlarge is a GPU instance: build the CUDA image \(./build_and_push.sh "
+                                         r"--gpu --tag gpu NAME\) and set gpu_image_uri"):
+        sm.run("train", "--no-wait", "--train-instance-type", "ml.p3.2xlarge")
+    assert len(sm.requests) == before
+
+
+def test_the_default_instance_is_a_cpu_one_like_the_default_image():
+    from launch import settings
+    assert not settings.is_gpu(settings.Settings().train_instance_type)
+    assert settings.Settings().inference_instance_type.startswith("ml.m")
