@@ -149,3 +149,15 @@ def test_spot_trials_resume_from_their_own_checkpoints(sm):
     assert definition["CheckpointConfig"]["S3Uri"] == "s3://test-bucket/image-classifier/checkpoints/spot-hpo"
     # each trial keeps its checkpoints under its own job name inside /opt/ml/checkpoints
     assert definition["StaticHyperParameters"]["checkpoint-per-job"] == "true"
+
+
+def test_the_local_tuner_runs_hyperband_over_epochs_and_the_whole_grid():
+    from launch import settings as settings_mod, tune
+    from launch.local import tuner
+    hb = settings_mod.Settings(strategy="Hyperband")
+    space = tune.tuning_space(hb)
+    assert "epochs" not in space and hb.hyperparameters["epochs"] == 8  # static at the max, as sent to SageMaker
+    pruner = tuner.pruner(hb)
+    assert (pruner._min_resource, pruner._max_resource) == (2, 8)
+    grid = settings_mod.Settings(strategy="Grid", max_jobs=4)
+    assert search_space.grid_points(tune.tuning_space(grid)) == 81 == tune.max_jobs(grid, tune.tuning_space(grid))
