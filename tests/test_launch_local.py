@@ -105,7 +105,7 @@ def test_local_multi_model_endpoint_loads_each_target_model(tuned, tiny_data, tm
         with pytest.raises(ClientError, match="Failed to download model data for TargetModel third.tar.gz"):
             client.invoke_endpoint(EndpointName="zoo", Body=image.read_bytes(), ContentType="image/jpeg",
                                    TargetModel="third.tar.gz")
-        with pytest.raises(ClientError, match="ModelError.*model failed to load"):
+        with pytest.raises(ClientError, match="ModelError.*'m[0-9a-f]+' failed to load: model.pt cannot be read"):
             client.invoke_endpoint(EndpointName="zoo", Body=image.read_bytes(), ContentType="image/jpeg",
                                    TargetModel="broken.tar.gz")
         again = client.invoke_endpoint(EndpointName="zoo", Body=image.read_bytes(), ContentType="image/jpeg",

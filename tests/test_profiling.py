@@ -26,4 +26,4 @@ def test_steps_system_samples_and_trace(tmp_path, tiny_data):
     lines = [line for line in result.stdout.splitlines() if line.startswith("profile epoch=")]
     assert len(lines) == 2 and "data_wait=" in lines[0] and "forward_backward=" in lines[0]
     # the extra line does not disturb the metric regexes SageMaker reads
-    assert len(metrics.parse(result.stdout)["valid:accuracy"]) == 2
+    assert len(metrics.parse(result.stdout)["valid:accuracy"]) == 2 + 1  # each epoch, then the selected model

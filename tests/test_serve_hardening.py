@@ -61,11 +61,22 @@ def copy_model(trained, folder):
 
 
 def mms_python(srv):
-    """MMS's Python processes: (listener that forks the workers, [workers])."""
-    tree = psutil.Process(srv.process.pid).children(recursive=True)
-    python = [p for p in tree if any("model_service_worker" in a for a in p.cmdline())]
-    listener = [p for p in python if "java" in p.parent().name()]
-    return listener[0], [p for p in python if p not in listener]
+    """MMS's live Python processes: (listener that forks the workers, [workers])."""
+    python = []
+    for p in psutil.Process(srv.process.pid).children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and any("model_service_worker" in a for a in p.cmdline()):
+                python.append((p, "java" in p.parent().name()))
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue  # a worker that just died
+    return next(p for p, top in python if top), [p for p, top in python if not top]
+
+
+def busy(process, timeout: float = 30) -> None:
+    """Wait until PROCESS computes (a request in its hands)."""
+    deadline = time.monotonic() + timeout
+    while process.cpu_percent(interval=0.05) < 50:
+        assert time.monotonic() < deadline, "the worker never got a request"
 
 
 def test_a_model_folder_with_a_handler_and_an_archive_manifest_runs_none_of_it(trained, tmp_path):
@@ -155,7 +166,7 @@ def test_dead_workers_are_retried_reported_and_end_serve(trained, tmp_path):
         body = one_bit_png(5000)  # ~0.25 s of decoding each: requests are in flight when it dies
         with ThreadPoolExecutor(6) as pool:
             answers = [pool.submit(srv.invoke, body, "image/png") for _ in range(6)]
-            time.sleep(0.3)
+            busy(workers[0])
             workers[0].kill()
             codes = [a.result().status_code for a in answers]
         assert codes == [200] * 6
