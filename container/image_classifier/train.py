@@ -1,13 +1,17 @@
-"""Fine-tune an ImageNet CNN on ImageFolder channels. Reads top to bottom:
-channels -> data loaders -> model -> resume -> epochs (train, validate, checkpoint) -> test -> artifact.
-With trainable=head (and cache-features), epochs train the head on cached backbone features
-(features.py) instead of images: the same steps, the same shuffle, a fraction of the time.
+"""Fine-tune an ImageNet CNN on ImageFolder channels. `run` reads top to bottom:
+channels -> model and batch source -> resume -> epochs (train_one_epoch, end_epoch: validate,
+checkpoint) -> test_and_save. `Progress` is where training stands (the checkpoint's format); a
+batch source gives each epoch's steps: ImageBatches (decoded, augmented images) or, with
+trainable=head and cache-features, FeatureBatches (the head on cached backbone features,
+features.py): the same steps, the same shuffle, a fraction of the time.
 
 `run` is called by the image's `train` program (image_classifier.job) with what
 sagemaker-training parsed; nothing here knows about SageMaker's files.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -177,8 +181,188 @@ def folders(hp) -> SimpleNamespace:
     return SimpleNamespace(debug=debug, feature_cache=cache)
 
 
+@dataclasses.dataclass
+class Progress:
+    """Where training stands; the checkpoint keeps it (as JSON), so a rerun resumes at this step."""
+    epoch: int = 0  # epochs finished
+    batches_done: int = 0  # steps of the current epoch
+    loss_sum: float = 0.0  # the current epoch's running sums
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    failed: int = 0  # undecodable images, all epochs
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    stale_epochs: int = 0  # epochs since the best one
+    history: list = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Progress":
+        return cls(**json.loads(text))
+
+    def next_epoch(self) -> None:
+        self.epoch += 1
+        self.batches_done, self.loss_sum, self.correct, self.seen, self.seconds = 0, 0.0, 0, 0, 0.0
+
+
+class ImageBatches:
+    """Each step decodes and augments images (DataLoaders) and runs the whole network."""
+
+    def __init__(self, model, train_ch, valid_ch, pre, hp, sampler, drop_last):
+        self.net = model
+        self._train = make_loader(train_ch.samples, train_transform(pre), pre.image_size, hp, sampler, drop_last)
+        self._valid = make_loader(valid_ch.samples, eval_transform(pre), pre.resize_size, hp)
+
+    def train(self, epoch: int, stop: StopFlag):
+        return self._train
+
+    def valid(self):
+        return self._valid
+
+
+class FeatureBatches:
+    """Each step runs the head on the frozen backbone's cached features (features.py); the backbone
+    runs in the first feature-views epochs only, when train() computes that epoch's view."""
+
+    def __init__(self, cache, model, backbone, train_ch, valid_ch, pre, hp, sampler, drop_last):
+        self.net = features.Head(model, backbone.head)
+        self.cache, self.train_ch, self.valid_ch, self.pre, self.hp = cache, train_ch, valid_ch, pre, hp
+        self.sampler, self.drop_last = sampler, drop_last
+
+    def train(self, epoch: int, stop: StopFlag):
+        view = self.cache.train_view(self.train_ch, epoch % self.hp.feature_views, train_transform(self.pre), stop)
+        return features.batches(view, list(self.sampler), self.hp.batch_size, self.drop_last)
+
+    def valid(self):
+        view = self.cache.eval_view(self.valid_ch, eval_transform(self.pre))
+        return features.batches(view, list(range(len(self.valid_ch.samples))), self.hp.batch_size, False)
+
+
+@dataclasses.dataclass
+class Job:
+    """What the steps of a run share."""
+    hp: SimpleNamespace
+    model: nn.Module  # the whole network: checkpointed and saved
+    net: nn.Module  # what a step runs: the model, or its head on cached features
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: object
+    amp: object
+    device: torch.device
+    debug: Debugger
+    progress: Progress
+    checkpoint_dir: Path
+    steps_per_epoch: int
+    profiling: Profiling | None = None  # started with the epochs, after a resume was accepted
+
+    def save_checkpoint(self, hp_dict: dict, class_folders: list[str]) -> None:
+        checkpoint.save(self.checkpoint_dir, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "progress": self.progress.to_json(), "hyperparameters": json.dumps(hp_dict),
+            "class_folders": json.dumps(class_folders)})
+
+    def resume(self, hp_dict: dict, class_folders: list[str]) -> None:
+        saved = checkpoint.load(self.checkpoint_dir, hp_dict, class_folders)
+        if saved is None:
+            return
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if saved.get("scaler"):  # fp16 only: the loss scale it had reached
+            self.scaler.load_state_dict(saved["scaler"])
+        self.progress = Progress.from_json(saved["progress"])
+        if self.progress.epoch >= self.hp.epochs:
+            log.info("the checkpoint in %s holds a finished run: evaluating and saving its best model "
+                     "(use a new checkpoint directory to train again)", self.checkpoint_dir)
+        else:
+            log.info("resuming from %s: epoch %d, step %d", self.checkpoint_dir, self.progress.epoch + 1,
+                     self.progress.batches_done)
+
+
+def train_one_epoch(job: Job, steps, stop: StopFlag, started: float) -> bool:
+    """Train on STEPS (the rest of the epoch, after a resume); False if SIGTERM stopped it."""
+    hp, p, epoch = job.hp, job.progress, job.progress.epoch
+    models.train_mode(job.net)
+    job.debug.train()
+    job.profiling.timer.restart()  # after the backbone's pass over the images: not a step's data wait
+    for inputs, labels, n_failed in steps:
+        job.profiling.timer.data_ready()
+        p.failed += n_failed
+        if inputs is not None:
+            inputs, labels = models.batch_to(inputs, job.device), labels.to(job.device, non_blocking=True)
+            with precision.autocast(job.amp, job.device):
+                logits = job.net(inputs)
+                loss = job.criterion(logits, labels)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1} step "
+                                    f"{p.batches_done + 1}; lower lr (now {hp.lr:g})")
+            job.optimizer.zero_grad(set_to_none=True)
+            job.scaler.scale(loss).backward()
+            job.profiling.timer.backward_done()
+            job.scaler.step(job.optimizer)
+            job.scaler.update()
+            p.loss_sum += loss.item() * len(labels)
+            p.correct += (logits.argmax(1) == labels).sum().item()
+            p.seen += len(labels)
+        job.scheduler.step()
+        p.batches_done += 1
+        job.profiling.step_done(epoch + 1, p.batches_done)
+        if hp.log_interval and p.batches_done % hp.log_interval == 0:
+            print(f"epoch {epoch + 1} step {p.batches_done}/{job.steps_per_epoch} "
+                  f"loss={p.loss_sum / max(p.seen, 1):.4f} {p.seen / (time.perf_counter() - started):.1f} img/s",
+                  flush=True)
+        if stop.requested:
+            p.seconds = time.perf_counter() - started
+            return False
+    return True
+
+
+def end_epoch(job: Job, valid_batches, started: float) -> None:
+    """Validate, print the epoch's metric line, keep the best weights, stop early if it is time."""
+    hp, p = job.hp, job.progress
+    seconds = time.perf_counter() - started
+    train_loss, train_acc = p.loss_sum / max(p.seen, 1), p.correct / max(p.seen, 1)
+    ips = p.seen / max(seconds, 1e-9)
+    val = evaluate(job.net, valid_batches, job.criterion, job.device, job.debug)
+    p.failed += val.failed
+    print(metrics.epoch_line(p.epoch + 1, hp.epochs, train_loss, train_acc, val.loss, val.acc, seconds, ips,
+                             job.scheduler.get_last_lr()[0]), flush=True)
+    print(f"profile epoch={p.epoch + 1} {job.profiling.timer.summary()}", flush=True)
+    p.history.append(dict(epoch=p.epoch + 1, train_loss=train_loss, train_acc=train_acc, valid_loss=val.loss,
+                          valid_acc=val.acc, seconds=seconds, images_per_second=ips))
+    if val.acc > p.best_acc:
+        p.best_acc, p.best_epoch, p.stale_epochs = val.acc, p.epoch + 1, 0
+        checkpoint.save_best(job.checkpoint_dir, job.model.state_dict())
+    else:
+        p.stale_epochs += 1
+    p.next_epoch()
+    if 0 < hp.early_stopping_patience <= p.stale_epochs:
+        p.epoch = hp.epochs  # a rerun of a finished job does not train on
+        print(f"early stopping: no better valid accuracy in {hp.early_stopping_patience} epoch(s); "
+              f"best epoch {p.best_epoch}", flush=True)
+
+
+def best_model(job: Job, channels: list) -> dict:
+    """Load the best epoch's weights into the model; its metrics for the manifest."""
+    best = checkpoint.load_best(job.checkpoint_dir)
+    if best is not None:
+        job.model.load_state_dict(best)
+    p = job.progress
+    best_row = next((h for h in p.history if h["epoch"] == p.best_epoch), {})
+    return {"best_epoch": p.best_epoch, "epochs_run": len(p.history),
+            "valid_loss": best_row.get("valid_loss"), "valid_accuracy": best_row.get("valid_acc"),
+            "skipped_files": sum(len(ch.skipped) for ch in channels if ch),
+            "undecodable_images": p.failed, "history": p.history}
+
+
 def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, output_data_dir: Path | None = None,
         stop: StopFlag | None = None) -> dict:
+    """Channels -> model -> resume -> epochs (train, validate, checkpoint) -> test -> artifact."""
     stop = stop or StopFlag()
     hp_dict = hyperparameters.as_dict(hp)
     where = folders(hp)
@@ -187,11 +371,12 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
 
     # Data
     train_ch, valid_ch, test_ch = load_channels(channels, hp)
+    all_channels = [train_ch, valid_ch, test_ch]
     classes = train_ch.classes
     log.info("classes: %d; images: train %d, valid %d, test %s", len(classes), len(train_ch.samples),
              len(valid_ch.samples), len(test_ch.samples) if test_ch else "none")
 
-    # Model
+    # Model, and what each step trains on
     model, backbone, weights_source = models.build(hp.backbone, hp.weights, len(classes),
                                                    pretrained_file(channels, hp.backbone))
     n_trainable = models.freeze(model, backbone, hp.trainable)
@@ -204,179 +389,84 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
     sampler = EpochSampler(len(train_ch.samples), hp.seed, seeded=not cached)  # cached views are seeded already
     drop_last = len(train_ch.samples) > hp.batch_size
     steps_per_epoch = len(train_ch.samples) // hp.batch_size if drop_last else 1
-    cache = None
     if cached:
         cache = features.FeatureCache(where.feature_cache, model, backbone.head, pre, amp, device, hp)
-        net = features.Head(model, backbone.head)  # what each step runs: the head on cached features
+        batches = FeatureBatches(cache, model, backbone, train_ch, valid_ch, pre, hp, sampler, drop_last)
         log.info("frozen backbone: caching its features (%d view(s) per training image%s)", hp.feature_views,
                  f", kept in {where.feature_cache}" if where.feature_cache else "")
     else:
-        net = model
-        train_loader = make_loader(train_ch.samples, train_transform(pre), pre.image_size, hp, sampler, drop_last)
-        valid_loader = make_loader(valid_ch.samples, eval_transform(pre), pre.resize_size, hp)
+        batches = ImageBatches(model, train_ch, valid_ch, pre, hp, sampler, drop_last)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
-    debug = Debugger.create(where.debug, hp.debug_interval)
-    debug.register(net, criterion)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], hp)
-    scaler = precision.grad_scaler(amp, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         hp.epochs * steps_per_epoch, int(hp.warmup_epochs * steps_per_epoch)))
+    job = Job(hp, model, batches.net, criterion, optimizer, scheduler, precision.grad_scaler(amp, device), amp,
+              device, Debugger.create(where.debug, hp.debug_interval), Progress(), checkpoint_dir, steps_per_epoch)
+    job.debug.register(job.net, criterion)
+    job.resume(hp_dict, train_ch.folders)
 
-    # Resume
-    progress = dict(epoch=0, batches_done=0, loss_sum=0.0, correct=0, seen=0, seconds=0.0, failed=0,
-                    best_acc=-1.0, best_epoch=0, stale_epochs=0, history=[])
-    saved = checkpoint.load(checkpoint_dir, hp_dict, train_ch.folders)
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        if saved.get("scaler"):  # fp16 only: the loss scale it had reached
-            scaler.load_state_dict(saved["scaler"])
-        progress.update(json.loads(saved["progress"]))
-        if progress["epoch"] >= hp.epochs:
-            log.info("the checkpoint in %s holds a finished run: evaluating and saving its best model "
-                     "(use a new checkpoint directory to train again)", checkpoint_dir)
-        else:
-            log.info("resuming from %s: epoch %d, step %d", checkpoint_dir, progress["epoch"] + 1,
-                     progress["batches_done"])
+    def save(final: dict) -> None:
+        artifact.save(model_dir, model, hp.backbone, classes, train_ch.folders, pre, hp_dict, final, weights_source)
 
-    def save_checkpoint():
-        checkpoint.save(checkpoint_dir, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "progress": json.dumps(progress),
-            "hyperparameters": json.dumps(hp_dict), "class_folders": json.dumps(train_ch.folders)})
-
-    def best_model() -> dict:
-        """Load the best epoch's weights into the model; its metrics for the manifest."""
-        best = checkpoint.load_best(checkpoint_dir)
-        if best is not None:
-            model.load_state_dict(best)
-        history = progress["history"]
-        best_row = next((h for h in history if h["epoch"] == progress["best_epoch"]), {})
-        return {"best_epoch": progress["best_epoch"], "epochs_run": len(history),
-                "valid_loss": best_row.get("valid_loss"), "valid_accuracy": best_row.get("valid_acc"),
-                "skipped_files": sum(len(ch.skipped) for ch in (train_ch, valid_ch, test_ch) if ch),
-                "undecodable_images": progress["failed"], "history": history}
-
-    def save_on_stop() -> None:
-        """SageMaker uploads /opt/ml/model when a stopped job ends (MaxRuntime, StopTrainingJob, the
-        tuner's early stopping): the best epoch so far goes there, not tested (no time for it)."""
-        if progress["best_epoch"]:
-            final = best_model()
-            artifact.save(model_dir, model, hp.backbone, classes, train_ch.folders, pre, hp_dict, final, weights_source)
+    def stopped(where_: str, checkpointed: bool = False) -> Stopped:
+        """SIGTERM: checkpoint; SageMaker uploads /opt/ml/model when a stopped job ends (MaxRuntime,
+        StopTrainingJob, the tuner's early stopping), so the best epoch so far goes there, untested."""
+        if not checkpointed:
+            job.save_checkpoint(hp_dict, train_ch.folders)
+        job.debug.close()
+        if job.progress.best_epoch:
+            final = best_model(job, all_channels)
+            save(final)
             log.warning("stopped: the best model so far (epoch %d, valid accuracy %.4f) is saved to %s",
                         final["best_epoch"], final["valid_accuracy"], model_dir)
-
-    def stopped_by_sigterm(epoch: int, started: float) -> Stopped:
-        progress["seconds"] = time.perf_counter() - started
-        save_checkpoint()
-        debug.close()
-        save_on_stop()
-        return Stopped(f"stopped by SIGTERM at epoch {epoch + 1} step {progress['batches_done']}; "
-                       f"checkpoint saved in {checkpoint_dir}")
+        return Stopped(f"stopped by SIGTERM {where_}; checkpoint saved in {checkpoint_dir}")
 
     # Epochs
-    early_stopped = False
-    profiling = Profiling(Path(output_data_dir) / "profile" if output_data_dir else None, device, hp.profile_steps)
-    try:  # a failed or stopped job keeps its profile too
-        while progress["epoch"] < hp.epochs:
-            epoch = progress["epoch"]
-            sampler.set_epoch(epoch, skip=progress["batches_done"] * hp.batch_size)
-            started = time.perf_counter() - progress["seconds"]
-            if cache:
-                try:  # the backbone runs here, in the first feature-views epochs only
-                    view = cache.train_view(train_ch, epoch % hp.feature_views, train_transform(pre), stop)
-                except features.Interrupted:
-                    raise stopped_by_sigterm(epoch, started) from None
-                steps = features.batches(view, list(sampler), hp.batch_size, drop_last)
-            else:
-                steps = train_loader
-            models.train_mode(net)
-            debug.train()
-            profiling.timer.restart()  # after the backbone's pass over the images: not a step's data wait
-            for inputs, labels, n_failed in steps:
-                profiling.timer.data_ready()
-                progress["failed"] += n_failed
-                if inputs is not None:
-                    inputs, labels = models.batch_to(inputs, device), labels.to(device, non_blocking=True)
-                    with precision.autocast(amp, device):
-                        logits = net(inputs)
-                        loss = criterion(logits, labels)
-                    if not torch.isfinite(loss):
-                        raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1} step "
-                                            f"{progress['batches_done'] + 1}; lower lr (now {hp.lr:g})")
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    profiling.timer.backward_done()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    progress["loss_sum"] += loss.item() * len(labels)
-                    progress["correct"] += (logits.argmax(1) == labels).sum().item()
-                    progress["seen"] += len(labels)
-                scheduler.step()
-                progress["batches_done"] += 1
-                profiling.step_done(epoch + 1, progress["batches_done"])
-                if hp.log_interval and progress["batches_done"] % hp.log_interval == 0:
-                    elapsed = time.perf_counter() - started
-                    print(f"epoch {epoch + 1} step {progress['batches_done']}/{steps_per_epoch} "
-                          f"loss={progress['loss_sum'] / max(progress['seen'], 1):.4f} "
-                          f"{progress['seen'] / elapsed:.1f} img/s", flush=True)
-                if stop.requested:
-                    raise stopped_by_sigterm(epoch, started)
-            seconds = time.perf_counter() - started
-            train_loss = progress["loss_sum"] / max(progress["seen"], 1)
-            train_acc = progress["correct"] / max(progress["seen"], 1)
-            ips = progress["seen"] / max(seconds, 1e-9)
-            if cache:
-                valid_loader = features.batches(cache.eval_view(valid_ch, eval_transform(pre)),
-                                                list(range(len(valid_ch.samples))), hp.batch_size, False)
-            val = evaluate(net, valid_loader, criterion, device, debug)
-            progress["failed"] += val.failed
-            print(metrics.epoch_line(epoch + 1, hp.epochs, train_loss, train_acc, val.loss, val.acc, seconds, ips,
-                                     scheduler.get_last_lr()[0]), flush=True)
-            print(f"profile epoch={epoch + 1} {profiling.timer.summary()}", flush=True)
-            progress["history"].append(dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc,
-                                            valid_loss=val.loss, valid_acc=val.acc, seconds=seconds,
-                                            images_per_second=ips))
-            if val.acc > progress["best_acc"]:
-                progress.update(best_acc=val.acc, best_epoch=epoch + 1, stale_epochs=0)
-                checkpoint.save_best(checkpoint_dir, model.state_dict())
-            else:
-                progress["stale_epochs"] += 1
-            progress.update(epoch=epoch + 1, batches_done=0, loss_sum=0.0, correct=0, seen=0, seconds=0.0)
-            early_stopped = 0 < hp.early_stopping_patience <= progress["stale_epochs"]
-            if early_stopped:
-                progress["epoch"] = hp.epochs  # a rerun of a finished job does not train on
-            save_checkpoint()
-            if early_stopped:
-                print(f"early stopping: no better valid accuracy in {hp.early_stopping_patience} epoch(s); "
-                      f"best epoch {progress['best_epoch']}", flush=True)
+    with contextlib.ExitStack() as closers:  # a failed or stopped job keeps its profile too
+        job.profiling = Profiling(Path(output_data_dir) / "profile" if output_data_dir else None, device,
+                                  hp.profile_steps)
+        closers.callback(job.profiling.close)
+        while job.progress.epoch < hp.epochs:
+            epoch = job.progress.epoch
+            sampler.set_epoch(epoch, skip=job.progress.batches_done * hp.batch_size)
+            started = time.perf_counter() - job.progress.seconds
+            try:  # with cached features the backbone runs here, in the first feature-views epochs only
+                steps = batches.train(epoch, stop)
+            except features.Interrupted:
+                job.progress.seconds = time.perf_counter() - started
+                raise stopped(f"at epoch {epoch + 1} step {job.progress.batches_done}") from None
+            if not train_one_epoch(job, steps, stop, started):
+                raise stopped(f"at epoch {epoch + 1} step {job.progress.batches_done}")
+            end_epoch(job, batches.valid(), started)
+            job.save_checkpoint(hp_dict, train_ch.folders)
             if stop.requested:
-                debug.close()
-                save_on_stop()
-                raise Stopped(f"stopped by SIGTERM after epoch {epoch + 1}; checkpoint saved in {checkpoint_dir}")
-    finally:
-        profiling.close()
+                raise stopped(f"after epoch {epoch + 1}", checkpointed=True)
 
-    # Test, once, on the best model (selected by valid accuracy only)
-    final = best_model()
+    final = test_and_save(job, all_channels, pre, save)
+    log.info("model saved to %s (best epoch %d, valid accuracy %.4f)", model_dir, job.progress.best_epoch,
+             job.progress.best_acc)
+    if output_data_dir is not None:
+        write_report(Path(output_data_dir), final, [ch for ch in all_channels if ch])
+    return final
+
+
+def test_and_save(job: Job, channels: list, pre, save) -> dict:
+    """The best epoch's model: its valid line last (the value SageMaker's tuner scores), one pass
+    over the test channel, then the artifact."""
+    final = best_model(job, channels)
     if final["valid_accuracy"] is not None:
         print(metrics.selected_line(final["best_epoch"], final["valid_loss"], final["valid_accuracy"]), flush=True)
-    debug.predict()  # the test pass is not part of the valid (EVAL) curves
+    job.debug.predict()  # the test pass is not part of the valid (EVAL) curves
+    test_ch = channels[2]
     if test_ch is not None:
-        test = evaluate(model, make_loader(test_ch.samples, eval_transform(pre), pre.resize_size, hp),
-                        criterion, device)
+        test = evaluate(job.model, make_loader(test_ch.samples, eval_transform(pre), pre.resize_size, job.hp),
+                        job.criterion, job.device)
         final.update(test_loss=test.loss, test_accuracy=test.acc, test_images=test.seen)
         final["undecodable_images"] += test.failed
         print(metrics.test_line(test.loss, test.acc), flush=True)
-
-    debug.close()
-    artifact.save(model_dir, model, hp.backbone, classes, train_ch.folders, pre, hp_dict, final, weights_source)
-    log.info("model saved to %s (best epoch %d, valid accuracy %.4f)", model_dir, progress["best_epoch"],
-             progress["best_acc"])
-    if output_data_dir is not None:
-        write_report(Path(output_data_dir), final, [train_ch, valid_ch] + ([test_ch] if test_ch else []))
+    job.debug.close()
+    save(final)
     return final
 
 
