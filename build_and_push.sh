@@ -4,8 +4,11 @@
 #   ./build_and_push.sh [--gpu] [--tag TAG] [--region REGION] [--account ID]
 #                       [--wheelhouse DIR] [--no-push] [--dry-run] NAME
 #
-#   --gpu            CUDA runtime base and PyPI's CUDA torch build (default: CPU base, CPU torch)
-#   --tag TAG        image tag (default: latest)
+#   --gpu            the CUDA build: the same base with the registry's CUDA torch wheels, which
+#                    bring the CUDA runtime libraries (the driver is the host's, as on SageMaker's
+#                    GPU instances); tag gpu unless --tag is given. Its URI is gpu_image_uri in
+#                    launch/config.toml, which the launch scripts use for ml.g*/ml.p* instances.
+#   --tag TAG        image tag (default: latest; gpu with --gpu)
 #   --region REGION  ECR region (default: AWS_REGION, AWS_DEFAULT_REGION or `aws configure get region`)
 #   --account ID     AWS account (default: AWS_ACCOUNT_ID or `aws sts get-caller-identity`)
 #   --wheelhouse DIR install wheels found in DIR first (offline builds; e.g. a local torch wheel)
@@ -21,7 +24,7 @@ usage() {  # the comment block above, as help
 }
 die() { echo "build_and_push.sh: $*" >&2; exit 1; }
 
-gpu=false tag=latest region="" account="${AWS_ACCOUNT_ID:-}" wheelhouse="" push=true dry=false name=""
+gpu=false tag="" region="" account="${AWS_ACCOUNT_ID:-}" wheelhouse="" push=true dry=false name=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --gpu) gpu=true ;;
@@ -38,6 +41,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ -n "$name" ] || usage
+[ -n "$tag" ] || { $gpu && tag=gpu || tag=latest; }
 [[ "$name" =~ ^[a-z0-9]+([._/-][a-z0-9]+)*$ ]] || die "NAME '$name' is not a valid ECR repository name (lowercase letters, digits, . _ - /)"
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -49,8 +53,12 @@ run() {  # run a command, or print it exactly under --dry-run
 # ---- build -------------------------------------------------------------------------------------
 build_args=()
 if $gpu; then
-  build_args+=(--build-arg "BASE_IMAGE=${GPU_BASE_IMAGE:-nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04}"
-               --build-arg "TORCH_INDEX_URL=")  # PyPI's torch wheels for Linux are CUDA builds
+  # PyPI's torch wheels for Linux are CUDA builds and depend on the CUDA runtime's wheels; the
+  # base stays python:3.11-slim-bookworm (GPU_BASE_IMAGE overrides it). A CPU wheel in a
+  # --wheelhouse would satisfy torch==VERSION too, so none is used for this build.
+  [ -z "$wheelhouse" ] || die "--gpu takes its torch from the registry: leave out --wheelhouse"
+  [ -z "${GPU_BASE_IMAGE:-}" ] || build_args+=(--build-arg "BASE_IMAGE=$GPU_BASE_IMAGE")
+  build_args+=(--build-arg "TORCH_INDEX_URL=")
 else
   [ -z "${BASE_IMAGE:-}" ] || build_args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
   [ -n "$wheelhouse" ] || build_args+=(--build-arg "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu")

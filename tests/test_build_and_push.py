@@ -36,8 +36,10 @@ def test_dry_run_prints_the_exact_cpu_build_and_push_commands():
 def test_gpu_variant_and_china_regions():
     out = run("--dry-run", "--gpu", "--account", "1", "--region", "cn-north-1", "x")
     build = out.stdout.splitlines()[0]
-    assert "--build-arg BASE_IMAGE=nvidia/cuda:" in build and "--build-arg TORCH_INDEX_URL= " in build
-    assert out.stdout.splitlines()[-1] == "1.dkr.ecr.cn-north-1.amazonaws.com.cn/x:latest"
+    # the same base as the CPU image, torch (a CUDA build) from the registry, tagged gpu
+    assert "BASE_IMAGE" not in build and "--build-arg TORCH_INDEX_URL= " in build and "-t x:gpu " in build
+    assert out.stdout.splitlines()[-1] == "1.dkr.ecr.cn-north-1.amazonaws.com.cn/x:gpu"
+    assert "--wheelhouse" in run("--gpu", "--wheelhouse", "/tmp", "--dry-run", "x").stderr
 
 
 @pytest.mark.parametrize("args, env, message", [

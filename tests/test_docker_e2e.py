@@ -22,6 +22,7 @@ from launch_helpers import cli, launch, local_endpoint
 pytestmark = pytest.mark.slow
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")  # Debian's client: BuildKit without buildx
 IMAGE = "image-classifier:test"
+GPU_IMAGE = "image-classifier:gpu-test"
 DOCKER_DIR = Path(os.environ.get("IMAGE_CLASSIFIER_DOCKER_DIR", "/var/tmp/image-classifier-docker"))
 
 
@@ -103,16 +104,40 @@ def test_image_contract_labels_and_no_secrets_in_layers(docker_env):
                         assert hashlib.sha256(files.extractfile(f).read()).hexdigest() != host_ca, f.name
 
 
-def test_train_serve_predict_in_containers(docker_env, test_dir):
+@pytest.fixture(scope="session")
+def gpu_image(docker_env) -> str:
+    """The CUDA build (build_and_push.sh --gpu): the same base with the registry's CUDA torch. It
+    builds and runs here without a GPU; on one, the host's driver makes CUDA available."""
+    build = subprocess.run([str(ROOT / "build_and_push.sh"), "--gpu", "--no-push", "--tag", "gpu-test",
+                            "image-classifier"], env=docker_env, capture_output=True, text=True, timeout=1800)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    assert build.stdout.strip().splitlines()[-1] == GPU_IMAGE
+    return GPU_IMAGE
+
+
+def test_the_gpu_image_holds_a_cuda_torch(docker_env, gpu_image):
+    probe = docker(docker_env, "run", "--rm", "--network=none", "--entrypoint", "python3", gpu_image, "-c",
+                   "import torch, torchvision; print(torch.version.cuda, torch.cuda.is_available())")
+    assert probe.returncode == 0, probe.stderr
+    cuda, available = probe.stdout.split()
+    assert cuda.split(".")[0].isdigit() and available == "False"  # a CUDA build; no GPU on this machine
+    cpu = docker(docker_env, "run", "--rm", "--network=none", "--entrypoint", "python3", IMAGE, "-c",
+                 "import torch; print(torch.version.cuda)")
+    assert cpu.stdout.strip() == "None"
+
+
+@pytest.mark.parametrize("image", ["cpu", "gpu"])
+def test_train_serve_predict_in_containers(docker_env, test_dir, image, request):
+    image = IMAGE if image == "cpu" else request.getfixturevalue("gpu_image")
     env = dict(docker_env, TEST_DIR=str(test_dir))
-    train = subprocess.run([str(ROOT / "local_test" / "train_local.sh"), IMAGE], env=env, capture_output=True,
+    train = subprocess.run([str(ROOT / "local_test" / "train_local.sh"), image], env=env, capture_output=True,
                            text=True, timeout=600)
     assert train.returncode == 0, train.stdout + train.stderr
     assert "valid_acc=" in train.stdout and (test_dir / "model" / "model.json").exists()
 
     port, name = free_port(), f"ic-test-{uuid.uuid4().hex[:8]}"
     env.update(PORT=str(port), NAME=name)
-    serve = subprocess.Popen([str(ROOT / "local_test" / "serve_local.sh"), IMAGE], env=env,
+    serve = subprocess.Popen([str(ROOT / "local_test" / "serve_local.sh"), image], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 180
