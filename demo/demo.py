@@ -87,7 +87,9 @@ def download_imagewoof(target: Path) -> Path:
         folder = f"{i:03d}.{breed}"
         shutil.copytree(raw / "train" / wnid, target / "train" / folder)
         val = sorted((raw / "val" / wnid).iterdir())
-        for split, files in (("valid", val[::2]), ("test", val[1::2])):  # ImageNet val images: unseen
+        # Imagewoof2's val/ is mostly ImageNet *train* photos (seen by the backbone), so this test
+        # split is leaky; the shared data set's test/ holds only ILSVRC2012_val_* photos (issue 16).
+        for split, files in (("valid", val[::2]), ("test", val[1::2])):
             (target / split / folder).mkdir(parents=True)
             for f in files:
                 shutil.copy(f, target / split / folder / f.name)
