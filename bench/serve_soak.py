@@ -34,6 +34,7 @@ import requests
 from PIL import Image
 
 from image_classifier import local
+from image_classifier.serving import mms
 from serve_latency import train_artifact
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -75,18 +76,6 @@ def tree_pss(pid: int) -> dict[str, float]:
     return out
 
 
-def mms_workers(pid: int) -> list[psutil.Process]:
-    """MMS's worker processes (not the listener that forks them, whose parent is Java)."""
-    found = []
-    for p in psutil.Process(pid).children(recursive=True):
-        try:
-            if any("model_service_worker" in a for a in p.cmdline()) and p.parent().name() != "java":
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            continue
-    return found
-
-
 class Sampler(threading.Thread):
     def __init__(self, pid: int, every: float = 0.5):
         super().__init__(daemon=True)
@@ -109,12 +98,12 @@ def soak(server: local.Serve, goods: list[bytes], args) -> tuple[dict, list]:
     local_sessions = threading.local()
 
     def kill_and_time():
-        before = mms_workers(server.process.pid)
+        _, before = mms.python_processes(server.process.pid)
         started = time.monotonic()
         before[0].kill()
         before[0].wait(10)  # gone, not just signalled: only then can its replacement be counted
         while time.monotonic() - started < 60:
-            alive = [p for p in mms_workers(server.process.pid) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            _, alive = mms.python_processes(server.process.pid)
             if len(alive) >= len(before) and requests.get(server.url + "/ping", timeout=5).status_code == 200:
                 recoveries.append(time.monotonic() - started)
                 return

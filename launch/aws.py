@@ -32,18 +32,19 @@ MAX_NAME = 63
 MAX_TUNING_NAME = 32  # API_CreateHyperParameterTuningJob.html
 
 
-def check_name(name: str, what: str, max_length: int = MAX_NAME) -> str:
-    """Refuse, before any request, a name SageMaker would refuse."""
-    if not NAME.match(name) or len(name) > max_length:
-        raise SystemExit(f"{what} {name!r} is not a valid SageMaker name: {NAME_RULE}, "
-                         f"{max_length} characters at most")
+def check_name(name: str, what: str, max_length: int | None = MAX_NAME) -> str:
+    """Refuse, before any request, a name SageMaker would refuse (max_length None: any length,
+    for a prefix that job_name shortens)."""
+    if not NAME.match(name) or (max_length is not None and len(name) > max_length):
+        raise SystemExit(f"{what} {name!r} is not a valid SageMaker name: {NAME_RULE}"
+                         + (f", {max_length} characters at most" if max_length is not None else ""))
     return name
 
 
 def job_name(settings, kind: str = "", max_length: int = MAX_NAME) -> str:
     """A unique, valid SageMaker name for any prefix: PREFIX[-KIND]-yymmdd-HHMMSS-xxxx, the
     prefix shortened to fit max_length; the random part keeps two runs in the same second apart."""
-    check_name(settings.prefix, "prefix", max_length=10_000)
+    check_name(settings.prefix, "prefix", max_length=None)
     stamp = f"{time.strftime('%y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     base = f"{settings.prefix}-{kind}" if kind else settings.prefix
     return f"{base[:max_length - len(stamp) - 1].rstrip('-')}-{stamp}"

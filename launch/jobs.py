@@ -5,6 +5,8 @@ from __future__ import annotations
 from image_classifier.hyperparameters import to_sagemaker
 from image_classifier.metrics import METRIC_DEFINITIONS
 
+from . import aws
+
 TAGS = [{"Key": "created-by", "Value": "image-classifier-launch"}]  # cleanup.py finds resources by it
 DEBUG_COLLECTIONS = ("losses", "weights", "biases", "gradients")
 # SageMaker's built-in rules (rule_configs names), run in SageMaker's rule containers beside the job.
@@ -96,7 +98,6 @@ def inputs(settings, session, data: str | None, channels: list[str], explicit: b
     objects found") for an empty one, so a default channel without data is left out with a line
     saying so; a channel asked for by name (explicit) that has none is an error before any job."""
     from sagemaker.inputs import TrainingInput
-    from launch import aws
     root = (data or settings.s3("data")).rstrip("/")
     bucket, prefix = aws.split_uri(root)
     found, missing = {}, []

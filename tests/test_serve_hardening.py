@@ -14,6 +14,7 @@ import requests
 from PIL import Image
 
 from conftest import Server
+from image_classifier.serving import mms
 
 pytestmark = pytest.mark.slow
 
@@ -58,18 +59,6 @@ def copy_model(trained, folder):
     for name in ("model.pt", "model.json"):
         (folder / name).write_bytes((trained / "model" / name).read_bytes())
     return folder
-
-
-def mms_python(srv):
-    """MMS's live Python processes: (listener that forks the workers, [workers])."""
-    python = []
-    for p in psutil.Process(srv.process.pid).children(recursive=True):
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE and any("model_service_worker" in a for a in p.cmdline()):
-                python.append((p, "java" in p.parent().name()))
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            continue  # a worker that just died
-    return next(p for p, top in python if top), [p for p, top in python if not top]
 
 
 def busy(process, timeout: float = 30) -> None:
@@ -162,7 +151,7 @@ def test_dead_workers_are_retried_reported_and_end_serve(trained, tmp_path):
         srv.wait_healthy()
         # A worker killed while requests are in flight: MMS forks a new one; the request it held
         # is answered by another worker.
-        _, workers = mms_python(srv)
+        _, workers = mms.python_processes(srv.process.pid)
         body = one_bit_png(5000)  # ~0.25 s of decoding each: requests are in flight when it dies
         with ThreadPoolExecutor(6) as pool:
             answers = [pool.submit(srv.invoke, body, "image/png") for _ in range(6)]
@@ -173,7 +162,7 @@ def test_dead_workers_are_retried_reported_and_end_serve(trained, tmp_path):
         assert "a model worker died during a request; sending it to another" in srv.output()
         # The listener and every worker killed: MMS cannot fork new ones. /ping turns 503 with the
         # reason, requests get a JSON 503 at once, and serve exits 1 so the container is replaced.
-        listener, workers = mms_python(srv)
+        listener, workers = mms.python_processes(srv.process.pid)
         for p in [listener, *workers]:
             p.kill()
         deadline = time.monotonic() + 10

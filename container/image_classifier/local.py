@@ -69,7 +69,8 @@ def program(name: str) -> list[str]:
 
 
 def free_port() -> int:
-    """A free loopback port below 32767: MMS refuses higher ones (the kernel's ephemeral range)."""
+    """A free loopback port below the kernel's ephemeral range (32768 up), so that no client
+    connection takes it before the server binds it."""
     for port in random.sample(range(20000, 32700), 200):
         with contextlib.closing(socket.socket()) as s:
             try:

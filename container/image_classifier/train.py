@@ -409,7 +409,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
     def save(final: dict) -> None:
         artifact.save(model_dir, model, hp.backbone, classes, train_ch.folders, pre, hp_dict, final, weights_source)
 
-    def stopped(where_: str, checkpointed: bool = False) -> Stopped:
+    def stopped(when: str, checkpointed: bool = False) -> Stopped:
         """SIGTERM: checkpoint; SageMaker uploads /opt/ml/model when a stopped job ends (MaxRuntime,
         StopTrainingJob, the tuner's early stopping), so the best epoch so far goes there, untested."""
         if not checkpointed:
@@ -420,7 +420,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
             save(final)
             log.warning("stopped: the best model so far (epoch %d, valid accuracy %.4f) is saved to %s",
                         final["best_epoch"], final["valid_accuracy"], model_dir)
-        return Stopped(f"stopped by SIGTERM {where_}; checkpoint saved in {checkpoint_dir}")
+        return Stopped(f"stopped by SIGTERM {when}; checkpoint saved in {checkpoint_dir}")
 
     # Epochs
     with contextlib.ExitStack() as closers:  # a failed or stopped job keeps its profile too

@@ -29,7 +29,8 @@ import aiohttp
 from aiohttp import web
 
 from . import mms, model_state, model_store
-from .responses import JSON_TYPE, error_body
+from .limits import payload_too_large
+from .responses import JSON_TYPE, error_body, media_type
 
 log = logging.getLogger("image_classifier.serve")
 
@@ -128,11 +129,13 @@ class Front:
         while not self.stopped.is_set():
             if self.process.poll() is not None:
                 return self.stop(f"the model server exited by itself (exit {self.process.returncode})")
-            loaded, failed = model_state.read(self.run_dir)
+            # A single model must have reported its load; a multi-model endpoint's models report
+            # at POST /models.
+            loaded, failed = (True, None) if self.multi else model_state.read(self.run_dir)
             if failed:
                 return self.stop(failed)
             status = await self._mms_status(session)
-            ok = status in HEALTHY and (self.multi or loaded)
+            ok = status in HEALTHY and loaded
             now = time.monotonic()
             if ok and health.state != health.READY:
                 if health.state == health.STARTING:
@@ -155,19 +158,18 @@ class Front:
     # --- requests --------------------------------------------------------------------------------
     async def _body(self, request: web.Request) -> bytes:
         """The body, refused with 413 before reading past the payload limit."""
-        limit = self.payload_limit
-        if request.content_length is not None and request.content_length > limit:
-            raise TooLarge(f"body is {request.content_length} bytes; the limit is {limit} (MAX_PAYLOAD_BYTES)")
+        if request.content_length is not None and request.content_length > self.payload_limit:
+            raise TooLarge(payload_too_large(request.content_length))
         body = bytearray()
         async for chunk in request.content.iter_any():
             body += chunk
-            if len(body) > limit:
-                raise TooLarge(f"body is over {limit} bytes, the limit (MAX_PAYLOAD_BYTES)")
+            if len(body) > self.payload_limit:
+                raise TooLarge(payload_too_large())
         return bytes(body)
 
     def _headers(self, request: web.Request) -> dict:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED}
-        media = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        media = media_type(request.headers.get("Content-Type"))
         if media in FORM_TYPES:
             # MMS would parse such a body as a form and fail with a 500: it is the image itself
             # (`curl --data-binary @dog.jpg` without -H), so the handler decodes it as one.

@@ -21,12 +21,13 @@ from sagemaker_inference.errors import GenericInferenceToolkitError
 from .. import artifact
 from ..models import batch_to
 from ..preprocessing import ImageTooLarge, Preprocessing, decoded_pixels, eval_transform, open_image, to_rgb
-from .limits import max_batch_images, max_decode_seconds, max_payload_bytes, max_pixels, max_request_pixels
+from .limits import (max_batch_images, max_decode_seconds, max_payload_bytes, max_pixels, max_request_pixels,
+                     payload_too_large)
+from .responses import JSON_TYPE, media_type
 
 log = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")  # and any other image/*
-JSON_TYPE = "application/json"
 DEFAULT_TOP_K = 5
 
 # Pillow's own bomb check warns below 2x its limit and raises above; ours (limits.py) is explicit.
@@ -160,15 +161,11 @@ def _instances(body: bytes) -> tuple[list[tuple[bytes, str]], dict]:
     return bodies, {k: payload[k] for k in ("top_k", "probabilities") if k in payload}
 
 
-def media_type(header: str | None) -> str:
-    return (header or "").split(";")[0].strip().lower()
-
-
 def input_fn(body: bytes, content_type: str, options: dict | None = None, model: Model | None = None) -> Batch:
     """Decode a request: raw image bytes, or JSON {"instances": [base64 or {"b64": ...}], ...}."""
     options = dict(options or {})
     if len(body) > max_payload_bytes():
-        raise error(413, f"body is {len(body)} bytes; the limit is {max_payload_bytes()} (MAX_PAYLOAD_BYTES)")
+        raise error(413, payload_too_large(len(body)))
     media = media_type(content_type)
     if media in IMAGE_TYPES or media.startswith("image/"):
         bodies = [(body, "body")]

@@ -12,6 +12,13 @@ def max_payload_bytes() -> int:
     return int(os.environ.get("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6)) * MIB
 
 
+def payload_too_large(size: int | None = None) -> str:
+    """The 413 message for a body over the limit (size unknown for a chunked body not read to its end)."""
+    limit = max_payload_bytes()
+    return (f"body is {size} bytes" if size is not None else f"body is over {limit} bytes") + \
+        f"; the limit is {limit} (MAX_PAYLOAD_BYTES)"
+
+
 def max_pixels() -> int:
     return int(os.environ.get("MAX_IMAGE_PIXELS", 40_000_000))  # decompression-bomb guard
 

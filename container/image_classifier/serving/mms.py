@@ -116,20 +116,22 @@ def start(run_dir: Path, max_request_size: int, model: Path | None) -> subproces
     return subprocess.Popen(cmd, cwd=run_dir)
 
 
-def workers(process: subprocess.Popen) -> list[psutil.Process]:
-    """MMS's Python processes (with preload_model, the listener that forks them, and the workers)."""
-    try:
-        tree = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-    found = []
-    for p in tree:
+def python_processes(pid: int) -> tuple[psutil.Process | None, list[psutil.Process]]:
+    """MMS's live Python processes under `serve` (pid): the listener that loads the model and forks
+    the workers (its parent is Java; with preload_model), and the workers. For the soak benchmark
+    and the tests that kill them."""
+    listener, workers = None, []
+    for p in psutil.Process(pid).children(recursive=True):
         try:
-            if any(WORKER in part for part in p.cmdline()):
-                found.append(p)
+            if p.status() == psutil.STATUS_ZOMBIE or not any(WORKER in part for part in p.cmdline()):
+                continue
+            if p.parent().name() == "java":
+                listener = p
+            else:
+                workers.append(p)
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-            continue
-    return found
+            continue  # one that just died
+    return listener, workers
 
 
 def stop_tree(process: subprocess.Popen, timeout: float = 10.0) -> None:

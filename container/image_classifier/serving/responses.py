@@ -8,5 +8,10 @@ from http import HTTPStatus
 JSON_TYPE = "application/json"
 
 
+def media_type(header: str | None) -> str:
+    """'Image/JPEG; charset=x' -> 'image/jpeg'."""
+    return (header or "").split(";")[0].strip().lower()
+
+
 def error_body(status: int, message: str) -> str:
     return json.dumps({"code": status, "type": HTTPStatus(status).phrase.replace(" ", ""), "message": message})
