@@ -2,10 +2,12 @@
 hyperparameters as the strings the container parses, S3 channels, spot, Debugger and profiler."""
 from __future__ import annotations
 
+from image_classifier import hyperparameters, search_space
 from image_classifier.hyperparameters import to_sagemaker
 from image_classifier.metrics import METRIC_DEFINITIONS
 
 from . import aws
+from .settings import processes
 
 TAGS = [{"Key": "created-by", "Value": "image-classifier-launch"}]  # cleanup.py finds resources by it
 DEBUG_COLLECTIONS = ("losses", "weights", "biases", "gradients")
@@ -64,10 +66,32 @@ def profiler_config(settings):
     return ProfilerConfig(s3_output_path=settings.s3("profiler"), system_monitor_interval_millis=500)
 
 
+def check_batch_split(settings, tuning: bool) -> None:
+    """batch-size is the global batch: `train` refuses one that does not split evenly over its
+    processes (GPUs x instances). Checked here, for the static value or every value the tuner may
+    pick, so that no instance starts for a job that would fail."""
+    world = processes(settings.train_instance_type, settings.train_instance_count)
+    if world == 1:
+        return
+    values = [settings.hyperparameters.get("batch-size", hyperparameters.BY_NAME["batch-size"].default)]
+    ranged = settings.search_space.get("batch-size") if tuning and "batch-size" not in settings.hyperparameters \
+        else None
+    if isinstance(ranged, search_space.Categorical):
+        values = list(ranged.values)
+    elif ranged is not None:  # an integer range: the tuner picks values that do not split
+        values = [f"{ranged.low}..{ranged.high} (an integer range; give categorical multiples)"]
+    bad = [str(v) for v in values if not str(v).isdigit() or int(v) % world]
+    if bad:
+        raise SystemExit(f"batch-size {', '.join(bad)}: the global batch must split evenly over the job's {world} "
+                         f"training processes ({settings.train_instance_count} x {settings.train_instance_type}); "
+                         f"use multiples of {world}")
+
+
 def estimator(settings, session, checkpoint_s3_uri: str | None = None, for_tuning: bool = False):
     """for_tuning: no Debugger hook or rules, which a tuning job's definition cannot carry."""
     from sagemaker.estimator import Estimator
     settings.require("role", "bucket")
+    check_batch_split(settings, for_tuning)
     return Estimator(
         image_uri=settings.image_for(settings.train_instance_type),
         role=settings.role,

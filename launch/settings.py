@@ -77,6 +77,21 @@ def is_gpu(instance_type: str) -> bool:
     return re.match(r"^ml\.[gp]\d", instance_type or "") is not None
 
 
+# GPUs per instance of SageMaker's multi-GPU training types (AWS's accelerated computing instance
+# specifications, https://aws.amazon.com/ec2/instance-types/#Accelerated_Computing); every other
+# GPU type in SageMaker's training list has one.
+MULTI_GPU = {"ml.p3.8xlarge": 4, "ml.p3.16xlarge": 8, "ml.p3dn.24xlarge": 8, "ml.p4d.24xlarge": 8,
+             "ml.p4de.24xlarge": 8, "ml.p5.48xlarge": 8, "ml.p5e.48xlarge": 8, "ml.p5en.48xlarge": 8,
+             "ml.g4dn.12xlarge": 4, "ml.g5.12xlarge": 4, "ml.g5.24xlarge": 4, "ml.g5.48xlarge": 8,
+             "ml.g6.12xlarge": 4, "ml.g6.24xlarge": 4, "ml.g6.48xlarge": 8, "ml.g6e.12xlarge": 4,
+             "ml.g6e.24xlarge": 4, "ml.g6e.48xlarge": 8}
+
+
+def processes(instance_type: str, count: int) -> int:
+    """How many training processes a job runs: one per GPU, or one per CPU instance (as `train` does)."""
+    return count * (MULTI_GPU.get(instance_type, 1) if is_gpu(instance_type) else 1)
+
+
 _SCALARS = [f for f in dataclasses.fields(Settings) if f.name not in ("hyperparameters", "search_space")]
 # Each scalar setting's type, from its default (None defaults are strings: region, role, ...).
 _KINDS = {f.name: str if f.default is None else type(f.default) for f in _SCALARS}

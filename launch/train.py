@@ -1,7 +1,10 @@
 """Train with the image: a SageMaker training job (generic Estimator), or --local on this machine.
 
     python -m launch.train [--data s3://BUCKET/PREFIX/data] [--hp epochs=5 ...] [--spot] [--no-wait]
-    python -m launch.train --local --data DIR [--local-runner native|docker]
+                           [--instance-count N] [--train-instance-type ml.g5.12xlarge]
+    python -m launch.train --local --data DIR [--local-runner native|docker] [--hosts N]
+
+A job on several instances (or GPUs) trains data-parallel: batch-size is the global batch.
 """
 from __future__ import annotations
 
@@ -22,6 +25,10 @@ def parse_args(argv=None):
     parser.add_argument("--job-name", help="default: PREFIX-<timestamp>")
     parser.add_argument("--checkpoint-s3-uri", help="default: s3://BUCKET/PREFIX/checkpoints/JOB; reuse one to resume")
     parser.add_argument("--no-wait", action="store_true", help="return once the job is created")
+    parser.add_argument("--hosts", type=int, default=1, help="with --local: run the job on N hosts on this "
+                        "machine (N /opt/ml trees, one process or container each), as on N instances")
+    parser.add_argument("--instance-count", dest="train_instance_count", help="instances for the job (the "
+                        "SDK's instance_count; same as --train-instance-count): data-parallel over all their GPUs")
     local_args.add_arguments(parser)
     settings_mod.add_arguments(parser)
     return parser.parse_args(argv)
@@ -35,7 +42,7 @@ def main(argv=None, session=None) -> int:
         from launch.local import jobs as local_jobs
         channels = local_jobs.present(args.data, channels, explicit=bool(args.channels))
         result = local_jobs.run_training_job(settings, args.data, channels, args.local_dir, args.local_runner,
-                                             job_name=args.job_name)
+                                             job_name=args.job_name, hosts=args.hosts)
         return 0 if result.succeeded else 1
 
     session = session or aws.session(settings)

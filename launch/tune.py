@@ -76,6 +76,8 @@ def parse_args(argv=None):
     parser.add_argument("--no-wait", action="store_true", help="return once the tuning job is created")
     parser.add_argument("--poll-seconds", type=float, default=30.0, help="progress interval while waiting")
     parser.add_argument("--results", default="tuning-results", help="where analytics.csv and objective.png go")
+    parser.add_argument("--instance-count", dest="train_instance_count", help="instances for each trial (the "
+                        "SDK's instance_count; same as --train-instance-count): data-parallel over all their GPUs")
     local_args.add_arguments(parser)
     settings_mod.add_arguments(parser)
     return parser.parse_args(argv)

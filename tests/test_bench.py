@@ -78,3 +78,13 @@ def test_serving_soak_benchmark_runs(imagewoof, tmp_path):
     assert 0 < soak["pss_first_mib"] <= soak["pss_max_mib"]
     assert alone["p50_ms"] > 0 and beside["worst_case_ms"] > 0 and amplified["requests"] == 5
     assert (tmp_path / "soak_memory.png").stat().st_size > 0
+
+
+def test_distributed_scaling_benchmark_runs(imagewoof, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "distributed_scaling.py"), "--per-class", "2",
+                             "--epochs", "1", "--batch-size", "4", "--image-size", "64", "--name", "ddp",
+                             "--results", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = json.loads((tmp_path / "ddp.json").read_text())["rows"]
+    assert [r["hosts"] for r in rows] == [1, 1, 2] and rows[1]["vs_one_share"] == 1
+    assert all(r["images_per_second"] > 0 and 0 <= r["valid_accuracy"] <= 1 for r in rows)

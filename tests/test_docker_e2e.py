@@ -212,3 +212,18 @@ def test_launch_local_with_the_docker_runner(docker_env, tiny_data, tmp_path):
         assert invoke.returncode == 0, invoke.stderr
         assert len(json.loads(invoke.stdout)["predictions"][0]["top_k"]) == 3
     assert "docker-dogs-serve" not in docker(docker_env, "ps", "-a", "--format", "{{.Names}}").stdout
+
+
+def test_launch_local_on_two_hosts_in_containers(docker_env, tiny_data, tmp_path):
+    """--hosts 2 --local-runner docker: two containers on the host network, one job (gloo on 127.0.0.1)."""
+    (tmp_path / "config.toml").write_text(f'image_uri = "{IMAGE}"\n')
+    env = {"DOCKER": DOCKER, "DOCKER_HOST": docker_env["DOCKER_HOST"]}
+    train = launch("train", "--local", "--local-runner", "docker", "--hosts", "2", "--no-debugger",
+                   "--data", str(tiny_data["train"].parent), "--local-dir", str(tmp_path / "jobs"),
+                   "--job-name", "pair", *[a for hp in FAST_HP.items() for a in ("--hp", "=".join(map(str, hp)))],
+                   cwd=tmp_path, env=env, timeout=600)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    assert "(docker, 2 hosts)" in train.stdout and "valid_acc=" in train.stdout
+    assert (tmp_path / "jobs" / "pair" / "algo-1" / "model" / "model.json").exists()
+    assert not list((tmp_path / "jobs" / "pair" / "algo-2" / "model").iterdir())
+    assert "rank 1 of 2 (host algo-2" in (tmp_path / "jobs" / "pair" / "algo-2" / "job.log").read_text()

@@ -134,3 +134,24 @@ def test_train_local_runs_the_image_train_and_reports_a_failure(tmp_path, tiny_d
                  "--channels", "valid", *fast, cwd=tmp_path, timeout=600)  # no train channel
     assert bad.returncode == 1
     assert "job two failed (exit 1): no 'train' channel: give one with class folders of images" in bad.stdout
+
+
+def test_train_local_on_two_hosts(tmp_path, tiny_data):
+    """--hosts 2: two /opt/ml trees and two `train` processes, one job; the leader keeps the model."""
+    (tmp_path / "config.toml").write_text(CONFIG)
+    jobs = tmp_path / "jobs"
+    result = launch("train", "--local", "--hosts", "2", "--data", str(tiny_data["train"].parent), "--local-dir",
+                    str(jobs), "--job-name", "pair", "--no-debugger", "--hp", "epochs=1", "--hp", "batch-size=8",
+                    cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"local training job pair in {jobs / 'pair' / 'algo-1'} (the leader;" in result.stdout
+    assert "(native, 2 hosts)" in result.stdout and result.stdout.count("valid_acc=") == 2  # epoch + selected
+    assert (jobs / "pair" / "algo-1" / "model" / "model.json").exists()
+    assert not list((jobs / "pair" / "algo-2" / "model").iterdir())
+    assert "rank 1 of 2 (host algo-2" in (jobs / "pair" / "algo-2" / "job.log").read_text()
+
+    odd = launch("train", "--local", "--hosts", "2", "--data", str(tiny_data["train"].parent), "--local-dir",
+                 str(jobs), "--job-name", "odd", "--no-debugger", "--hp", "epochs=1", "--hp", "batch-size=7",
+                 cwd=tmp_path, timeout=600)
+    assert odd.returncode == 1
+    assert "job odd failed (exit 1): batch-size 7 is the global batch" in odd.stdout

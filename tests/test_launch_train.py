@@ -137,3 +137,25 @@ def test_the_default_instance_is_a_cpu_one_like_the_default_image():
     from launch import settings
     assert not settings.is_gpu(settings.Settings().train_instance_type)
     assert settings.Settings().inference_instance_type.startswith("ml.m")
+
+
+def test_a_job_on_several_multi_gpu_instances(sm):
+    """--instance-count N: one job on N instances; every host gets the whole data set (FullyReplicated)
+    and `train` gives each GPU its shard. A global batch that does not split over the GPUs is
+    refused before any request."""
+    gpu_image = IMAGE.replace(":test", ":gpu")
+    sm.respond("create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:123456789012:training-job/d"})
+    sm.data("train", "valid", "test")
+    args = ["train", "--no-wait", "--instance-count", "2", "--train-instance-type", "ml.g5.12xlarge",
+            "--gpu-image-uri", gpu_image]
+    assert sm.run(*args, "--job-name", "ddp", "--hp", "batch-size=64") == 0
+    req = sm.sent("CreateTrainingJob")
+    assert req["ResourceConfig"]["InstanceCount"] == 2 and req["ResourceConfig"]["InstanceType"] == "ml.g5.12xlarge"
+    assert req["AlgorithmSpecification"]["TrainingImage"] == gpu_image
+    assert {c["DataSource"]["S3DataSource"]["S3DataDistributionType"] for c in req["InputDataConfig"]} == {
+        "FullyReplicated"}
+    before = len(sm.requests)
+    with pytest.raises(SystemExit, match=r"batch-size 36: the global batch must split evenly over the job's 8 "
+                                         r"training processes \(2 x ml.g5.12xlarge\); use multiples of 8"):
+        sm.run(*args, "--hp", "batch-size=36")
+    assert len(sm.requests) == before

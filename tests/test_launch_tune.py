@@ -161,3 +161,31 @@ def test_the_local_tuner_runs_hyperband_over_epochs_and_the_whole_grid():
     assert (pruner._min_resource, pruner._max_resource) == (2, 8)
     grid = settings_mod.Settings(strategy="Grid", max_jobs=4)
     assert search_space.grid_points(tune.tuning_space(grid)) == 81 == tune.max_jobs(grid, tune.tuning_space(grid))
+
+
+def test_trials_on_several_instances_and_a_batch_range_that_splits(sm):
+    sm.respond("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", "m")})
+    sm.data("train", "valid")
+    gpu = ["--train-instance-type", "ml.g4dn.12xlarge", "--gpu-image-uri", "123456789012.dkr.ecr.eu-west-1."
+           "amazonaws.com/image-classifier:gpu"]
+    assert sm.run("tune", "--job-name", "ddp-hpo", "--no-wait", "--instance-count", "2", *gpu) == 0
+    definition = sm.sent("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
+    resources = definition["HyperParameterTuningResourceConfig"]  # the SDK's form of ResourceConfig
+    assert (resources["InstanceCount"], resources["InstanceType"]) == (2, "ml.g4dn.12xlarge")  # 16, 32, 64 split
+    # over 8 GPUs
+    before = len(sm.requests)
+    with pytest.raises(SystemExit, match=r"batch-size 16, 32, 64: the global batch must split evenly over the job's "
+                                         r"12 training processes"):
+        sm.run("tune", "--no-wait", "--instance-count", "3", *gpu)
+    assert len(sm.requests) == before
+
+
+def test_an_integer_batch_range_is_refused_for_several_processes():
+    from image_classifier import search_space
+    from launch import jobs, settings as settings_mod
+    s = settings_mod.Settings(train_instance_type="ml.g5.12xlarge")  # 4 GPUs
+    s.search_space = {**s.search_space, "batch-size": search_space.Integer(16, 64)}
+    with pytest.raises(SystemExit, match=r"batch-size 16..64 \(an integer range; give categorical multiples\)"):
+        jobs.check_batch_split(s, tuning=True)
+    jobs.check_batch_split(s, tuning=False)  # a training job takes the static batch-size, 32: it splits
+    assert settings_mod.processes("ml.p4d.24xlarge", 2) == 16 and settings_mod.processes("ml.m5.xlarge", 3) == 3

@@ -230,7 +230,10 @@ def collate(batch):
 
 
 def resolve_workers(requested: int) -> int:
-    return len(os.sched_getaffinity(0)) if requested < 0 else requested
+    """-1: this process's share of the cores (torchrun's LOCAL_WORLD_SIZE processes share a host)."""
+    if requested >= 0:
+        return requested
+    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def _one_thread(worker_id: int) -> None:

@@ -5,6 +5,8 @@ features each time it sees the same pixels, so they are computed once and the he
   (seed, view, image index), so they do not depend on batch size or workers). Epoch e trains on
   view e mod `views`; only the first `views` epochs run the backbone.
 - Validation images: the evaluation transform, fp32, as `evaluate` on the full model sees them.
+- With several processes each computes its shard of the images and they share the rows; the
+  leader alone reads and writes the cache folder, and hands what it read to the others.
 - A cache folder (`feature-cache-dir`) keeps them across jobs: local tuning trials with the same
   backbone weights, image size, precision and data reuse the first trial's. The key hashes the
   frozen weights themselves, the preprocessing, the view and each file's name, size and mtime.
@@ -22,7 +24,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from . import data, models, precision
+from . import data, distributed, models, precision
+from .distributed import SINGLE, World
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +91,10 @@ def samples_digest(samples: list[tuple[str, int]], root: Path) -> str:
 class FeatureCache:
     """Features for one model and one channel: in memory, and in `directory` when one is given."""
 
-    def __init__(self, directory: str | Path | None, model: nn.Module, head_attr: str, pre, amp, device, hp):
+    def __init__(self, directory: str | Path | None, model: nn.Module, head_attr: str, pre, amp, device, hp,
+                 world: World = SINGLE):
         self.directory = Path(directory) if directory else None
+        self.world = world
         self.model, self.head_attr, self.pre, self.amp, self.device, self.hp = model, head_attr, pre, amp, device, hp
         self.weights = weights_digest(model, head_attr)
         self.memory: dict[tuple[str, str], Features] = {}
@@ -112,20 +117,19 @@ class FeatureCache:
             samples=samples_digest(channel.samples, channel.root), **spec), sort_keys=True).encode(),
             digest_size=16).hexdigest()
         path = self.directory / f"{key}.pt" if self.directory else None
-        if path is not None and path.exists():
-            try:
-                found = Features(**torch.load(path, map_location="cpu", weights_only=True))
-                log.info("%s features (%s): from %s", channel.name, _label(spec), path)
-                self.memory[known] = found
-                return found
-            except Exception as e:  # noqa: BLE001 - a damaged cache file is recomputed, not fatal
-                log.warning("ignoring unreadable feature cache file %s: %s: %s", path, type(e).__name__, e)
+        found = distributed.from_leader(self.world, lambda: _read(path)) if path is not None else None
+        if found is not None:
+            log.info("%s features (%s): from %s", channel.name, _label(spec), path)
+            self.memory[known] = found
+            return found
         started = time.perf_counter()
         found = self._extract(channel.samples, transform, draft_size, seed, amp, stop)
         seconds = time.perf_counter() - started
-        log.info("%s features (%s): %d images through the backbone in %.1f s (%.1f img/s)", channel.name,
-                 _label(spec), len(channel.samples), seconds, len(channel.samples) / max(seconds, 1e-9))
-        if path is not None:
+        mine = len(distributed.shard(self.world, channel.samples))
+        log.info("%s features (%s): %d images through the backbone in %.1f s (%.1f img/s)%s", channel.name,
+                 _label(spec), mine, seconds, mine / max(seconds, 1e-9),
+                 f", this process's share of {len(channel.samples)}" if self.world.distributed else "")
+        if path is not None and self.world.leader:
             self.directory.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")  # concurrent trials may write the same key
             torch.save(vars(found), tmp)
@@ -135,9 +139,11 @@ class FeatureCache:
 
     @torch.no_grad()
     def _extract(self, samples, transform, draft_size, seed, amp, stop) -> Features:
-        """Run the backbone in eval mode, as evaluation and serving do, and keep what the head receives."""
-        loader = data.loader(_IndexedViews(samples, transform, draft_size, seed), self.hp.batch_size,
-                             self.hp.num_workers)
+        """Run the backbone in eval mode, as evaluation and serving do, and keep what the head receives
+        (this rank's shard of the images; the rows are then shared)."""
+        mine = distributed.shard(self.world, list(range(len(samples))))
+        loader = data.loader(_IndexedViews(samples, transform, draft_size, seed),
+                             self.hp.batch_size // self.world.size, self.hp.num_workers, sampler=mine)
         head = getattr(self.model, self.head_attr)
         out = torch.zeros(len(samples), head.in_features)
         ok = torch.zeros(len(samples), dtype=torch.bool)
@@ -158,7 +164,19 @@ class FeatureCache:
         finally:
             setattr(self.model, self.head_attr, head)
             self.model.train(was_training)
+        out = distributed.gather_rows(self.world, out, self.device)
+        ok = distributed.gather_rows(self.world, ok.to(torch.int32), self.device) > 0
         return Features(features=out, labels=torch.tensor([label for _, label in samples]), ok=ok)
+
+
+def _read(path: Path) -> Features | None:
+    if not path.exists():
+        return None
+    try:
+        return Features(**torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as e:  # noqa: BLE001 - a damaged cache file is recomputed, not fatal
+        log.warning("ignoring unreadable feature cache file %s: %s: %s", path, type(e).__name__, e)
+        return None
 
 
 def _label(spec: dict) -> str:

@@ -71,8 +71,12 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    "Which part is trained, the rest frozen: 'all' (whole network), 'last-stage' "
                    "(last stage + head) or 'head' (new classifier only).", TRAINABLE),
     Hyperparameter("epochs", int, 10, "Number of passes over the training set.", minimum=1),
-    Hyperparameter("batch-size", int, 32, "Images per training step.", minimum=1),
-    Hyperparameter("lr", float, 1e-3, "Peak learning rate (cosine decay after warm-up).", minimum=0.0),
+    Hyperparameter("batch-size", int, 32,
+                   "Images per training step, over all GPUs and hosts of the job (the global batch): each of N "
+                   "processes takes batch-size/N, so a value tuned on one device means the same on many.",
+                   minimum=1),
+    Hyperparameter("lr", float, 1e-3, "Peak learning rate for the global batch (cosine decay after warm-up).",
+                   minimum=0.0),
     Hyperparameter("weight-decay", float, 1e-4, "Weight decay (decoupled for adamw).", minimum=0.0),
     Hyperparameter("optimizer", str, "adamw", "Optimizer.", OPTIMIZERS),
     Hyperparameter("momentum", float, 0.9, "Momentum for sgd.", minimum=0.0, maximum=1.0),
@@ -116,6 +120,9 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    "Folder that keeps cached features across jobs (local tuning trials share one): relative "
                    "to /opt/ml/output, or absolute inside /opt/ml (or $FEATURE_CACHE_ROOT); "
                    "empty: in memory, for this job only."),
+    Hyperparameter("distributed-timeout", int, 600,
+                   "Seconds a process of a multi-device or multi-host job waits for the others at a collective "
+                   "before it fails the job (a host that dies ends the others at once).", minimum=10),
     Hyperparameter("profile-steps", int, 0,
                    "Record a torch.profiler trace of this many training steps (output profile/trace.json); 0: none.",
                    minimum=0),

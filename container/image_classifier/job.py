@@ -11,6 +11,8 @@ import argparse
 import json
 import logging
 import os
+import signal
+import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -40,7 +42,8 @@ INPUT_MODES = ("File", "FastFile", "Pipe")
 
 def _check_config() -> dict:
     """Check the shape of SageMaker's three config files, so that a malformed one fails the job
-    with its reason (not inside the toolkit); returns the hyperparameters, all strings."""
+    with its reason (not inside the toolkit); returns the hyperparameters (all strings) and the
+    resources."""
     hps = _read_config("hyperparameters.json")
     _expect(hps, dict, "hyperparameters.json", "the file", "an object of names to string values")
     for name, value in hps.items():
@@ -56,8 +59,9 @@ def _check_config() -> dict:
     piped = sorted(name for name, c in channels.items() if c.get("TrainingInputMode") == "Pipe")
     if piped:
         raise TrainingError(f"channel(s) {', '.join(piped)} use Pipe input mode; use File or FastFile")
-    _check_resources(_read_config("resourceconfig.json"))
-    return hps
+    resources = _read_config("resourceconfig.json")
+    _check_resources(resources)
+    return hps, resources
 
 
 def _check_resources(resources) -> None:
@@ -68,6 +72,8 @@ def _check_resources(resources) -> None:
     _expect(resources.get("hosts"), list, where, "hosts", "an array of host names")
     for host in resources["hosts"]:
         _expect(host, str, where, "each of hosts", "a string")
+    if len(set(resources["hosts"])) != len(resources["hosts"]):
+        raise TrainingError(f"{where}: hosts names a host twice: {resources['hosts']}")
     if resources["current_host"] not in resources["hosts"]:
         raise TrainingError(f"{where}: current_host {resources['current_host']!r} is not in hosts")
     for key in ("network_interface_name", "current_instance_type", "current_group_name"):
@@ -106,12 +112,17 @@ def _describe(value) -> str:
 def run_job() -> int:
     # Imported here so that `train --help` answers without loading torch.
     from sagemaker_training import environment, files
-    from . import train
+    from . import distributed, train
 
     stop = train.StopFlag().install()
     paths.output_dir().mkdir(parents=True, exist_ok=True)  # without it the toolkit cannot report
+    world = distributed.SINGLE
     try:
-        raw = _check_config()
+        raw, resources = _check_config()
+        world = distributed.plan(resources)
+        per_host = distributed.processes_per_host()
+        if per_host > 1 and "LOCAL_RANK" not in os.environ:
+            return launch_workers(world, resources, per_host, stop)
         try:
             env = environment.Environment()
             os.environ.update(env.to_env_vars())  # SM_CHANNEL_*, SM_MODEL_DIR, SM_HPS, ... as in script mode
@@ -126,7 +137,9 @@ def run_job() -> int:
         checkpoints = paths.checkpoint_dir()
         if hp.checkpoint_per_job and os.environ.get("TRAINING_JOB_NAME"):  # SageMaker sets it in every job
             checkpoints = paths.inside(checkpoints, os.environ["TRAINING_JOB_NAME"], "checkpoint-per-job")
-        train.run(hp, channels, model_dir, checkpoints, Path(os.environ["SM_OUTPUT_DATA_DIR"]), stop)
+        distributed.start(world, hp.distributed_timeout, resources.get("network_interface_name"))
+        train.run(hp, channels, model_dir, checkpoints, Path(os.environ["SM_OUTPUT_DATA_DIR"]), stop, world)
+        distributed.stop()
     except train.Stopped as e:
         log.warning("%s; rerun with the same checkpoint directory to resume", e)
         return EXIT_STOPPED
@@ -139,8 +152,38 @@ def run_job() -> int:
     except Exception as e:  # noqa: BLE001 - the reason must reach the failure file
         traceback.print_exc()
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if world.distributed and distributed.lost_peer(e):
+            if stop.requested:  # SIGTERM reached every host; another one stopped first
+                log.warning("%s: stopped by SIGTERM while the others stopped too", world.describe())
+                return EXIT_STOPPED
+            write_failure(f"{world.describe()} lost the other processes of the job: one failed, was stopped or "
+                          f"died; its log and failure file say why ({distributed.first_line(e)})")
+            return EXIT_FAILED
         write_failure(f"internal error: {type(e).__name__}: {first} (traceback in the job log)")
         return EXIT_INTERNAL
+    files.write_success_file()
+    return 0
+
+
+def launch_workers(world, resources: dict, per_host: int, stop) -> int:
+    """Several processes on this host (one per GPU): torchrun starts them, each running this
+    program as one rank, and ends them all when one fails or SIGTERM arrives."""
+    hosts = resources["hosts"]
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(hosts)}",
+               f"--node-rank={hosts.index(resources['current_host'])}", f"--nproc-per-node={per_host}",
+               f"--master-addr={world.leader_address}", f"--master-port={world.port}",
+               str(Path(__file__).resolve().parents[1] / "train")]
+    log.info("starting %d training processes on host %s (%d hosts): %s", per_host, resources["current_host"],
+             len(hosts), " ".join(command))
+    runner = subprocess.Popen(command)
+    signal.signal(signal.SIGTERM, lambda signum, frame: (stop._handler(signum, frame), runner.terminate()))
+    code = runner.wait()
+    if stop.requested:
+        return EXIT_STOPPED
+    if code != 0:
+        write_failure(f"a training process exited {code} (torchrun); the job log says why")
+        return EXIT_FAILED
+    from sagemaker_training import files
     files.write_success_file()
     return 0
 
@@ -157,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
             "Writes the model to model/ (model.pt + model.json), checkpoints to checkpoints/\n"
             "($SM_CHECKPOINT_DIR overrides), output/data/metrics.json, and on failure a one-line reason\n"
             "to output/failure. Exit codes: 0 done, 1 failed (reason in output/failure), 2 internal\n"
-            "error, 143 stopped by SIGTERM after saving a checkpoint (a rerun resumes).\n\n"
+            "error, 143 stopped by SIGTERM after saving a checkpoint (a rerun resumes).\n"
+            "Several GPUs or hosts (resourceconfig.json): data-parallel, one process per GPU (torchrun;\n"
+            "$TRAIN_PROCESSES_PER_HOST overrides the count) or per CPU host; the first host leads\n"
+            "(MASTER_ADDR/MASTER_PORT override its address and port 7777); batch-size is the global batch.\n\n"
             "Hyperparameters (all passed as strings):\n" + hyperparameters.help_text()))
     parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -50,6 +50,27 @@ def make_tree(base: Path, channels: dict[str, Path], hyperparameters: dict | Non
     return base
 
 
+def make_hosts(base: Path, count: int, channels: dict[str, Path], hyperparameters: dict | None = None,
+               copy: bool = False) -> list[Path]:
+    """One /opt/ml tree per host of a COUNT-host job, BASE/algo-1 ... (the leader first): what
+    SageMaker gives each instance, with resourceconfig.json naming all hosts and this one."""
+    hosts = [f"algo-{i}" for i in range(1, count + 1)]
+    trees = []
+    for host in hosts:
+        tree = make_tree(Path(base) / host, channels, hyperparameters, copy)
+        (tree / "input" / "config" / "resourceconfig.json").write_text(json.dumps(
+            {"current_host": host, "hosts": hosts, "network_interface_name": "lo"}, indent=2))
+        trees.append(tree)
+    return trees
+
+
+def hosts_env(count: int, port: int | None = None) -> dict[str, str]:
+    """What the hosts of a local multi-host job share: the leader on 127.0.0.1 (torch's MASTER_ADDR
+    and MASTER_PORT override resourceconfig's host names), and a share of the cores each."""
+    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port or free_port()),
+            "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // count))}
+
+
 # --- running the image's programs natively ------------------------------------------------------
 CONTAINER_DIR = Path(__file__).resolve().parents[1]  # holds the `train` and `serve` programs
 

@@ -5,6 +5,10 @@ batch source gives each epoch's steps: ImageBatches (decoded, augmented images) 
 trainable=head and cache-features, FeatureBatches (the head on cached backbone features,
 features.py): the same steps, the same shuffle, a fraction of the time.
 
+With several processes (GPUs, hosts: distributed.py) each trains on its shard of every global
+batch under DistributedDataParallel, validation and test are sharded and summed, and only the
+leader prints metric lines and writes files.
+
 `run` is called by the image's `train` program (image_classifier.job) with what
 sagemaker-training parsed; nothing here knows about SageMaker's files.
 """
@@ -26,8 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import artifact, checkpoint, data, features, hyperparameters, metrics, models, paths, precision
+from . import artifact, checkpoint, data, distributed, features, hyperparameters, metrics, models, paths, precision
 from .debugger import Debugger
+from .distributed import SINGLE, World
 from .profiling import Profiling
 from .errors import TrainingError
 from .preprocessing import eval_transform, train_transform
@@ -59,26 +64,44 @@ class StopFlag:
 class EpochSampler(torch.utils.data.Sampler):
     """A shuffle fixed by (seed, epoch), so a resumed epoch can skip what was already trained.
 
+    With several processes, each global step of `batch_size` is split into world.size equal
+    parts and this rank yields its part: the same permutation and the same steps whatever the
+    world size, so a checkpoint resumes exactly on any number of hosts.
+
     With seeded=True it yields (index, seed) keys for data.ImageDataset: each image's random
     augmentation is then fixed by (seed, epoch, index) too, so the rest of a resumed epoch is
-    augmented as the uninterrupted run would have done it, in whichever worker."""
+    augmented as the uninterrupted run would have done it, in whichever worker or rank."""
 
-    def __init__(self, n: int, seed: int, seeded: bool = False):
+    def __init__(self, n: int, seed: int, seeded: bool = False, world: World = SINGLE, batch_size: int = 1,
+                 drop_last: bool = False):
         self.n, self.seed, self.seeded, self.epoch, self.skip = n, seed, seeded, 0, 0
+        self.world, self.batch_size, self.drop_last = world, batch_size, drop_last
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g)[self.skip:].tolist()
+        order = self._mine(torch.randperm(self.n, generator=g)[self.skip:].tolist())
         if self.seeded:
             base = (self.seed * 1_000_003 + self.epoch) * 1_000_003
             return iter([(i, (base + i) % 2**62) for i in order])
         return iter(order)
 
+    def _mine(self, order: list[int]) -> list[int]:
+        if not self.world.distributed:
+            return order
+        size, rank, step = self.world.size, self.world.rank, self.batch_size
+        if self.drop_last:
+            order = order[:len(order) - len(order) % step]
+        mine = []
+        for start in range(0, len(order), step):
+            chunk = order[start:start + step]
+            mine += chunk[rank * len(chunk) // size:(rank + 1) * len(chunk) // size]
+        return mine
+
     def __len__(self) -> int:
-        return self.n - self.skip
+        return len(self._mine(list(range(self.n - self.skip))))
 
 
 def load_channels(channels: dict[str, Path], hp) -> tuple[data.Channel, data.Channel, data.Channel | None]:
@@ -117,8 +140,8 @@ def pretrained_file(channels: dict[str, Path], backbone: str) -> Path | None:
     raise TrainingError(f"channel 'pretrained' has {len(files)} weights files; name one {backbone}.pt")
 
 
-def make_loader(samples, transform, draft_size, hp, sampler=None, drop_last=False):
-    return data.loader(data.ImageDataset(samples, transform, draft_size), hp.batch_size, hp.num_workers, sampler,
+def make_loader(samples, transform, draft_size, hp, batch_size, sampler=None, drop_last=False):
+    return data.loader(data.ImageDataset(samples, transform, draft_size), batch_size, hp.num_workers, sampler,
                        drop_last)
 
 
@@ -140,7 +163,10 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, criterion, device, debug: Debugger | None = None) -> SimpleNamespace:
+def evaluate(model: nn.Module, loader, criterion, device, debug: Debugger | None = None,
+             world: World = SINGLE) -> SimpleNamespace:
+    """Loss and accuracy over the loader; with several processes each passes its shard and the
+    sums are added up, so every image counts once."""
     model.eval()
     if debug:
         debug.eval()
@@ -154,6 +180,8 @@ def evaluate(model: nn.Module, loader, criterion, device, debug: Debugger | None
         loss_sum += criterion(logits, labels).item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
+    loss_sum, correct, seen, failed = distributed.total(world, [loss_sum, correct, seen, failed], device)
+    seen, correct, failed = int(seen), int(correct), int(failed)
     return SimpleNamespace(loss=loss_sum / max(seen, 1), acc=correct / max(seen, 1), seen=seen, failed=failed)
 
 
@@ -211,10 +239,14 @@ class Progress:
 class ImageBatches:
     """Each step decodes and augments images (DataLoaders) and runs the whole network."""
 
-    def __init__(self, model, train_ch, valid_ch, pre, hp, sampler, drop_last):
+    def __init__(self, model, train_ch, valid_ch, pre, hp, sampler, drop_last, world):
         self.net = model
-        self._train = make_loader(train_ch.samples, train_transform(pre), pre.image_size, hp, sampler, drop_last)
-        self._valid = make_loader(valid_ch.samples, eval_transform(pre), pre.resize_size, hp)
+        self.blank = torch.zeros(1, 3, pre.image_size, pre.image_size)  # a step's input shape
+        batch = hp.batch_size // world.size
+        self._train = make_loader(train_ch.samples, train_transform(pre), pre.image_size, hp, batch, sampler,
+                                  drop_last)
+        self._valid = make_loader(distributed.shard(world, valid_ch.samples), eval_transform(pre), pre.resize_size,
+                                  hp, batch)
 
     def train(self, epoch: int, stop: StopFlag):
         return self._train
@@ -227,18 +259,21 @@ class FeatureBatches:
     """Each step runs the head on the frozen backbone's cached features (features.py); the backbone
     runs in the first feature-views epochs only, when train() computes that epoch's view."""
 
-    def __init__(self, cache, model, backbone, train_ch, valid_ch, pre, hp, sampler, drop_last):
+    def __init__(self, cache, model, backbone, train_ch, valid_ch, pre, hp, sampler, drop_last, world):
         self.net = features.Head(model, backbone.head)
+        self.blank = torch.zeros(1, getattr(model, backbone.head).in_features)
         self.cache, self.train_ch, self.valid_ch, self.pre, self.hp = cache, train_ch, valid_ch, pre, hp
-        self.sampler, self.drop_last = sampler, drop_last
+        self.sampler, self.drop_last, self.world = sampler, drop_last, world
+        self.batch = hp.batch_size // world.size
 
     def train(self, epoch: int, stop: StopFlag):
         view = self.cache.train_view(self.train_ch, epoch % self.hp.feature_views, train_transform(self.pre), stop)
-        return features.batches(view, list(self.sampler), self.hp.batch_size, self.drop_last)
+        return features.batches(view, list(self.sampler), self.batch, self.drop_last)
 
     def valid(self):
         view = self.cache.eval_view(self.valid_ch, eval_transform(self.pre))
-        return features.batches(view, list(range(len(self.valid_ch.samples))), self.hp.batch_size, False)
+        order = distributed.shard(self.world, list(range(len(self.valid_ch.samples))))
+        return features.batches(view, order, self.batch, False)
 
 
 @dataclasses.dataclass
@@ -246,7 +281,8 @@ class Job:
     """What the steps of a run share."""
     hp: SimpleNamespace
     model: nn.Module  # the whole network: checkpointed and saved
-    net: nn.Module  # what a step runs: the model, or its head on cached features
+    net: nn.Module  # what a step runs: the model, or its head on cached features (evaluation runs it)
+    step_net: nn.Module  # net, in DistributedDataParallel with several processes
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -257,9 +293,23 @@ class Job:
     progress: Progress
     checkpoint_dir: Path
     steps_per_epoch: int
+    world: World = SINGLE
+    blank: torch.Tensor | None = None  # an input of a step's shape, for a rank whose images all failed
     profiling: Profiling | None = None  # started with the epochs, after a resume was accepted
+    tally: list = dataclasses.field(default_factory=lambda: [0.0, 0, 0, 0])  # this rank's loss sum, correct,
+    # seen and failed since the last sync
+
+    def sync(self) -> None:
+        """Add every rank's tally to the progress (a collective: all ranks call it at the same step)."""
+        loss_sum, correct, seen, failed = distributed.total(self.world, self.tally, self.device)
+        p = self.progress
+        p.loss_sum, p.correct, p.seen, p.failed = p.loss_sum + loss_sum, p.correct + int(correct), \
+            p.seen + int(seen), p.failed + int(failed)
+        self.tally = [0.0, 0, 0, 0]
 
     def save_checkpoint(self, hp_dict: dict, class_folders: list[str]) -> None:
+        if not self.world.leader:
+            return
         checkpoint.save(self.checkpoint_dir, {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
@@ -267,7 +317,8 @@ class Job:
             "class_folders": json.dumps(class_folders)})
 
     def resume(self, hp_dict: dict, class_folders: list[str]) -> None:
-        saved = checkpoint.load(self.checkpoint_dir, hp_dict, class_folders)
+        saved = distributed.from_leader(self.world, lambda: checkpoint.load(self.checkpoint_dir, hp_dict,
+                                                                          class_folders))
         if saved is None:
             return
         self.model.load_state_dict(saved["model"])
@@ -285,40 +336,51 @@ class Job:
 
 
 def train_one_epoch(job: Job, steps, stop: StopFlag, started: float) -> bool:
-    """Train on STEPS (the rest of the epoch, after a resume); False if SIGTERM stopped it."""
-    hp, p, epoch = job.hp, job.progress, job.progress.epoch
+    """Train on STEPS (the rest of the epoch, after a resume); False if SIGTERM stopped it (on any
+    host: every rank stops after the same step)."""
+    hp, p, epoch, world = job.hp, job.progress, job.progress.epoch, job.world
     models.train_mode(job.net)
     job.debug.train()
     job.profiling.timer.restart()  # after the backbone's pass over the images: not a step's data wait
     for inputs, labels, n_failed in steps:
         job.profiling.timer.data_ready()
-        p.failed += n_failed
+        job.tally[3] += n_failed
+        weight = 1.0
+        if inputs is None and world.distributed:  # every rank must take part in the step's gradient sum
+            inputs, labels, weight = job.blank, torch.zeros(1, dtype=torch.long), 0.0
         if inputs is not None:
             inputs, labels = models.batch_to(inputs, job.device), labels.to(job.device, non_blocking=True)
             with precision.autocast(job.amp, job.device):
-                logits = job.net(inputs)
-                loss = job.criterion(logits, labels)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1} step "
+                logits = job.step_net(inputs)
+                loss = job.criterion(logits, labels) * weight
+            finite = bool(torch.isfinite(loss))
+            if distributed.anyone(world, [not finite], job.device)[0]:  # before any rank's update
+                value = loss.item() if not finite else "non-finite on another process"
+                raise TrainingError(f"loss became {value} at epoch {epoch + 1} step "
                                     f"{p.batches_done + 1}; lower lr (now {hp.lr:g})")
             job.optimizer.zero_grad(set_to_none=True)
             job.scaler.scale(loss).backward()
             job.profiling.timer.backward_done()
             job.scaler.step(job.optimizer)
             job.scaler.update()
-            p.loss_sum += loss.item() * len(labels)
-            p.correct += (logits.argmax(1) == labels).sum().item()
-            p.seen += len(labels)
+            if weight:
+                job.tally[0] += loss.item() * len(labels)
+                job.tally[1] += (logits.argmax(1) == labels).sum().item()
+                job.tally[2] += len(labels)
         job.scheduler.step()
         p.batches_done += 1
         job.profiling.step_done(epoch + 1, p.batches_done)
         if hp.log_interval and p.batches_done % hp.log_interval == 0:
-            print(f"epoch {epoch + 1} step {p.batches_done}/{job.steps_per_epoch} "
-                  f"loss={p.loss_sum / max(p.seen, 1):.4f} {p.seen / (time.perf_counter() - started):.1f} img/s",
-                  flush=True)
-        if stop.requested:
+            job.sync()
+            if world.leader:
+                print(f"epoch {epoch + 1} step {p.batches_done}/{job.steps_per_epoch} "
+                      f"loss={p.loss_sum / max(p.seen, 1):.4f} {p.seen / (time.perf_counter() - started):.1f} "
+                      "img/s", flush=True)
+        if distributed.anyone(world, [stop.requested], job.device)[0]:  # all ranks stop after the same step
+            job.sync()
             p.seconds = time.perf_counter() - started
             return False
+    job.sync()
     return True
 
 
@@ -328,30 +390,36 @@ def end_epoch(job: Job, valid_batches, started: float) -> None:
     seconds = time.perf_counter() - started
     train_loss, train_acc = p.loss_sum / max(p.seen, 1), p.correct / max(p.seen, 1)
     ips = p.seen / max(seconds, 1e-9)
-    val = evaluate(job.net, valid_batches, job.criterion, job.device, job.debug)
+    val = evaluate(job.net, valid_batches, job.criterion, job.device, job.debug, job.world)
     p.failed += val.failed
-    print(metrics.epoch_line(p.epoch + 1, hp.epochs, train_loss, train_acc, val.loss, val.acc, seconds, ips,
-                             job.scheduler.get_last_lr()[0]), flush=True)
-    print(f"profile epoch={p.epoch + 1} {job.profiling.timer.summary()}", flush=True)
+    if job.world.leader:
+        print(metrics.epoch_line(p.epoch + 1, hp.epochs, train_loss, train_acc, val.loss, val.acc, seconds, ips,
+                                 job.scheduler.get_last_lr()[0]), flush=True)
+        print(f"profile epoch={p.epoch + 1} {job.profiling.timer.summary()}", flush=True)
     p.history.append(dict(epoch=p.epoch + 1, train_loss=train_loss, train_acc=train_acc, valid_loss=val.loss,
-                          valid_acc=val.acc, seconds=seconds, images_per_second=ips))
+                          valid_acc=val.acc, valid_images=val.seen, seconds=seconds, images_per_second=ips))
     if val.acc > p.best_acc:
         p.best_acc, p.best_epoch, p.stale_epochs = val.acc, p.epoch + 1, 0
-        checkpoint.save_best(job.checkpoint_dir, job.model.state_dict())
+        if job.world.leader:
+            checkpoint.save_best(job.checkpoint_dir, job.model.state_dict())
     else:
         p.stale_epochs += 1
     p.next_epoch()
     if 0 < hp.early_stopping_patience <= p.stale_epochs:
         p.epoch = hp.epochs  # a rerun of a finished job does not train on
-        print(f"early stopping: no better valid accuracy in {hp.early_stopping_patience} epoch(s); "
-              f"best epoch {p.best_epoch}", flush=True)
+        if job.world.leader:
+            print(f"early stopping: no better valid accuracy in {hp.early_stopping_patience} epoch(s); "
+                  f"best epoch {p.best_epoch}", flush=True)
 
 
-def best_model(job: Job, channels: list) -> dict:
-    """Load the best epoch's weights into the model; its metrics for the manifest."""
-    best = checkpoint.load_best(job.checkpoint_dir)
+def best_model(job: Job, channels: list, share: bool = True) -> dict:
+    """Load the best epoch's weights into the model (the leader's, on every rank); its metrics for
+    the manifest."""
+    best = checkpoint.load_best(job.checkpoint_dir) if job.world.leader else None
     if best is not None:
         job.model.load_state_dict(best)
+    if share:
+        distributed.same_weights(job.world, job.model)
     p = job.progress
     best_row = next((h for h in p.history if h["epoch"] == p.best_epoch), {})
     return {"best_epoch": p.best_epoch, "epochs_run": len(p.history),
@@ -361,17 +429,24 @@ def best_model(job: Job, channels: list) -> dict:
 
 
 def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, output_data_dir: Path | None = None,
-        stop: StopFlag | None = None) -> dict:
-    """Channels -> model -> resume -> epochs (train, validate, checkpoint) -> test -> artifact."""
+        stop: StopFlag | None = None, world: World = SINGLE) -> dict:
+    """Channels -> model -> resume -> epochs (train, validate, checkpoint) -> test -> artifact.
+    With several processes (`world`, already joined) only the leader writes."""
     stop = stop or StopFlag()
     hp_dict = hyperparameters.as_dict(hp)
     where = folders(hp)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.device_for(world)
     seed_everything(hp.seed)
+    if hp.batch_size % world.size:
+        raise TrainingError(f"batch-size {hp.batch_size} is the global batch: it must divide evenly over the job's "
+                            f"{world.size} processes (GPUs x hosts); use a multiple of {world.size}")
 
     # Data
     train_ch, valid_ch, test_ch = load_channels(channels, hp)
     all_channels = [train_ch, valid_ch, test_ch]
+    if len(train_ch.samples) < world.size:
+        raise TrainingError(f"channel 'train' has {len(train_ch.samples)} images: fewer than the job's "
+                            f"{world.size} processes")
     classes = train_ch.classes
     log.info("classes: %d; images: train %d, valid %d, test %s", len(classes), len(train_ch.samples),
              len(valid_ch.samples), len(test_ch.samples) if test_ch else "none")
@@ -386,28 +461,33 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
              n_trainable, device, precision.name(amp))
     pre = backbone.preprocessing(hp.image_size)
     cached = hp.cache_features and hp.trainable == "head"
-    sampler = EpochSampler(len(train_ch.samples), hp.seed, seeded=not cached)  # cached views are seeded already
     drop_last = len(train_ch.samples) > hp.batch_size
     steps_per_epoch = len(train_ch.samples) // hp.batch_size if drop_last else 1
+    sampler = EpochSampler(len(train_ch.samples), hp.seed, not cached, world, hp.batch_size, drop_last)  # cached
+    # views are seeded already
     if cached:
-        cache = features.FeatureCache(where.feature_cache, model, backbone.head, pre, amp, device, hp)
-        batches = FeatureBatches(cache, model, backbone, train_ch, valid_ch, pre, hp, sampler, drop_last)
+        cache = features.FeatureCache(where.feature_cache, model, backbone.head, pre, amp, device, hp, world)
+        batches = FeatureBatches(cache, model, backbone, train_ch, valid_ch, pre, hp, sampler, drop_last, world)
         log.info("frozen backbone: caching its features (%d view(s) per training image%s)", hp.feature_views,
                  f", kept in {where.feature_cache}" if where.feature_cache else "")
     else:
-        batches = ImageBatches(model, train_ch, valid_ch, pre, hp, sampler, drop_last)
+        batches = ImageBatches(model, train_ch, valid_ch, pre, hp, sampler, drop_last, world)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], hp)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         hp.epochs * steps_per_epoch, int(hp.warmup_epochs * steps_per_epoch)))
-    job = Job(hp, model, batches.net, criterion, optimizer, scheduler, precision.grad_scaler(amp, device), amp,
-              device, Debugger.create(where.debug, hp.debug_interval), Progress(), checkpoint_dir, steps_per_epoch)
+    debug = Debugger.create(where.debug, hp.debug_interval) if world.leader else Debugger()
+    job = Job(hp, model, batches.net, distributed.wrap(batches.net, world, device), criterion, optimizer, scheduler,
+              precision.grad_scaler(amp, device), amp, device, debug, Progress(), checkpoint_dir, steps_per_epoch,
+              world, batches.blank)
     job.debug.register(job.net, criterion)
     job.resume(hp_dict, train_ch.folders)
 
     def save(final: dict) -> None:
-        artifact.save(model_dir, model, hp.backbone, classes, train_ch.folders, pre, hp_dict, final, weights_source)
+        if world.leader:
+            artifact.save(model_dir, model, hp.backbone, classes, train_ch.folders, pre, hp_dict, final,
+                          weights_source)
 
     def stopped(when: str, checkpointed: bool = False) -> Stopped:
         """SIGTERM: checkpoint; SageMaker uploads /opt/ml/model when a stopped job ends (MaxRuntime,
@@ -415,8 +495,8 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
         if not checkpointed:
             job.save_checkpoint(hp_dict, train_ch.folders)
         job.debug.close()
-        if job.progress.best_epoch:
-            final = best_model(job, all_channels)
+        if job.progress.best_epoch and world.leader:  # no collective here: the ranks may not have agreed to stop
+            final = best_model(job, all_channels, share=False)
             save(final)
             log.warning("stopped: the best model so far (epoch %d, valid accuracy %.4f) is saved to %s",
                         final["best_epoch"], final["valid_accuracy"], model_dir)
@@ -424,8 +504,8 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
 
     # Epochs
     with contextlib.ExitStack() as closers:  # a failed or stopped job keeps its profile too
-        job.profiling = Profiling(Path(output_data_dir) / "profile" if output_data_dir else None, device,
-                                  hp.profile_steps)
+        job.profiling = Profiling(Path(output_data_dir) / "profile" if output_data_dir and world.leader else None,
+                                  device, hp.profile_steps)
         closers.callback(job.profiling.close)
         while job.progress.epoch < hp.epochs:
             epoch = job.progress.epoch
@@ -440,14 +520,16 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
                 raise stopped(f"at epoch {epoch + 1} step {job.progress.batches_done}")
             end_epoch(job, batches.valid(), started)
             job.save_checkpoint(hp_dict, train_ch.folders)
-            if stop.requested:
+            if distributed.anyone(world, [stop.requested], device)[0]:
                 raise stopped(f"after epoch {epoch + 1}", checkpointed=True)
 
     final = test_and_save(job, all_channels, pre, save)
-    log.info("model saved to %s (best epoch %d, valid accuracy %.4f)", model_dir, job.progress.best_epoch,
-             job.progress.best_acc)
-    if output_data_dir is not None:
-        write_report(Path(output_data_dir), final, [ch for ch in all_channels if ch])
+    if world.leader:
+        log.info("model saved to %s (best epoch %d, valid accuracy %.4f)", model_dir, job.progress.best_epoch,
+                 job.progress.best_acc)
+        if output_data_dir is not None:
+            write_report(Path(output_data_dir), final, [ch for ch in all_channels if ch])
+    distributed.barrier(world)  # the others end once the leader has written everything
     return final
 
 
@@ -455,16 +537,19 @@ def test_and_save(job: Job, channels: list, pre, save) -> dict:
     """The best epoch's model: its valid line last (the value SageMaker's tuner scores), one pass
     over the test channel, then the artifact."""
     final = best_model(job, channels)
-    if final["valid_accuracy"] is not None:
+    leader = job.world.leader
+    if final["valid_accuracy"] is not None and leader:
         print(metrics.selected_line(final["best_epoch"], final["valid_loss"], final["valid_accuracy"]), flush=True)
     job.debug.predict()  # the test pass is not part of the valid (EVAL) curves
     test_ch = channels[2]
     if test_ch is not None:
-        test = evaluate(job.model, make_loader(test_ch.samples, eval_transform(pre), pre.resize_size, job.hp),
-                        job.criterion, job.device)
+        loader = make_loader(distributed.shard(job.world, test_ch.samples), eval_transform(pre), pre.resize_size,
+                             job.hp, job.hp.batch_size // job.world.size)
+        test = evaluate(job.model, loader, job.criterion, job.device, world=job.world)
         final.update(test_loss=test.loss, test_accuracy=test.acc, test_images=test.seen)
         final["undecodable_images"] += test.failed
-        print(metrics.test_line(test.loss, test.acc), flush=True)
+        if leader:
+            print(metrics.test_line(test.loss, test.acc), flush=True)
     job.debug.close()
     save(final)
     return final

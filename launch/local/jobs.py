@@ -1,6 +1,10 @@
 """Local training jobs: a per-job /opt/ml tree and the image's own `train`, run natively
 (SAGEMAKER_BASE_DIR) or in the image (--local-runner docker). The log is kept, and its metric
-lines are read with the same regexes SageMaker uses."""
+lines are read with the same regexes SageMaker uses.
+
+A job on N hosts gets N trees, NAME/algo-1 ... (the leader's first), and N `train` processes
+(or containers on the host network) that find the leader on 127.0.0.1, as SageMaker's
+instances find algo-1."""
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +26,7 @@ class LocalJob:
     returncode: int | None = None
     started: float = 0.0
     seconds: float = 0.0
+    peers: list["LocalJob"] = dataclasses.field(default_factory=list)  # the other hosts of a multi-host job
 
     @property
     def log(self) -> Path:
@@ -43,8 +48,11 @@ class LocalJob:
         return metrics.parse(self.log.read_text()) if self.log.exists() else {}
 
     def failure(self) -> str | None:
-        path = self.base / "output" / "failure"
-        return path.read_text().strip() if path.exists() else None
+        for job in (self, *self.peers):  # the leader's reason first
+            path = job.base / "output" / "failure"
+            if path.exists():
+                return path.read_text().strip()
+        return None
 
 
 def present(data, channels: list[str], explicit: bool) -> list[str]:
@@ -62,15 +70,30 @@ def present(data, channels: list[str], explicit: bool) -> list[str]:
 
 
 def start(name: str, root: Path, data: Path, channels: list[str], hyperparameters: dict,
-          runner: str = "native", image: str | None = None, env: dict | None = None) -> LocalJob:
-    """Start `train` in a fresh /opt/ml tree ROOT/NAME; env adds variables (e.g. OMP_NUM_THREADS)."""
+          runner: str = "native", image: str | None = None, env: dict | None = None, hosts: int = 1) -> LocalJob:
+    """Start `train` in a fresh /opt/ml tree ROOT/NAME (ROOT/NAME/algo-N for each of several
+    hosts); env adds variables (e.g. OMP_NUM_THREADS)."""
     env = {k: str(v) for k, v in (env or {}).items()}
     data = Path(data).resolve()
     missing = [c for c in channels if not (data / c).is_dir()]
     if missing:
         raise SystemExit(f"{data} has no {', '.join(missing)} folder(s) for the channel(s)")
+    if hosts < 1:
+        raise SystemExit(f"--hosts must be 1 or more, got {hosts}")
     base = Path(root).resolve() / name
-    local.make_tree(base, {c: data / c for c in channels}, hyperparameters)
+    channel_dirs = {c: data / c for c in channels}
+    if hosts == 1:
+        local.make_tree(base, channel_dirs, hyperparameters)
+        return _start_host(name, base, data, hyperparameters, runner, image, env)
+    trees = local.make_hosts(base, hosts, channel_dirs, hyperparameters)
+    env = {**local.hosts_env(hosts), **env}
+    jobs = [_start_host(f"{name}-{tree.name}", tree, data, hyperparameters, runner, image, env) for tree in trees]
+    jobs[0].peers = jobs[1:]
+    return jobs[0]
+
+
+def _start_host(name: str, base: Path, data: Path, hyperparameters: dict, runner: str, image: str | None,
+                env: dict) -> LocalJob:
     job = LocalJob(name, base, started=time.monotonic())
     log = open(job.log, "w")
     if runner == "docker":
@@ -93,13 +116,16 @@ def start(name: str, root: Path, data: Path, channels: list[str], hyperparameter
 
 
 def stop(job: LocalJob) -> None:
-    """SIGTERM, as SageMaker stops a job: `train` checkpoints and exits 143."""
-    if job.process and job.process.poll() is None:
-        job.process.send_signal(signal.SIGTERM)
+    """SIGTERM to every host, as SageMaker stops a job: `train` checkpoints and exits 143."""
+    for one in (job, *job.peers):
+        if one.process and one.process.poll() is None:
+            one.process.send_signal(signal.SIGTERM)
 
 
 def wait(job: LocalJob) -> LocalJob:
-    job.returncode = job.process.wait()
+    """The job's exit code is the leader's, or the first other host's that did not succeed."""
+    codes = [one.process.wait() for one in (job, *job.peers)]
+    job.returncode = next((c for c in codes if c != 0), 0)
     job.seconds = time.monotonic() - job.started
     return job
 
@@ -120,13 +146,15 @@ def follow(job: LocalJob, on_line, poll: float = 0.5) -> LocalJob:
 
 
 def run_training_job(settings, data, channels: list[str], local_dir, runner: str = "native",
-                     job_name: str | None = None) -> LocalJob:
+                     job_name: str | None = None, hosts: int = 1) -> LocalJob:
     if not data:
         raise SystemExit("--local needs --data: a folder with train/ (valid/, test/) class folders")
     name = job_name or f"{settings.prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     job = start(name, Path(local_dir), Path(data), channels, own_hook_hyperparameters(settings), runner,
-                settings.image_uri)
-    print(f"local training job {name} in {job.base} ({runner})", flush=True)
+                settings.image_uri, hosts=hosts)
+    where = f"{job.base}" + (f" (the leader; the other hosts' logs in {job.base.parent}/algo-*/job.log)"
+                             if job.peers else "")
+    print(f"local training job {name} in {where} ({runner}{f', {hosts} hosts' if hosts > 1 else ''})", flush=True)
     follow(job, lambda line: print(line, flush=True))
     if job.succeeded:
         print(f"model: {job.model_dir}")
