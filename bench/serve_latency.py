@@ -3,7 +3,7 @@
 JPEGs (imagewoof10 test split) and the same torch threads, in the same run.
 
     python bench/serve_latency.py [--backbones resnet50,efficientnet_lite0] [--requests 100]
-                                  [--concurrency 1,4,8] [--servers default,no-preload,1x2] [--cold-starts 2]
+                                  [--concurrency 1,4,8] [--servers fp32,default] [--cold-starts 2]
 
 Per backbone: a model made by the image's `train` (1 epoch on a tiny subset: serving cost does
 not depend on how well it learned); in-process, latency and back-to-back requests/s, and forward
@@ -11,6 +11,9 @@ time per image at batch 1, 4 and 8 (does server-side batching pay?); per server 
 cold start of `serve` to the first /ping 200 and to the first answered /invocations, then latency
 p50/p95/p99 and requests/s at each concurrency. The configurations (and, at concurrency 1, the
 in-process baseline) take turns in rounds, so that the shared machine's drift hits all alike.
+A configuration may name a precision (fp32, bf16, auto: SERVE_PRECISION); its in-process baseline
+runs the same precision, and per precision the agreement with fp32 over every test photo is
+measured (top-1 agreement, largest probability difference, accuracy both ways).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ import torch
 from image_classifier import local
 from image_classifier.models import batch_to
 from image_classifier.preprocessing import decode
-from image_classifier.serving import inference
+from image_classifier.serving import inference, precision
 from image_classifier.serving.limits import max_pixels
 from image_classifier.serving.model_state import READY_LINE
 
@@ -45,11 +48,13 @@ WARMUP = 20  # requests before timing: the first after a start are slower (first
 MMS_DEFAULT_THREADS = 1
 
 
-def train_artifact(data: Path, backbone: str, work: Path) -> Path:
+def train_artifact(data: Path, test: Path, backbone: str, work: Path) -> Path:
+    """2 epochs of the head on 20 photos a class; `train` measures its serving precisions against
+    fp32 on every test photo (model.json), which is what SERVE_PRECISION=auto goes by."""
     base = work / f"train-{backbone}"
-    run_train(base, {"train": data / "train", "valid": data / "valid"},
-              {"backbone": backbone, "weights": OFFLINE_WEIGHTS.get(backbone, "none"), "epochs": 1, "batch-size": 8,
-               "num-workers": 0})
+    run_train(base, {"train": data / "train", "valid": data / "valid", "test": test},
+              {"backbone": backbone, "weights": OFFLINE_WEIGHTS.get(backbone, "none"), "epochs": 2, "batch-size": 25,
+               "lr": 0.005, "num-workers": 0})
     return base / "model"
 
 
@@ -63,8 +68,12 @@ class InProcess:
     """What the handler computes, without MMS and HTTP: decode, eval transform, forward and softmax
     with the handler's functions and its model loading, on THREADS torch threads."""
 
-    def __init__(self, model_dir: Path, threads: int):
-        self.model = inference.model_fn(str(model_dir))
+    def __init__(self, model_dir: Path, threads: int, serve_precision: str = "auto"):
+        os.environ[precision.ENV] = serve_precision  # what model_fn reads, as `serve` would
+        try:
+            self.model = inference.model_fn(str(model_dir))
+        finally:
+            os.environ.pop(precision.ENV)
         self.threads = threads
 
     @torch.inference_mode()
@@ -109,6 +118,29 @@ def forward_ms(network: torch.nn.Module, x: torch.Tensor, repeat: int = 5) -> fl
         network(x)
         times.append(time.perf_counter() - t)
     return statistics.median(times) / len(x) * 1e3
+
+
+def agreement_rows(backbone: str, bare: dict, test: Path) -> list[dict]:
+    """Each reduced precision against fp32 on every test photo, with the handler's own functions."""
+    fp32 = next((c for c in bare.values() if c.model.precision == "fp32"), None)
+    folders = sorted(p.name for p in test.iterdir() if p.is_dir())
+    photos = [(p, folders.index(p.parent.name)) for p in sorted(test.rglob("*.JPEG"))]
+    rows = []
+    for contender in bare.values():
+        if fp32 is None or contender.model.precision == "fp32":
+            continue
+        with torch.inference_mode():
+            p32 = torch.cat([fp32.predict(p.read_bytes()) for p, _ in photos])
+            p = torch.cat([contender.predict(p.read_bytes()) for p, _ in photos])
+        labels = torch.tensor([label for _, label in photos])
+        rows.append({"backbone": backbone, "contender": f"agreement {contender.model.precision} vs fp32",
+                     "precision": contender.model.precision, "images": len(photos),
+                     "top1_agreement": (p32.argmax(1) == p.argmax(1)).float().mean().item(),
+                     "max_probability_difference": (p32 - p).abs().max().item(),
+                     "accuracy_fp32": (p32.argmax(1) == labels).float().mean().item(),
+                     "accuracy": (p.argmax(1) == labels).float().mean().item()})
+        print(f"   {rows[-1]}", flush=True)
+    return rows
 
 
 def until(check, server: local.Serve, timeout: float = 180) -> float:
@@ -176,17 +208,20 @@ def load(url: str, bodies: list[bytes], concurrency: int, n: int, seconds: float
     return latencies, time.perf_counter() - started
 
 
-def parse_server(spec: str) -> tuple[dict, int | None, int]:
-    """'default' (`serve` as shipped), 'WxT' (W MMS workers, T torch threads each) and/or 'no-preload'
-    (each worker loads the model itself), joined by '+' -> environment, workers, threads."""
-    env, workers, threads = {}, None, MMS_DEFAULT_THREADS
+def parse_server(spec: str) -> tuple[dict, int | None, int, str]:
+    """'default' (`serve` as shipped), 'WxT' (W MMS workers, T torch threads each), 'no-preload'
+    (each worker loads the model itself) and/or a precision (fp32, bf16, auto), joined by '+'
+    -> environment, workers, threads, precision."""
+    env, workers, threads, wanted = {}, None, MMS_DEFAULT_THREADS, "auto"
     for part in spec.split("+"):
         if part == "no-preload":
             env["MMS_PRELOAD_MODEL"] = "false"
+        elif part in precision.CHOICES:
+            env[precision.ENV] = wanted = part
         elif part != "default":
             workers, threads = (int(x) for x in part.split("x"))
             env.update(SAGEMAKER_MODEL_SERVER_WORKERS=workers, OMP_NUM_THREADS=threads)
-    return env, workers, threads
+    return env, workers, threads, wanted
 
 
 def serve_rows(backbone: str, specs: list[str], model_dir: Path, bodies: list[bytes], bare: dict[int, InProcess],
@@ -213,7 +248,7 @@ def serve_rows(backbone: str, specs: list[str], model_dir: Path, bodies: list[by
             for _ in range(ROUNDS):
                 for spec, server in running.items():
                     if c == 1:
-                        inproc[spec] += bare[configs[spec][2]].run(bodies, args.requests // ROUNDS,
+                        inproc[spec] += bare[configs[spec][2:]].run(bodies, args.requests // ROUNDS,
                                                                    args.max_seconds / ROUNDS)[0]
                     logged = len(server.output()) if c == 1 else 0
                     latencies, seconds = load(server.url, bodies, c, args.requests // ROUNDS, args.max_seconds / ROUNDS)
@@ -221,10 +256,11 @@ def serve_rows(backbone: str, specs: list[str], model_dir: Path, bodies: list[by
                     if c == 1:
                         backend[spec] += backend_ms(server.output()[logged:])
             for spec, server in running.items():
-                _, workers, threads = configs[spec]
+                _, workers, threads, wanted = configs[spec]
                 workers = workers or int(re.search(r"Default workers per model: (\d+)", server.output()).group(1))
                 row = {"backbone": backbone, "contender": f"serve {spec}", "workers": workers, "threads": threads,
-                       "concurrency": c, **summary(*served[spec])}
+                       "precision": bare[configs[spec][2:]].model.precision, "concurrency": c,
+                       **summary(*served[spec])}
                 if c == 1:
                     bare_p50 = statistics.median(inproc[spec]) * 1e3
                     backend_p50 = statistics.median(backend[spec])
@@ -248,11 +284,12 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=4,
                         help="per concurrency level: stop sooner when this runs out (slow configurations)")
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 4, 8])
-    parser.add_argument("--servers", default="default,no-preload,1x2",
-                        help="server configurations: 'default' (as shipped), WORKERSxTHREADS, 'no-preload', "
-                             "or several joined by '+'")
+    parser.add_argument("--servers", default="fp32,default",
+                        help="server configurations: 'default' (as shipped), WORKERSxTHREADS, 'no-preload', a "
+                             "precision (fp32, bf16, auto), or several joined by '+'")
     parser.add_argument("--cold-starts", type=int, default=2, help="fresh starts of each server configuration")
     parser.add_argument("--test-per-class", type=int, default=4, help="distinct test JPEGs per class (10 classes)")
+    parser.add_argument("--train-per-class", type=int, default=20, help="photos a class the model is trained on")
     parser.add_argument("--name", default="serve_latency", help="results file name")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where NAME.json and NAME.md go")
     args = parser.parse_args()
@@ -263,22 +300,29 @@ def main() -> int:
         work = Path(tmp)
         data = subset(args.data, work / "data", {"train": 2, "valid": 1, "test": args.test_per_class})
         bodies = [p.read_bytes() for p in sorted((data / "test").rglob("*.JPEG"))]
+        training = subset(args.data, work / "training", {"train": args.train_per_class, "valid": 5})
         for backbone in args.backbones.split(","):
             print(f"== {backbone}", flush=True)
-            model_dir = train_artifact(data, backbone, work)
-            bare = {threads: InProcess(model_dir, threads) for threads in sorted({parse_server(s)[2] for s in specs})}
-            for threads, contender in bare.items():
+            model_dir = train_artifact(training, args.data / "test", backbone, work)
+            bare = {key: InProcess(model_dir, *key) for key in sorted({parse_server(s)[2:] for s in specs})}
+            for (threads, wanted), contender in bare.items():
                 contender.run(bodies, 8, args.max_seconds)  # warm-up
-                row = {"backbone": backbone, "contender": "in-process", "threads": threads, "concurrency": 1,
+                row = {"backbone": backbone, "contender": "in-process", "threads": threads,
+                       "precision": contender.model.precision, "concurrency": 1,
                        **summary(*contender.run(bodies, args.requests, args.max_seconds))}
                 if threads == MMS_DEFAULT_THREADS:  # where the default server runs; more threads collapse here
                     row.update(contender.batching(bodies))
                 rows.append(row)
-                print(f"   in-process {threads} thread(s): p50 {row['p50_ms']:.1f} ms", flush=True)
+                print(f"   in-process {threads} thread(s), {contender.model.precision}: p50 {row['p50_ms']:.1f} ms",
+                      flush=True)
+            rows.extend(agreement_rows(backbone, bare, args.data / "test"))
             rows.extend(serve_rows(backbone, specs, model_dir, bodies, bare, args, work))
     load_after = os.getloadavg()[0]
     write(args.name, rows, {
         "backbone": "backbone", "contender": "contender", "workers": "MMS workers", "threads": "torch threads",
+        "precision": "precision", "images": "images", "top1_agreement": "top-1 agreement",
+        "max_probability_difference": "largest prob. diff.", "accuracy_fp32": "accuracy fp32",
+        "accuracy": "accuracy",
         "concurrency": "concurrency", "p50_ms": "p50 ms", "p95_ms": "p95 ms", "p99_ms": "p99 ms",
         "requests_per_second": "req/s", "in_process_p50_ms": "in-process p50 ms (same rounds)",
         "vs_in_process": "p50 / in-process p50", "backend_p50_ms": "MMS backend p50 ms",

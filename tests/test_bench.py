@@ -48,22 +48,27 @@ def test_tuning_time_benchmark_runs(imagewoof, tmp_path):
 
 def test_serving_latency_benchmark_runs(imagewoof, tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "serve_latency.py"), "--backbones", "efficientnet_lite0",
-                             "--requests", "8", "--concurrency", "1,2", "--servers", "default", "--cold-starts", "1",
-                             "--name", "test-smoke", "--results", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600)
+                             "--requests", "8", "--concurrency", "1,2", "--servers", "fp32,bf16", "--cold-starts", "1",
+                             "--train-per-class", "2", "--name", "test-smoke", "--results", str(tmp_path)],
+                            capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     found = json.loads((tmp_path / "test-smoke.json").read_text())
-    inproc, *served = found["rows"]
-    assert inproc["contender"] == "in-process" and inproc["threads"] == 1
-    assert set(inproc["forward_ms_per_image"]) == {"1", "4", "8"} and inproc["batch_gain"] > 0
-    assert [(r["contender"], r["concurrency"]) for r in served] == [("serve default", 1), ("serve default", 2)]
-    for row in found["rows"]:
+    inproc = [r for r in found["rows"] if r["contender"] == "in-process"]
+    [agreement] = [r for r in found["rows"] if r["contender"].startswith("agreement")]
+    served = [r for r in found["rows"] if r["contender"].startswith("serve")]
+    assert [(r["precision"], r["threads"]) for r in inproc] == [("bf16", 1), ("fp32", 1)]
+    assert set(inproc[0]["forward_ms_per_image"]) == {"1", "4", "8"} and inproc[0]["batch_gain"] > 0
+    assert agreement["images"] == 250 and 0 <= agreement["top1_agreement"] <= 1  # every test photo
+    assert 0 <= agreement["accuracy"] <= 1 and 0 <= agreement["max_probability_difference"] <= 1
+    assert [(r["contender"], r["precision"], r["concurrency"]) for r in served] == [
+        ("serve fp32", "fp32", 1), ("serve bf16", "bf16", 1), ("serve fp32", "fp32", 2), ("serve bf16", "bf16", 2)]
+    for row in inproc + served:
         assert row["backbone"] == "efficientnet_lite0" and 1 <= row["requests"] <= 8
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] and row["requests_per_second"] > 0
     assert served[0]["workers"] >= 1 and served[0]["vs_in_process"] > 0
     assert 0 < served[0]["cold_ping_s"] <= served[0]["cold_answer_s"] and served[0]["cold_loaded_s"] > 0
     assert 0 < served[0]["backend_p50_ms"] <= served[0]["p50_ms"] + 1  # whole ms in MMS's log
-    assert "| efficientnet_lite0 | serve default |" in (tmp_path / "test-smoke.md").read_text()
+    assert "| efficientnet_lite0 | serve fp32 |" in (tmp_path / "test-smoke.md").read_text()
 
 
 def test_serving_soak_benchmark_runs(imagewoof, tmp_path):

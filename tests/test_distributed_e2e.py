@@ -183,3 +183,16 @@ def test_sigterm_reaches_the_processes_torchrun_started(tmp_path, tiny_data):
         job.kill_all()
     assert codes == [143], job.output(0)
     assert (base / "checkpoints" / "checkpoint.pt").exists() and not (base / "output" / "failure").exists()
+
+
+def test_hosts_that_see_different_data_fail_alike(tmp_path, tiny_data):
+    """As a channel that SageMaker shards by S3 key would: host 2 lacks one training image."""
+    trees = local.make_hosts(tmp_path / "job", 2, tiny_data, HP)
+    partial = shutil.copytree(tiny_data["train"], tmp_path / "partial")
+    next((partial / "001.Red_box").iterdir()).unlink()
+    (trees[1] / "input" / "data" / "train").unlink()
+    (trees[1] / "input" / "data" / "train").symlink_to(partial)
+    job = Hosts(trees)
+    assert job.wait() == [1, 1], [job.output(0), job.output(1)]
+    for tree in trees:
+        assert failure_reason(tree).startswith("the hosts do not see the same data")

@@ -33,3 +33,34 @@ def test_efficientnet_lite0_fine_tuned_on_imagewoof_beats_chance(tmp_path, image
     print(f"imagewoof10 slice: test accuracy {test_acc:.3f} over 100 images (chance 0.1)")
     assert test_acc > 0.5
     assert read_json(base / "model" / "model.json")["metrics"]["test_images"] == 100
+
+
+def test_the_endpoint_in_bf16_agrees_with_fp32_on_the_imagewoof_test_split(tmp_path, imagewoof):
+    """The agreement guard on real photos: `train` measures each bf16 mode against fp32 on all 250
+    unseen test photos (model.json); auto serves the fastest with at least 99.5% agreement, and
+    `serve` answers the photos as measured."""
+    from conftest import Server
+    channels = imagewoof_slice(tmp_path / "data", {"train": 20, "valid": 5})
+    channels["test"] = IMAGEWOOF / "test"
+    base = local.make_tree(tmp_path / "ml", channels, {
+        "backbone": "efficientnet_lite0", "epochs": 2, "batch-size": 25, "lr": 0.005, "num-workers": 2})
+    result = run_train(base)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = read_json(base / "model" / "model.json")["metrics"]
+    print(f"against fp32 on 250 test photos: {final['serving']}")
+    passing = [m for m in ("bf16", "bf16-autocast") if final["serving"][f"cpu-{m}"]["top1_agreement"] >= 0.995]
+    assert passing, final["serving"]  # at least one bf16 mode keeps 99.5% of the top-1 answers
+    measured = final["serving"][f"cpu-{passing[0]}"]
+    assert measured["images"] == 250 and measured["accuracy_fp32"] == pytest.approx(final["test_accuracy"])
+    server = Server(base, SERVE_PRECISION="auto")
+    try:
+        server.wait_healthy()
+        classes = read_json(base / "model" / "model.json")["class_names"]
+        photos = sorted((IMAGEWOOF / "test").rglob("*.JPEG"))
+        correct = sum(server.invoke(p.read_bytes()).json()["predictions"][0]["label"] == classes[
+            sorted(d.name for d in (IMAGEWOOF / "test").iterdir()).index(p.parent.name)] for p in photos)
+        log = server.output()
+    finally:
+        server.stop()
+    assert f"serving in {passing[0]} (auto: {passing[0]} agreed with fp32" in log
+    assert abs(correct / len(photos) - measured["accuracy"]) <= 1 - 0.995  # within the guard's agreement

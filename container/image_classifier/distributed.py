@@ -9,8 +9,9 @@ values tuned on one device carry over to any number of devices and hosts.
 The leader (rank 0) reads checkpoints and writes everything that lasts: the others get its
 decisions through `from_leader`, so every host fails with the same reason, or none does.
 MASTER_ADDR and MASTER_PORT (torch's own variables) override the leader's address and port,
-which lets several hosts run on one machine. A lost peer ends every other rank's next collective
-at once (its sockets close), a hung one after `distributed-timeout` seconds.
+which lets several hosts run on one machine. A peer process that dies ends every other rank's
+next collective at once (its sockets close); a host that vanishes or hangs, after
+`distributed-timeout` seconds.
 """
 from __future__ import annotations
 
@@ -111,11 +112,11 @@ def start(world: World, timeout_seconds: float, interface: str | None) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     log.info("%s: joining %s at %s:%d (%s, timeout %ds)", world.describe(), "the leader" if not world.leader
              else "as leader", world.leader_address, world.port, backend, timeout_seconds)
-    if "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun's agent holds the store
-        dist.init_process_group(backend, init_method="env://", timeout=timeout,
-                                device_id=device if device.type == "cuda" else None)
-        return
     try:
+        if "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun's agent holds the store
+            dist.init_process_group(backend, init_method="env://", timeout=timeout,
+                                    device_id=device if device.type == "cuda" else None)
+            return
         store = _store(world, timeout)
         dist.init_process_group(backend, store=store, rank=world.rank, world_size=world.size, timeout=timeout)
     except (RuntimeError, OSError) as e:  # DistStoreError and DistNetworkError are RuntimeErrors
@@ -213,11 +214,11 @@ def shard(world: World, items: list) -> list:
 
 
 def lost_peer(error: BaseException) -> bool:
-    """An error that means another rank is gone (its sockets closed) or stopped answering."""
+    """An error that means another rank is gone (its sockets closed) or stopped answering: torch's
+    distributed errors, and gloo's transport errors (RuntimeErrors naming gloo's transport)."""
     text = str(error)
     return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and any(
-        marker in text for marker in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out",
-                                      "Broken pipe")))
+        marker in text for marker in ("gloo/transport", "Connection reset by peer", "Connection closed by peer")))
 
 
 def first_line(error: BaseException) -> str:

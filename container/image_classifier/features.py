@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -142,8 +143,12 @@ class FeatureCache:
         """Run the backbone in eval mode, as evaluation and serving do, and keep what the head receives
         (this rank's shard of the images; the rows are then shared)."""
         mine = distributed.shard(self.world, list(range(len(samples))))
-        loader = data.loader(_IndexedViews(samples, transform, draft_size, seed),
-                             self.hp.batch_size // self.world.size, self.hp.num_workers, sampler=mine)
+        batch = self.hp.batch_size // self.world.size
+        loader = data.loader(_IndexedViews(samples, transform, draft_size, seed), batch, self.hp.num_workers,
+                             sampler=mine)
+        # Every rank takes the same number of turns (shards differ by one image at most), and at each
+        # all agree whether a SIGTERM reached any of them, so that all stop at the same point.
+        turns = math.ceil(math.ceil(len(samples) / self.world.size) / batch)
         head = getattr(self.model, self.head_attr)
         out = torch.zeros(len(samples), head.in_features)
         ok = torch.zeros(len(samples), dtype=torch.bool)
@@ -153,9 +158,11 @@ class FeatureCache:
         was_training = self.model.training
         self.model.eval()
         try:
-            for images, index, _ in loader:
-                if stop is not None and stop.requested:
+            batches = iter(loader)
+            for _ in range(turns):
+                if distributed.anyone(self.world, [stop is not None and stop.requested], self.device)[0]:
                     raise Interrupted()
+                images, index, _ = next(batches, (None, None, 0))
                 if images is None:
                     continue
                 with precision.autocast(amp, self.device):

@@ -122,7 +122,7 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    "empty: in memory, for this job only."),
     Hyperparameter("distributed-timeout", int, 600,
                    "Seconds a process of a multi-device or multi-host job waits for the others at a collective "
-                   "before it fails the job (a host that dies ends the others at once).", minimum=10),
+                   "before it fails the job (a process that dies on a live host ends the others at once).", minimum=10),
     Hyperparameter("profile-steps", int, 0,
                    "Record a torch.profiler trace of this many training steps (output profile/trace.json); 0: none.",
                    minimum=0),

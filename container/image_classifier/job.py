@@ -40,7 +40,7 @@ def write_failure(reason: str) -> None:
 INPUT_MODES = ("File", "FastFile", "Pipe")
 
 
-def _check_config() -> dict:
+def _check_config() -> tuple[dict, dict]:
     """Check the shape of SageMaker's three config files, so that a malformed one fails the job
     with its reason (not inside the toolkit); returns the hyperparameters (all strings) and the
     resources."""
@@ -111,6 +111,7 @@ def _describe(value) -> str:
 
 def run_job() -> int:
     # Imported here so that `train --help` answers without loading torch.
+    import torch
     from sagemaker_training import environment, files
     from . import distributed, train
 
@@ -121,7 +122,10 @@ def run_job() -> int:
         raw, resources = _check_config()
         world = distributed.plan(resources)
         per_host = distributed.processes_per_host()
-        if per_host > 1 and "LOCAL_RANK" not in os.environ:
+        # GPUs always under torchrun, even one a host: an NCCL error aborts its process, and the
+        # launcher then writes the reason that process could not
+        under_launcher = per_host > 1 or (world.distributed and torch.cuda.is_available())
+        if under_launcher and "LOCAL_RANK" not in os.environ:
             return launch_workers(world, resources, per_host, stop)
         try:
             env = environment.Environment()
@@ -142,7 +146,7 @@ def run_job() -> int:
         distributed.stop()
     except train.Stopped as e:
         log.warning("%s; rerun with the same checkpoint directory to resume", e)
-        return EXIT_STOPPED
+        return stopped()
     except TrainingError as e:
         write_failure(str(e))
         return EXIT_FAILED
@@ -155,7 +159,7 @@ def run_job() -> int:
         if world.distributed and distributed.lost_peer(e):
             if stop.requested:  # SIGTERM reached every host; another one stopped first
                 log.warning("%s: stopped by SIGTERM while the others stopped too", world.describe())
-                return EXIT_STOPPED
+                return stopped()
             write_failure(f"{world.describe()} lost the other processes of the job: one failed, was stopped or "
                           f"died; its log and failure file say why ({distributed.first_line(e)})")
             return EXIT_FAILED
@@ -165,9 +169,21 @@ def run_job() -> int:
     return 0
 
 
+STOPPED_MARKER = "TRAIN_STOPPED_MARKER"  # a file torchrun's workers create when they stop on SIGTERM
+
+
+def stopped() -> int:
+    """Exit code 143; a worker under torchrun also says so to its launcher, for which any exit
+    but 0 is a failure."""
+    if os.environ.get(STOPPED_MARKER):
+        Path(os.environ[STOPPED_MARKER]).touch()
+    return EXIT_STOPPED
+
+
 def launch_workers(world, resources: dict, per_host: int, stop) -> int:
-    """Several processes on this host (one per GPU): torchrun starts them, each running this
-    program as one rank, and ends them all when one fails or SIGTERM arrives."""
+    """The processes of this host (one per GPU): torchrun starts them, each running this program
+    as one rank, and ends them all when one fails or SIGTERM arrives (SIGKILL 30 s later)."""
+    import tempfile
     hosts = resources["hosts"]
     command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(hosts)}",
                f"--node-rank={hosts.index(resources['current_host'])}", f"--nproc-per-node={per_host}",
@@ -175,13 +191,15 @@ def launch_workers(world, resources: dict, per_host: int, stop) -> int:
                str(Path(__file__).resolve().parents[1] / "train")]
     log.info("starting %d training processes on host %s (%d hosts): %s", per_host, resources["current_host"],
              len(hosts), " ".join(command))
-    runner = subprocess.Popen(command)
+    marker = Path(tempfile.mkdtemp(prefix="train-")) / "stopped"
+    runner = subprocess.Popen(command, env={**os.environ, STOPPED_MARKER: str(marker)})
     signal.signal(signal.SIGTERM, lambda signum, frame: (stop._handler(signum, frame), runner.terminate()))
     code = runner.wait()
-    if stop.requested:
+    if stop.requested or marker.exists():  # this host's SIGTERM, or every rank agreed to stop for another's
         return EXIT_STOPPED
     if code != 0:
-        write_failure(f"a training process exited {code} (torchrun); the job log says why")
+        write_failure(f"a training process on host {resources['current_host']} ended without a reason of its own "
+                      f"(torchrun exited {code}: killed, out of memory, or a lost NCCL peer); the job log says more")
         return EXIT_FAILED
     from sagemaker_training import files
     files.write_success_file()

@@ -15,7 +15,9 @@ sagemaker-training parsed; nothing here knows about SageMaker's files.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -34,6 +36,7 @@ from . import artifact, checkpoint, data, distributed, features, hyperparameters
 from .debugger import Debugger
 from .distributed import SINGLE, World
 from .profiling import Profiling
+from .serving import precision as serving_precision
 from .errors import TrainingError
 from .preprocessing import eval_transform, train_transform
 
@@ -345,26 +348,34 @@ def train_one_epoch(job: Job, steps, stop: StopFlag, started: float) -> bool:
     for inputs, labels, n_failed in steps:
         job.profiling.timer.data_ready()
         job.tally[3] += n_failed
-        weight = 1.0
-        if inputs is None and world.distributed:  # every rank must take part in the step's gradient sum
-            inputs, labels, weight = job.blank, torch.zeros(1, dtype=torch.long), 0.0
+        filler = inputs is None and world.distributed  # every rank must take part in the gradient sum
+        if filler:
+            inputs, labels = job.blank, torch.zeros(1, dtype=torch.long)
+            job.net.eval()  # the blank image must not move batch-norm statistics
         if inputs is not None:
             inputs, labels = models.batch_to(inputs, job.device), labels.to(job.device, non_blocking=True)
             with precision.autocast(job.amp, job.device):
                 logits = job.step_net(inputs)
-                loss = job.criterion(logits, labels) * weight
-            finite = bool(torch.isfinite(loss))
-            if distributed.anyone(world, [not finite], job.device)[0]:  # before any rank's update
-                value = loss.item() if not finite else "non-finite on another process"
+                raw = job.criterion(logits, labels)
+            mine = 0 if filler else len(labels)
+            finite = bool(torch.isfinite(raw))
+            bad, images = distributed.total(world, [float(not finite), mine], job.device)  # before any update
+            if bad:
+                value = raw.item() if not finite else "non-finite on another process"
                 raise TrainingError(f"loss became {value} at epoch {epoch + 1} step "
                                     f"{p.batches_done + 1}; lower lr (now {hp.lr:g})")
+            # Each rank's mean weighted by its share of the step's images: DDP's average of the
+            # gradients is then the gradient of the mean over all of them, shards even or not.
+            loss = raw * (world.size * mine / max(images, 1)) if world.distributed else raw
             job.optimizer.zero_grad(set_to_none=True)
             job.scaler.scale(loss).backward()
             job.profiling.timer.backward_done()
             job.scaler.step(job.optimizer)
             job.scaler.update()
-            if weight:
-                job.tally[0] += loss.item() * len(labels)
+            if filler:
+                models.train_mode(job.net)
+            else:
+                job.tally[0] += raw.item() * len(labels)
                 job.tally[1] += (logits.argmax(1) == labels).sum().item()
                 job.tally[2] += len(labels)
         job.scheduler.step()
@@ -444,6 +455,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
     # Data
     train_ch, valid_ch, test_ch = load_channels(channels, hp)
     all_channels = [train_ch, valid_ch, test_ch]
+    same_data(world, all_channels, device)
     if len(train_ch.samples) < world.size:
         raise TrainingError(f"channel 'train' has {len(train_ch.samples)} images: fewer than the job's "
                             f"{world.size} processes")
@@ -550,9 +562,47 @@ def test_and_save(job: Job, channels: list, pre, save) -> dict:
         final["undecodable_images"] += test.failed
         if leader:
             print(metrics.test_line(test.loss, test.acc), flush=True)
+    if leader:
+        final["serving"] = serving_checks(job, test_ch or channels[1], pre)
     job.debug.close()
     save(final)
     return final
+
+
+def same_data(world: World, channels: list, device) -> None:
+    """Every host must see the same files (each trains on its shard of the leader's order): a
+    channel that SageMaker shards by S3 key, or a copy that differs, fails every host alike."""
+    if not world.distributed:
+        return
+    h = hashlib.blake2b(digest_size=16)
+    for ch in channels:
+        for path, label in (ch.samples if ch else []):
+            h.update(f"{ch.name}\0{os.path.relpath(path, ch.root)}\0{os.path.getsize(path)}\0{label}\n".encode())
+    mine = h.hexdigest()
+    leaders = distributed.from_leader(world, lambda: mine)
+    if distributed.anyone(world, [mine != leaders], device)[0]:
+        raise TrainingError("the hosts do not see the same data (file names, sizes or classes differ between their "
+                            "channels); give every host all of it (S3DataDistributionType FullyReplicated)")
+
+
+def serving_checks(job: Job, channel: data.Channel, pre) -> dict:
+    """How the endpoint's reduced precisions agree with fp32 on this channel (model.json keeps it;
+    the endpoint's auto precision serves one only where it agrees: serving/precision.py)."""
+    # The CPU's modes even where this CPU lacks bf16 (slower, same numbers): the endpoint's may have it.
+    targets = [(torch.device("cpu"), name) for name in serving_precision.CPU_MODES]
+    if job.device.type == "cuda":
+        targets += [(job.device, name) for name in serving_precision.hardware_modes(job.device)]
+    found = {}
+    for device, name in targets:
+        network = copy.deepcopy(job.model).to(device).eval()
+        served = serving_precision.prepare(network, name, device, pre.image_size)
+        loader = make_loader(channel.samples, eval_transform(pre), pre.resize_size, job.hp, job.hp.batch_size)
+        result = serving_precision.check(network, served, loader, device)
+        found[serving_precision.key(device, name)] = result
+        log.info("serving in %s on %s: top-1 agrees with fp32 on %d of %d %s images (%.2f%%), largest probability "
+                 "difference %.4f", name, device.type, round(result["top1_agreement"] * result["images"]),
+                 result["images"], channel.name, 100 * result["top1_agreement"], result["max_probability_difference"])
+    return found
 
 
 def write_report(directory: Path, final: dict, channels: list[data.Channel]) -> None:

@@ -48,11 +48,10 @@ class LocalJob:
         return metrics.parse(self.log.read_text()) if self.log.exists() else {}
 
     def failure(self) -> str | None:
-        for job in (self, *self.peers):  # the leader's reason first
-            path = job.base / "output" / "failure"
-            if path.exists():
-                return path.read_text().strip()
-        return None
+        """The reason a host wrote: a cause (the leader's first) before a host that only lost the others."""
+        found = [path.read_text().strip() for path in (job.base / "output" / "failure" for job in (self, *self.peers))
+                 if path.exists()]
+        return next((r for r in found if " lost the other processes of the job" not in r), found[0] if found else None)
 
 
 def present(data, channels: list[str], explicit: bool) -> list[str]:

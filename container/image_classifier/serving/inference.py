@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from sagemaker_inference.errors import GenericInferenceToolkitError
 
 from .. import artifact
+from . import precision
 from ..models import batch_to
 from ..preprocessing import ImageTooLarge, Preprocessing, decoded_pixels, eval_transform, open_image, to_rgb
 from .limits import (max_batch_images, max_decode_seconds, max_payload_bytes, max_pixels, max_request_pixels,
@@ -40,12 +41,13 @@ def error(status: int, message: str) -> GenericInferenceToolkitError:
 
 @dataclasses.dataclass
 class Model:
-    network: torch.nn.Module
+    network: torch.nn.Module  # fp32 images in, fp32 logits out (precision.Served)
     manifest: dict
     classes: list[str]
     preprocessing: Preprocessing
     transform: object
     device: torch.device
+    precision: str = "fp32"
 
 
 @dataclasses.dataclass
@@ -66,10 +68,13 @@ def model_fn(model_dir: str) -> Model:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network, manifest = artifact.load(model_dir, device)
     pre = Preprocessing.from_json(manifest["preprocessing"])
-    log.info("loaded %s with %d classes from %s", manifest["backbone"], manifest["num_classes"], model_dir)
+    name, why = precision.choose(precision.requested(), device, manifest)
+    served = precision.prepare(network, name, device, pre.image_size)
+    log.info("loaded %s with %d classes from %s; serving in %s (%s)", manifest["backbone"], manifest["num_classes"],
+             model_dir, name, why)
     # No warm-up request here: answering one before MMS forks its workers took 100 ms off each
     # worker's first request but cost 20% of their throughput (docs/PERFORMANCE.md).
-    return Model(network, manifest, manifest["class_names"], pre, eval_transform(pre), device)
+    return Model(served, manifest, manifest["class_names"], pre, eval_transform(pre), device, name)
 
 
 def parse_options(custom_attributes: str | None) -> dict:
@@ -202,7 +207,7 @@ def answer_type(accept: str | None) -> str:
 @torch.inference_mode()
 def predict_fn(batch: Batch, model: Model) -> Prediction:
     logits = model.network(batch_to(batch.images, model.device))
-    return Prediction(torch.softmax(logits.float(), dim=1).cpu(), batch.top_k, batch.probabilities)
+    return Prediction(torch.softmax(logits, dim=1).cpu(), batch.top_k, batch.probabilities)
 
 
 def output_fn(prediction: Prediction, accept: str, model: Model | None = None) -> tuple[str, str]:

@@ -43,7 +43,11 @@ SAGEMAKER_MAX_PAYLOAD_IN_MB, else 6 MiB), MAX_IMAGE_PIXELS (per image, default 4
 MAX_REQUEST_PIXELS (all images of a request, default 40000000), MAX_DECODE_SECONDS (default 5)
 and MAX_BATCH_IMAGES (default 64) limit requests; over a limit the answer is a JSON 413.
 SERVE_DRAIN_SECONDS (default 25): how long SIGTERM waits for requests in flight;
-SERVE_UNHEALTHY_SECONDS (default 30): how long no worker may answer before `serve` exits 1."""
+SERVE_UNHEALTHY_SECONDS (default 30): how long no worker may answer before `serve` exits 1.
+SERVE_PRECISION (auto, fp32, bf16, bf16-autocast, fp16; default auto): the arithmetic. auto serves
+the fastest reduced precision this hardware has (CPUs with bf16 instructions: a frozen graph with
+bf16 weights, else with fp32 weights under bf16 autocast; GPUs: bf16 or fp16) whose top-1 agreement
+with fp32, measured by training (model.json), is at least 99.5%; else fp32."""
 
 
 def bind_host() -> str:
