@@ -231,7 +231,7 @@ def serve_rows(backbone: str, specs: list[str], model_dir: Path, bodies: list[by
     running = {}
     try:
         for i in range(args.cold_starts):  # one start of each in turn; the last ones stay up
-            for spec, (env, _, _) in configs.items():
+            for spec, (env, *_) in configs.items():
                 server, times = start(model_dir, work, env, bodies[0])
                 cold[spec].append(times)
                 running[spec] = server
@@ -356,8 +356,12 @@ images/s at batch 8 over batch 1, decoding included):
 
 {verdict}"""
     return f"""\
-Method: each backbone's model is made by the image's `train` (1 epoch on 2 images per class;
-ResNets with weights=none, as no ImageNet ResNet weights are available offline: same compute).
+Method: each backbone's model is made by the image's `train` (the head, 2 epochs on
+{args.train_per_class} photos per class, tested on every test photo, which is where `train` measures the
+agreement that SERVE_PRECISION=auto goes by; ResNets with weights=none, as no ImageNet ResNet
+weights are available offline: same compute, but an untrained backbone whose near-uniform answers
+flip under bf16, so auto serves it in fp32). Agreement rows: every test photo through the
+handler's functions in fp32 and in the reduced precision.
 `serve` runs natively on 127.0.0.1 as the serving tests run it. Cold start: median of
 {args.cold_starts} fresh starts, seconds from process start to /ping 200, to `serve`'s log line
 "{READY_LINE}" (a worker has loaded the model) and to the first 200 from
