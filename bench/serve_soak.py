@@ -234,7 +234,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = subset(DATA, work / "data", {"train": 4, "valid": 2, "test": 10})
-        model = train_artifact(data, args.backbone, work)
+        model = train_artifact(data, data / "test", args.backbone, work)
         goods = [p.read_bytes() for p in sorted((data / "test").rglob("*.JPEG"))]
         base = work / "serve"
         base.mkdir()

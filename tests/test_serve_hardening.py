@@ -151,7 +151,9 @@ def test_dead_workers_are_retried_reported_and_end_serve(trained, tmp_path):
         srv.wait_healthy()
         # A worker killed while requests are in flight: MMS forks a new one; the request it held
         # is answered by another worker.
-        _, workers = mms.python_processes(srv.process.pid)
+        deadline = time.monotonic() + 30  # with preload, /ping turns 200 when the listener has loaded
+        while not (workers := mms.python_processes(srv.process.pid)[1]) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the model, just before it forks the workers
         body = one_bit_png(5000)  # ~0.25 s of decoding each: requests are in flight when it dies
         with ThreadPoolExecutor(6) as pool:
             answers = [pool.submit(srv.invoke, body, "image/png") for _ in range(6)]

@@ -117,10 +117,22 @@ def run_job() -> int:
 
     stop = train.StopFlag().install()
     paths.output_dir().mkdir(parents=True, exist_ok=True)  # without it the toolkit cannot report
+    world = [distributed.SINGLE]  # set by _run_job once it knows
+    code = _run_job(stop, world, environment, files, distributed, train, torch)
+    if world[0].distributed:
+        # A process group torch did not tear down (a peer gone, a stop) can abort the
+        # interpreter's exit in C++ ("terminate called"), turning exit 143 or 1 into -6.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run_job(stop, where: list, environment, files, distributed, train, torch) -> int:
     world = distributed.SINGLE
     try:
         raw, resources = _check_config()
-        world = distributed.plan(resources)
+        world = where[0] = distributed.plan(resources)
         per_host = distributed.processes_per_host()
         # GPUs always under torchrun, even one a host: an NCCL error aborts its process, and the
         # launcher then writes the reason that process could not
