@@ -593,10 +593,10 @@ def serving_checks(job: Job, channel: data.Channel, pre) -> dict:
     if job.device.type == "cuda":
         targets += [(job.device, name) for name in serving_precision.hardware_modes(job.device)]
     found = {}
+    loader = make_loader(channel.samples, eval_transform(pre), pre.resize_size, job.hp, job.hp.batch_size)
     for device, name in targets:
         network = copy.deepcopy(job.model).to(device).eval()
         served = serving_precision.prepare(network, name, device, pre.image_size)
-        loader = make_loader(channel.samples, eval_transform(pre), pre.resize_size, job.hp, job.hp.batch_size)
         result = serving_precision.check(network, served, loader, device)
         found[serving_precision.key(device, name)] = result
         log.info("serving in %s on %s: top-1 agrees with fp32 on %d of %d %s images (%.2f%%), largest probability "
