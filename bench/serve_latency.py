@@ -103,8 +103,16 @@ class InProcess:
         pre = (time.perf_counter() - t) / len(tensors) * 1e3
         fwd = {b: forward_ms(self.model.network, batch_to(torch.stack(tensors[:b]), self.model.device))
                for b in BATCHES}
+        # What explain=gradcam adds per image: a forward and backward in fp32, the map as a PNG.
+        sizes = [decode(body, self.model.preprocessing).size for body in bodies[:4]]
+        inference.explain(self.model, tensors[0], sizes[0], 0)  # the first finds the layer to explain
+        explain = []
+        for tensor, size in zip(tensors, sizes):
+            t = time.perf_counter()
+            inference.explain(self.model, tensor, size, 0)
+            explain.append((time.perf_counter() - t) * 1e3)
         # Batching only shares the forward pass; decoding stays per image.
-        return {"preprocess_ms": pre, "forward_ms_per_image": fwd,
+        return {"preprocess_ms": pre, "forward_ms_per_image": fwd, "explain_ms": statistics.median(explain),
                 "batch_gain": (pre + fwd[1]) / (pre + fwd[max(BATCHES)])}
 
 
@@ -210,12 +218,14 @@ def load(url: str, bodies: list[bytes], concurrency: int, n: int, seconds: float
 
 def parse_server(spec: str) -> tuple[dict, int | None, int, str]:
     """'default' (`serve` as shipped), 'WxT' (W MMS workers, T torch threads each), 'no-preload'
-    (each worker loads the model itself) and/or a precision (fp32, bf16, auto), joined by '+'
-    -> environment, workers, threads, precision."""
+    (each worker loads the model itself), 'batchN' (MMS's dynamic batching: SERVE_BATCH_SIZE=N)
+    and/or a precision (fp32, bf16, auto), joined by '+' -> environment, workers, threads, precision."""
     env, workers, threads, wanted = {}, None, MMS_DEFAULT_THREADS, "auto"
     for part in spec.split("+"):
         if part == "no-preload":
             env["MMS_PRELOAD_MODEL"] = "false"
+        elif part.startswith("batch"):
+            env["SERVE_BATCH_SIZE"] = int(part[len("batch"):])
         elif part in precision.CHOICES:
             env[precision.ENV] = wanted = part
         elif part != "default":
@@ -285,8 +295,8 @@ def main() -> int:
                         help="per concurrency level: stop sooner when this runs out (slow configurations)")
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 4, 8])
     parser.add_argument("--servers", default="fp32,default",
-                        help="server configurations: 'default' (as shipped), WORKERSxTHREADS, 'no-preload', a "
-                             "precision (fp32, bf16, auto), or several joined by '+'")
+                        help="server configurations: 'default' (as shipped), WORKERSxTHREADS, 'no-preload', "
+                             "'batchN' (SERVE_BATCH_SIZE=N), a precision (fp32, bf16, auto), or several joined by '+'")
     parser.add_argument("--cold-starts", type=int, default=2, help="fresh starts of each server configuration")
     parser.add_argument("--test-per-class", type=int, default=4, help="distinct test JPEGs per class (10 classes)")
     parser.add_argument("--train-per-class", type=int, default=20, help="photos a class the model is trained on")
@@ -337,21 +347,24 @@ def notes(rows: list[dict], args, load_before: float, load_after: float) -> str:
     batching = ""
     if inproc:
         best = max(r["batch_gain"] for r in inproc)
-        verdict = (f"At most {best:.2f}x, below 1.3x: server-side batching (MMS batch_size with max_batch_delay) "
-                   "would not pay on this machine, so `serve` does not batch. One image already keeps a core "
+        verdict = (f"At most {best:.2f}x, below 1.3x: server-side batching (SERVE_BATCH_SIZE, MMS's batch_size "
+                   "with max_batch_delay) would not pay on this machine. One image already keeps a core "
                    "busy, and decoding stays per image." if best < 1.3 else
-                   f"Up to {best:.2f}x: server-side batching (MMS batch_size with max_batch_delay) is worth trying.")
+                   f"Up to {best:.2f}x: server-side batching (SERVE_BATCH_SIZE) may pay; the `batchN` rows "
+                   "measure it through `serve`.")
         table = "\n".join(
-            f"| {r['backbone']} | {r['threads']} | {r['preprocess_ms']:.1f} | "
-            + " | ".join(f"{r['forward_ms_per_image'][b]:.1f}" for b in BATCHES) + f" | {r['batch_gain']:.2f} |"
-            for r in inproc)
+            f"| {r['backbone']} | {r['precision']} | {r['threads']} | {r['preprocess_ms']:.1f} | "
+            + " | ".join(f"{r['forward_ms_per_image'][b]:.1f}" for b in BATCHES)
+            + f" | {r['batch_gain']:.2f} | {r['explain_ms']:.0f} |" for r in inproc)
         batching = f"""
 
 Batching, in-process (forward ms per image at batch 1, 4 and 8, median of 5; gain: end-to-end
-images/s at batch 8 over batch 1, decoding included):
+images/s at batch 8 over batch 1, decoding included), and what CustomAttributes explain=gradcam adds
+per image (median of 8: Grad-CAM's fp32 forward and backward, the heat map as a PNG of the photo's
+size; decoding not included):
 
-| backbone | torch threads | decode + transform ms | forward ms/image b1 | b4 | b8 | gain b8 |
-|---|---|---|---|---|---|---|
+| backbone | precision | torch threads | decode + transform ms | forward ms/image b1 | b4 | b8 | gain b8 | explain=gradcam ms/image |
+|---|---|---|---|---|---|---|---|---|
 {table}
 
 {verdict}"""

@@ -82,18 +82,32 @@ def download_imagewoof(target: Path) -> Path:
         raise SystemExit(f"checksum mismatch for {archive.name}: {digest}; deleted, try again")
     with tarfile.open(archive) as tar:
         tar.extractall(target.parent / "raw", filter="data")
-    raw = target.parent / "raw" / "imagewoof2-320"
-    for i, (wnid, breed) in enumerate(sorted(WNIDS.items()), start=1):
-        folder = f"{i:03d}.{breed}"
-        shutil.copytree(raw / "train" / wnid, target / "train" / folder)
-        val = sorted((raw / "val" / wnid).iterdir())
-        # Imagewoof2's val/ is mostly ImageNet *train* photos (seen by the backbone), so this test
-        # split is leaky; the shared data set's test/ holds only ILSVRC2012_val_* photos (issue 16).
-        for split, files in (("valid", val[::2]), ("test", val[1::2])):
-            (target / split / folder).mkdir(parents=True)
-            for f in files:
-                shutil.copy(f, target / split / folder / f.name)
+    split_imagewoof(target.parent / "raw" / "imagewoof2-320", target)
     return target
+
+
+# The shared data set's layout (../shared/data/imagewoof10/README.md): test holds only ImageNet
+# *validation* photos (ILSVRC2012_val_*), which no ImageNet-pretrained backbone has seen; train and
+# valid hold only ImageNet *train* photos (Imagewoof2 puts both kinds in its val/). Fixed
+# pseudo-random picks: each file name's SHA-256 orders its class.
+PER_CLASS = {"train": 400, "valid": 100, "test": 25}
+UNSEEN = "ILSVRC2012_val_"
+
+
+def split_imagewoof(raw: Path, target: Path) -> None:
+    def order(files):
+        return sorted(files, key=lambda f: hashlib.sha256(f.name.encode()).hexdigest())
+    for i, (wnid, breed) in enumerate(sorted(WNIDS.items()), start=1):
+        photos = [f for split in ("train", "val") for f in (raw / split / wnid).iterdir()]
+        unseen = order(f for f in photos if f.name.startswith(UNSEEN))
+        seen = order(f for f in photos if not f.name.startswith(UNSEEN))
+        picks = {"test": unseen[:PER_CLASS["test"]], "valid": seen[:PER_CLASS["valid"]],
+                 "train": seen[PER_CLASS["valid"]:PER_CLASS["valid"] + PER_CLASS["train"]]}
+        for split, files in picks.items():
+            folder = target / split / f"{i:03d}.{breed}"
+            folder.mkdir(parents=True)
+            for f in files:
+                shutil.copy(f, folder / f"{breed}_{f.name}")  # as the shared set names them
 
 
 

@@ -21,6 +21,8 @@ def session(settings, boto_session=None, sagemaker_client=None, runtime_client=N
                            sagemaker_config=SDK_CONFIG)
     if s3_client is not None:  # the SDK makes its own; its multi-model and upload code use this one
         sm.s3_client = s3_client
+        sm.s3_resource = boto_session.resource("s3", region_name=settings.region)
+        sm.s3_resource.meta.client = s3_client  # S3Uploader (Clarify's analysis config) goes through it too
     return sm
 
 

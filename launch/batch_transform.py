@@ -1,5 +1,7 @@
-"""Batch transform: classify every image under an S3 prefix with a SageMaker model; one JSON
-answer per image is written under the output prefix (IMAGE.out).
+"""Batch transform: classify every image under an S3 prefix with a SageMaker model; each image's
+answer is written under the output prefix (IMAGE.out) as one JSON line with its full probability
+vector (`scores`, in class order), the output SageMaker's built-in image classifier gives and
+Clarify reads.
 
     python -m launch.batch_transform --model-name NAME | --model-data s3://.../model.tar.gz
                                      --input s3://bucket/images/ [--output s3://bucket/predictions/]
@@ -46,8 +48,9 @@ def main(argv=None, session=None) -> int:
     transformer = Transformer(
         model_name=model_name, instance_count=args.instance_count, instance_type=settings.transform_instance_type,
         strategy="SingleRecord",  # one image per request
-        max_payload=6, max_concurrent_transforms=4, accept="application/json", output_path=output,
-        env={"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}, tags=jobs.TAGS, sagemaker_session=session)
+        max_payload=6, max_concurrent_transforms=4, accept="application/jsonlines", output_path=output,
+        env={"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SERVE_PROBABILITIES": "true"}, tags=jobs.TAGS,
+        sagemaker_session=session)
     transformer.transform(args.input, data_type="S3Prefix", content_type=args.content_type, split_type="None",
                           job_name=name, wait=not args.no_wait, logs=False)
     print(f"transform job: {name}\nanswers: {output}")

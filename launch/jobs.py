@@ -5,6 +5,7 @@ from __future__ import annotations
 from image_classifier import hyperparameters, search_space
 from image_classifier.hyperparameters import to_sagemaker
 from image_classifier.metrics import METRIC_DEFINITIONS
+from image_classifier.tensorboard import LOCAL_PATH as TENSORBOARD_LOCAL_PATH
 
 from . import aws
 from .settings import processes
@@ -87,8 +88,16 @@ def check_batch_split(settings, tuning: bool) -> None:
                          f"use multiples of {world}")
 
 
-def estimator(settings, session, checkpoint_s3_uri: str | None = None, for_tuning: bool = False):
-    """for_tuning: no Debugger hook or rules, which a tuning job's definition cannot carry."""
+def tensorboard_config(s3_uri: str):
+    """Where SageMaker's managed TensorBoard finds the job's scalars (the image's tensorboard.py)."""
+    from sagemaker.debugger import TensorBoardOutputConfig
+    return TensorBoardOutputConfig(s3_output_path=s3_uri, container_local_output_path=TENSORBOARD_LOCAL_PATH)
+
+
+def estimator(settings, session, checkpoint_s3_uri: str | None = None, for_tuning: bool = False,
+              tensorboard_s3_uri: str | None = None):
+    """for_tuning: no Debugger hook, rules or TensorBoard output, which a tuning job's definition
+    cannot carry."""
     from sagemaker.estimator import Estimator
     settings.require("role", "bucket")
     check_batch_split(settings, for_tuning)
@@ -109,6 +118,7 @@ def estimator(settings, session, checkpoint_s3_uri: str | None = None, for_tunin
         profiler_config=profiler_config(settings) if settings.profiler else None,
         disable_profiler=not settings.profiler,
         rules=None if for_tuning else rules(settings) or None,
+        tensorboard_output_config=tensorboard_config(tensorboard_s3_uri) if tensorboard_s3_uri else None,
         tags=TAGS,
         sagemaker_session=session,
     )

@@ -37,6 +37,8 @@ class JobFiles:
     debug: Path | None = None  # the smdebug trial
     profile: Path | None = None  # steps.jsonl, system.jsonl (trace.json)
     metrics: dict | None = None
+    evaluation: Path | None = None  # output/data/evaluation: the gallery's pictures
+    audit: Path | None = None  # output/data/audit.tsv
     sagemaker_rules: list = dataclasses.field(default_factory=list)  # (rule, status, detail)
     links: list = dataclasses.field(default_factory=list)  # (label, path or URI)
 
@@ -53,6 +55,8 @@ def _from_output_data(files: JobFiles, data: Path) -> JobFiles:
     """Fill in what the job left in /opt/ml/output/data (output.tar.gz in SageMaker)."""
     files.profile = files.profile or _existing(data / "profile")
     files.metrics = files.metrics or _read_json(data / "metrics.json")
+    files.evaluation = files.evaluation or _existing(data / "evaluation")
+    files.audit = files.audit or _existing(data / "audit.tsv")
     debug_dir = files.hyperparameters.get("debug-dir", "")
     if not files.debug and debug_dir.startswith("data/"):  # the image's own hook wrote into output/data
         files.debug = _existing(data / debug_dir[len("data/"):])
@@ -141,9 +145,19 @@ def findings(files: JobFiles, rules: list, verdicts: list) -> list[str]:
         found.append(f"the job failed: {files.failure}")
     m = files.metrics or {}
     if m.get("valid_accuracy") is not None:
+        test = (m.get("evaluation") or {}).get("test")
         found.append(f"best valid accuracy {m['valid_accuracy']:.4f} (epoch {m.get('best_epoch')} of "
-                     f"{m.get('epochs_run')})" + (f"; test accuracy {m['test_accuracy']:.4f}"
-                                                  if m.get("test_accuracy") is not None else ""))
+                     f"{m.get('epochs_run')})" + (
+                         f"; test accuracy {test['top1_accuracy']:.4f} (95% interval {test['top1_accuracy_ci95'][0]:.4f}"
+                         f" to {test['top1_accuracy_ci95'][1]:.4f}, {test['images']} images), top-5 "
+                         f"{test['top5_accuracy']:.4f}, calibration error {test['expected_calibration_error']:.3f}"
+                         if test else f"; test accuracy {m['test_accuracy']:.4f}" if m.get("test_accuracy") is not None
+                         else ""))
+    across = {k: v for k, v in ((m.get("audit") or {}).get("duplicate_pairs_by_splits") or {}).items()
+              if k.split("-")[0] != k.split("-")[1]}
+    if across:
+        found.append("data audit: duplicate images across splits (" + ", ".join(f"{k}: {v}" for k, v in across.items())
+                     + "): held-out figures are inflated by them; see the audit section")
     for r in rules:
         if r.status == "IssuesFound":
             found.append(f"{r.rule}: {r.detail} ({r.violations} of {r.datapoints} checks). {r.recommendation}")
@@ -160,6 +174,73 @@ def findings(files: JobFiles, rules: list, verdicts: list) -> list[str]:
         found.append("no Debugger tensors: set the debug-dir hyperparameter (or run with Debugger on) for loss "
                      "curves and rules")
     return found
+
+
+def _jpeg(path: Path | None, alt: str) -> str:
+    if path is None or not path.exists():
+        return f'<span class="meta">({html.escape(alt)}: no picture)</span>'
+    return (f'<img class="tile" src="data:image/jpeg;base64,{base64.b64encode(path.read_bytes()).decode()}" '
+            f'alt="{html.escape(alt)}">')
+
+
+def evaluation_section(files: JobFiles) -> str:
+    """The test channel's evaluation (else valid's): headline figures, the confusion matrix, per-class
+    bars, the reliability diagram and the most confident mistakes with their Grad-CAM overlays."""
+    from launch import report_plots
+    found = (files.metrics or {}).get("evaluation") or {}
+    name = "test" if "test" in found else "valid" if "valid" in found else None
+    if name is None:
+        return '<section id="evaluation"><h2>Evaluation</h2><p>No evaluation in metrics.json.</p></section>'
+    e = found[name]
+    low, high = e["top1_accuracy_ci95"]
+    rows = [[channel, str(v["images"]), f"{v['top1_accuracy']:.4f}",
+             f"{v['top1_accuracy_ci95'][0]:.4f} to {v['top1_accuracy_ci95'][1]:.4f}",
+             f"{v['top5_accuracy']:.4f}" + ("" if v["top_k"] == 5 else f" (top-{v['top_k']})"), f"{v['macro_f1']:.4f}",
+             f"{v['expected_calibration_error']:.4f}"] for channel, v in found.items()]
+    tiles = []
+    for m in e["confident_mistakes"]:
+        where = files.evaluation
+        tiles.append('<figure class="mistake">'
+                     + _jpeg(where / m["thumbnail"] if where and m.get("thumbnail") else None, f"mistake {m['file']}")
+                     + _jpeg(where / m["overlay"] if where and m.get("overlay") else None, f"Grad-CAM {m['file']}")
+                     + f"<figcaption>{html.escape(m['file'])}<br>true <b>{html.escape(m['true'])}</b>, predicted "
+                     f"<b>{html.escape(m['predicted'])}</b> ({m['probability']:.2f})</figcaption></figure>")
+    return (f'<section id="evaluation"><h2>Evaluation</h2><p>The saved model on every image of each held-out '
+            f"channel. {name}: top-1 accuracy {e['top1_accuracy']:.4f}, 95% interval {low:.4f} to {high:.4f} "
+            f"(Wilson) over {e['images']} images.</p>"
+            + _table(["channel", "images", "top-1", "top-1 95% interval", "top-5", "macro F1", "calibration error"],
+                     rows)
+            + _img(report_plots.confusion_matrix(e), f"confusion matrix ({name})")
+            + _img(report_plots.per_class(e), f"per-class precision, recall and F1 ({name})")
+            + _img(report_plots.reliability(e), f"reliability diagram ({name})")
+            + f"<h3>Most confident mistakes ({name})</h3><p>Each photo as the model saw it, and where it looked "
+            "for the class it chose (Grad-CAM, red).</p>"
+            + ('<div class="gallery">' + "".join(tiles) + "</div>" if tiles else "<p>None.</p>") + "</section>")
+
+
+def audit_section(files: JobFiles, shown: int = 50) -> str:
+    """The data audit `train` ran before training (image_classifier/audit.py) and its findings."""
+    import csv
+    found = (files.metrics or {}).get("audit")
+    if not found:
+        return '<section id="audit"><h2>Data audit</h2><p>No audit in metrics.json (audit=off).</p></section>'
+    near = "not checked" if found["near_duplicates"] is None else found["near_duplicates"]
+    summary = [["exact duplicate pairs", found["exact_duplicates"]], ["near-duplicate pairs", near],
+               ["duplicate pairs by splits", ", ".join(f"{k}: {v}" for k, v in
+                                                      found["duplicate_pairs_by_splits"].items()) or "none"],
+               ["classes with few training images", found["few_image_classes"]],
+               ["extreme class imbalance", "yes" if found["imbalanced"] else "no"],
+               ["images smaller than the crop", found["too_small_images"]]]
+    rows = []
+    if files.audit:
+        with open(files.audit, newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t"))[1:]
+    listing = (_table(["check", "split", "file", "other split", "other file", "detail"], rows[:shown])
+               + (f"<p>... and {len(rows) - shown} more in audit.tsv.</p>" if len(rows) > shown else "")
+               if rows else "<p>Nothing to list.</p>")
+    return ('<section id="audit"><h2>Data audit</h2><p>Checked before training; duplicates across splits '
+            "inflate held-out figures.</p>" + _table(["check", "found"], [[k, str(v)] for k, v in summary])
+            + listing + "</section>")
 
 
 def render(files: JobFiles, found: list[str], rules: list, losses: dict, verdicts: list, profile) -> str:
@@ -186,6 +267,9 @@ def render(files: JobFiles, found: list[str], rules: list, losses: dict, verdict
         curves.append(_img(report_plots.epoch_curves(m["history"]), "loss and accuracy per epoch"))
     parts.append('<section id="curves"><h2>Loss curves</h2>'
                  + ("".join(curves) or "<p>No Debugger tensors and no metrics.json.</p>") + "</section>")
+
+    parts.append(evaluation_section(files))
+    parts.append(audit_section(files))
 
     rule_rows = [[r.rule, _badge(r.status), f"{r.violations} / {r.datapoints}", r.detail,
                   r.recommendation if r.status == "IssuesFound" else "", _params(r.parameters)] for r in rules]
@@ -238,6 +322,9 @@ table {{ border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }}
 th {{ background: #f3f3f3; }}
 img {{ max-width: 100%; display: block; margin: 0.8em 0; }}
+.gallery {{ display: flex; flex-wrap: wrap; gap: 0.8em; }}
+figure.mistake {{ margin: 0; width: 330px; font-size: 0.8em; }}
+img.tile {{ display: inline-block; width: 160px; margin: 0 4px 0 0; }}
 .badge {{ padding: 0.1em 0.5em; border-radius: 0.8em; font-size: 0.85em; white-space: nowrap; }}
 .issue {{ background: #fdd; color: #900; }} .ok {{ background: #dfd; color: #060; }} .none {{ background: #eee; color: #555; }}
 .meta {{ color: #666; }}

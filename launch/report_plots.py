@@ -110,3 +110,60 @@ def step_breakdown(profile: Profile, bins: int = 200) -> bytes:
             autopct="%1.0f%%", textprops={"fontsize": 8})
     pie.set_title("All steps")
     return _png(fig)
+
+
+def confusion_matrix(evaluation: dict) -> bytes:
+    """Rows: true class, columns: predicted; each row as shares of its images (counts written in)."""
+    matrix = np.array(evaluation["confusion_matrix"], dtype=float)
+    classes = evaluation["classes"]
+    shares = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    n = len(classes)
+    size = min(12, 3 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    shown = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(shown, ax=ax, fraction=0.046, label="share of the true class's images")
+    if n <= 30:  # beyond that the counts are unreadable; the colours still say it
+        for (i, j), count in np.ndenumerate(matrix):
+            if count:
+                ax.text(j, i, int(count), ha="center", va="center", fontsize=7,
+                        color="white" if shares[i, j] > 0.5 else "black")
+    ticks = range(n) if n <= 60 else range(0, n, max(1, n // 30))
+    ax.set_xticks(list(ticks), [classes[t] for t in ticks], rotation=90, fontsize=7)
+    ax.set_yticks(list(ticks), [classes[t] for t in ticks], fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix")
+    return _png(fig)
+
+
+def per_class(evaluation: dict) -> bytes:
+    """Precision, recall and F1 of each class, worst F1 first."""
+    rows = sorted(evaluation["per_class"], key=lambda r: r["f1"])
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(min(14, 3 + 0.35 * len(rows)), 3.8))
+    for offset, key, color in ((-0.27, "precision", "tab:blue"), (0, "recall", "tab:orange"), (0.27, "f1", "tab:green")):
+        ax.bar(x + offset, [r[key] for r in rows], width=0.27, color=color, label=key)
+    ax.set_xticks(x, [r["class"] for r in rows], rotation=90, fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Per class (worst F1 first)")
+    ax.legend(fontsize=8, ncol=3)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def reliability(evaluation: dict) -> bytes:
+    """Accuracy against confidence per confidence bin: on the diagonal, a calibrated model."""
+    curve = evaluation["reliability"]
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="calibrated")
+    ax.bar([(b["low"] + b["high"]) / 2 for b in curve], [b["accuracy"] for b in curve],
+           width=[b["high"] - b["low"] for b in curve], edgecolor="tab:blue", alpha=0.6, label="accuracy")
+    ax.plot([b["confidence"] for b in curve], [b["accuracy"] for b in curve], "o", color="tab:red", markersize=3,
+            label="mean confidence")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability (ECE {evaluation['expected_calibration_error']:.3f})")
+    ax.legend(fontsize=8, loc="upper left")
+    return _png(fig)

@@ -13,6 +13,7 @@ from conftest import IN_CI
 RENDERED = """return {
   title: document.title,
   sections: [...document.querySelectorAll('section')].map(s => s.id),
+  mistakes: document.querySelectorAll('figure.mistake').length,
   images: [...document.images].map(i => ({alt: i.alt, complete: i.complete, width: i.naturalWidth,
                                          height: i.naturalHeight, shown: i.getBoundingClientRect().width})),
   text: document.body.innerText,

@@ -25,6 +25,17 @@ def test_training_throughput_benchmark_runs(imagewoof, tmp_path):
     assert "| efficientnet_lite0 head, cached features | 20 |" in (tmp_path / "test-smoke.md").read_text()
 
 
+def test_training_step_benchmark_runs(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "train_step.py"), "--configs", "efficientnet_lite0:head",
+                             "--batches", "2", "--variants", "fp32,bf16-cl", "--seconds", "0.1",
+                             "--name", "step", "--results", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = json.loads((tmp_path / "step.json").read_text())["rows"]
+    assert [(r["variant"], r["batch"]) for r in rows] == [("fp32", 2), ("bf16-cl", 2)]
+    assert rows[0]["vs_fp32"] == 1 and rows[1]["vs_fp32"] > 0 and all(r["steps"] >= 3 for r in rows)
+    assert all(0 < r["share_of_matmul_peak"] < 1 and r["gflop_per_image"] > 0 for r in rows)
+
+
 def test_accuracy_benchmark_runs(imagewoof, tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "accuracy.py"), "--per-class", "3", "--epochs", "2",
                              "--configs", "head,head-no-cache", "--name", "acc", "--results", str(tmp_path)],
@@ -48,7 +59,7 @@ def test_tuning_time_benchmark_runs(imagewoof, tmp_path):
 
 def test_serving_latency_benchmark_runs(imagewoof, tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "serve_latency.py"), "--backbones", "efficientnet_lite0",
-                             "--requests", "8", "--concurrency", "1,2", "--servers", "fp32,bf16", "--cold-starts", "1",
+                             "--requests", "8", "--concurrency", "1,2", "--servers", "fp32,bf16+batch2", "--cold-starts", "1",
                              "--train-per-class", "2", "--name", "test-smoke", "--results", str(tmp_path)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -61,7 +72,8 @@ def test_serving_latency_benchmark_runs(imagewoof, tmp_path):
     assert agreement["images"] == 250 and 0 <= agreement["top1_agreement"] <= 1  # every test photo
     assert 0 <= agreement["accuracy"] <= 1 and 0 <= agreement["max_probability_difference"] <= 1
     assert [(r["contender"], r["precision"], r["concurrency"]) for r in served] == [
-        ("serve fp32", "fp32", 1), ("serve bf16", "bf16", 1), ("serve fp32", "fp32", 2), ("serve bf16", "bf16", 2)]
+        ("serve fp32", "fp32", 1), ("serve bf16+batch2", "bf16", 1), ("serve fp32", "fp32", 2),
+        ("serve bf16+batch2", "bf16", 2)]
     for row in inproc + served:
         assert row["backbone"] == "efficientnet_lite0" and 1 <= row["requests"] <= 8
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] and row["requests_per_second"] > 0

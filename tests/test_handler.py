@@ -102,3 +102,56 @@ def test_a_manifest_whose_class_names_disagree_with_the_model_is_refused(tmp_pat
     (tmp_path / "model.json").write_text(json.dumps(manifest))
     with pytest.raises(artifact.ArtifactError, match="names 2 classes for a model with 3 outputs"):
         inference.model_fn(str(tmp_path))
+
+
+def test_jsonlines_answers_one_line_per_image(model):
+    body = json.dumps({"instances": [base64.b64encode(jpeg()).decode()] * 3}).encode()
+    batch = inference.input_fn(body, "application/json", model=model)
+    out, ctype = inference.output_fn(inference.predict_fn(batch, model), "application/jsonlines", model=model)
+    lines = out.splitlines()
+    assert ctype == "application/jsonlines" and len(lines) == 3 and out.endswith("\n")
+    assert [json.loads(line)["label"] for line in lines] == [p["label"] for p in predict(model, body, "application/json")]
+
+
+@pytest.mark.parametrize("accept, expected", [
+    ("application/jsonlines", "application/jsonlines"), ("application/jsonlines, application/json", "application/json"),
+    ("application/json;q=0.5, application/jsonlines", "application/jsonlines"), ("*/*", "application/json"),
+    ("application/*;q=0.1, application/jsonlines;q=0", "application/json"),
+])
+def test_accept_chooses_between_json_and_jsonlines(accept, expected):
+    assert inference.answer_type(accept) == expected
+
+
+def test_serve_probabilities_puts_the_full_vector_in_every_answer(model, monkeypatch):
+    monkeypatch.setenv("SERVE_PROBABILITIES", "true")
+    [p] = predict(model, jpeg())
+    assert list(p["probabilities"]) == model.classes and len(p["scores"]) == len(model.classes)
+    assert p["scores"] == [p["probabilities"][c] for c in model.classes]
+    assert p["scores"][p["top_k"][0]["index"]] == p["probability"]
+
+
+def test_gradcam_explanation_is_the_input_size_and_names_the_class(model):
+    image = Image.new("RGB", (90, 60), "white")
+    image.paste(Image.new("RGB", (30, 30), "black"), (10, 10))
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    [p] = predict(model, buf.getvalue(), "image/png", {"explain": "gradcam"})
+    explanation = p["explanation"]
+    assert explanation["method"] == "gradcam" and explanation["label"] == p["label"]
+    heat = Image.open(io.BytesIO(base64.b64decode(explanation["heatmap_png"])))
+    assert heat.size == (90, 60) == (explanation["width"], explanation["height"]) and heat.mode == "L"
+    box = explanation["box"]
+    assert 0 <= box["left"] < box["right"] <= 90 and 0 <= box["top"] < box["bottom"] <= 60
+    [named] = predict(model, buf.getvalue(), "image/png", {"explain": "gradcam", "explain_class": "B"})
+    assert named["explanation"]["label"] == "B" and named["label"] == p["label"]  # the answer itself is unchanged
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"explain": "lime"}, "explain must be one of gradcam, got 'lime'"),
+    ({"explain": "gradcam", "explain_class": "Z"}, "explain_class 'Z' is not one of the model's classes (A, B, C)"),
+    ({"explain_class": "A"}, "explain_class needs explain=gradcam"),
+])
+def test_bad_explain_options_are_400(model, options, message):
+    with pytest.raises(GenericInferenceToolkitError) as e:
+        inference.input_fn(jpeg(), "image/jpeg", options=options, model=model)
+    assert e.value.status_code == 400 and e.value.message == message

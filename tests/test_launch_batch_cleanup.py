@@ -18,7 +18,8 @@ def test_batch_transform_from_model_data(sm):
     assert job["TransformInput"]["ContentType"] == "application/x-image"
     assert job["TransformInput"]["SplitType"] == "None"
     assert job["TransformOutput"] == {"S3OutputPath": f"s3://{BUCKET}/image-classifier/transform/bt",
-                                      "Accept": "application/json"}
+                                      "Accept": "application/jsonlines"}
+    assert job["Environment"]["SERVE_PROBABILITIES"] == "true"  # each line has the full vector
     assert job["MaxPayloadInMB"] == 6
 
 

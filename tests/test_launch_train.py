@@ -18,6 +18,9 @@ def test_create_training_job_request(sm, trained):
     assert req["AlgorithmSpecification"]["TrainingImage"] == IMAGE
     assert req["AlgorithmSpecification"]["TrainingInputMode"] == "File"
     assert req["RoleArn"] == ROLE
+    # The image writes its TensorBoard scalars to LocalPath; SageMaker uploads them per job.
+    assert req["TensorBoardOutputConfig"] == {"LocalPath": "/opt/ml/output/tensorboard",
+                                              "S3OutputPath": f"s3://{BUCKET}/image-classifier/tensorboard/ic-job-1"}
     # Hyperparameters: strings that the container parses back to the same values.
     sent = req["HyperParameters"]
     assert all(isinstance(v, str) for v in sent.values())

@@ -8,6 +8,9 @@ def test_epoch_and_test_lines_match_every_metric_definition():
         metrics.epoch_line(1, 3, 1.25, 0.5, 0.75, 0.625, 12.5, 99.9, 1e-3),
         metrics.epoch_line(2, 3, 0.5, 0.8, 0.4, 0.875, 11.0, 120.0, 5e-4),
         metrics.test_line(0.3, 0.9),
+        *(metrics.evaluation_line(channel, {"top5_accuracy": 0.99, "top1_accuracy_ci95": [0.8, 0.95],
+                                            "macro_f1": 0.88, "expected_calibration_error": 0.05, "images": 250})
+          for channel in ("valid", "test")),
     ])
     found = metrics.parse(text)
     assert found["train:loss"] == [1.25, 0.5]
@@ -15,6 +18,7 @@ def test_epoch_and_test_lines_match_every_metric_definition():
     assert found["epoch:seconds"] == [12.5, 11.0]
     assert found["train:images_per_second"] == [99.9, 120.0]
     assert found["test:accuracy"] == [0.9] and found["test:loss"] == [0.3]
+    assert found["test:accuracy_ci95_low"] == [0.8] and found["valid:calibration_error"] == [0.05]
     assert all(found[d["Name"]] for d in metrics.METRIC_DEFINITIONS)
 
 

@@ -27,3 +27,17 @@ def test_steps_system_samples_and_trace(tmp_path, tiny_data):
     assert len(lines) == 2 and "data_wait=" in lines[0] and "forward_backward=" in lines[0]
     # the extra line does not disturb the metric regexes SageMaker reads
     assert len(metrics.parse(result.stdout)["valid:accuracy"]) == 2 + 1  # each epoch, then the selected model
+
+
+def test_a_job_shorter_than_the_interval_still_has_samples_from_its_start(tmp_path):
+    import json
+    import time
+
+    from image_classifier.profiling import SystemMonitor
+    monitor = SystemMonitor(tmp_path / "system.jsonl", interval=30)
+    monitor.start()
+    time.sleep(0.5)
+    stopping = time.time()
+    monitor.stop()
+    samples = [json.loads(line) for line in (tmp_path / "system.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 and samples[0]["time"] < stopping <= samples[1]["time"] + 0.001  # one at the start

@@ -2,6 +2,7 @@
 job as a SageMaker job (DescribeTrainingJob and S3 stubbed, the files real). The report must
 render in headless Chromium with every figure."""
 import io
+import shutil
 import tarfile
 
 import pytest
@@ -16,7 +17,9 @@ from sagemaker_stub import BUCKET, describe_training_job
 pytestmark = pytest.mark.slow
 RULES = ["VanishingGradient", "ExplodingTensor", "Overfit", "Overtraining", "PoorWeightInitialization",
          "LossNotDecreasing"]
-FIGURES = ["loss curves", "loss and accuracy per epoch", "utilization over time", "step time by phase"]
+FIGURES = ["loss curves", "loss and accuracy per epoch", "confusion matrix (test)",
+           "per-class precision, recall and F1 (test)", "reliability diagram (test)", "utilization over time",
+           "step time by phase"]
 
 
 def job(tmp_path_factory, tiny_data, name, **hp):
@@ -29,7 +32,14 @@ def job(tmp_path_factory, tiny_data, name, **hp):
 
 @pytest.fixture(scope="module")
 def healthy(tmp_path_factory, tiny_data):
-    base, result = job(tmp_path_factory, tiny_data, "healthy-job", **{"profile-steps": 2})
+    # One red box filed as a blue box in test: a confident mistake for the gallery, whatever the model learned.
+    test = tmp_path_factory.mktemp("mislabelled") / "test"
+    shutil.copytree(tiny_data["test"], test)
+    red = sorted((test / "001.Red_box").iterdir())[0]
+    red.rename(test / "003.Blue_box" / red.name)
+    # and a training image copied into test, for the data audit to find
+    shutil.copy(sorted((tiny_data["train"] / "002.Green_disc").iterdir())[0], test / "002.Green_disc" / "copy.jpg")
+    base, result = job(tmp_path_factory, {**tiny_data, "test": test}, "healthy-job", **{"profile-steps": 2})
     assert result.returncode == 0, result.stderr[-3000:]
     return base
 
@@ -44,9 +54,16 @@ def exploded(tmp_path_factory, tiny_data):
 def check_rendered(page, tmp_path, figures=FIGURES):
     shown = render(page, screenshot=tmp_path / "report.png")
     assert shown["sections"][:2] == ["findings", "job"] and "profiler" in shown["sections"]
-    assert [i["alt"] for i in shown["images"]] == figures
-    for image in shown["images"]:  # decoded by the browser, and laid out on the page
+    figures_shown = [i for i in shown["images"] if not i["alt"].startswith(("mistake ", "Grad-CAM "))]
+    assert [i["alt"] for i in figures_shown] == figures
+    for image in figures_shown:  # decoded by the browser, and laid out on the page
         assert image["complete"] and image["width"] > 300 and image["height"] > 150 and image["shown"] > 300, image
+    tiles = [i for i in shown["images"] if i["alt"].startswith(("mistake ", "Grad-CAM "))]
+    assert all(t["complete"] and t["width"] == 160 and t["shown"] > 100 for t in tiles), tiles
+    assert "evaluation" in shown["sections"]
+    if "confusion matrix (test)" in figures:  # a job that got as far as its evaluation
+        assert shown["mistakes"] >= 1 and len(tiles) == 2 * shown["mistakes"]  # a photo and its overlay each
+        assert "true Blue_box, predicted Red_box" in shown["text"]  # the red box filed as blue
     assert (tmp_path / "report.png").stat().st_size > 10_000
     return shown
 
@@ -62,6 +79,8 @@ def test_report_of_a_local_job_renders_in_chromium(healthy, tmp_path):
     for rule in RULES + ["DataLoaderBottleneck", "LowGPUUtilization", "BatchSize", "CPUBottleneck", "StepOutlier"]:
         assert rule in shown["text"]
     assert "torch.profiler trace" in shown["text"]  # profile-steps=2 wrote trace.json
+    assert "data audit: duplicate images across splits (train-test: 1)" in result.stdout  # a key finding
+    assert "audit" in shown["sections"] and "002.Green_disc/copy.jpg" in shown["text"]
 
 
 def test_report_of_an_exploded_job_names_the_failure_and_the_rule(exploded, tmp_path):

@@ -268,3 +268,53 @@ def test_mms_preloads_the_model_only_where_a_fork_is_safe(tmp_path, monkeypatch)
     assert "preload_model=true" in mms.config(tmp_path, 1).read_text()
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # a fork after OpenMP ran on 2 threads hangs
     assert "preload_model" not in mms.config(tmp_path, 1).read_text()
+
+
+def _concurrent(send, bodies):
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(send, bodies))
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_dynamic_batching_answers_each_request_as_alone(trained, tiny_data, tmp_path, server, multi):
+    """SERVE_BATCH_SIZE: concurrent requests reach one worker together and are answered with one
+    forward; each gets the answer it gets alone, and a bad one among them only its own 4xx."""
+    bodies = [p.read_bytes() for p, _ in labelled_images(tiny_data)[:3]] + [b"not an image"]
+    alone = [server.invoke(b) for b in bodies]
+    env = dict(SERVE_BATCH_SIZE=4, SERVE_MAX_BATCH_DELAY_MS=2000)  # a single model: MMS's default workers
+    if multi:
+        env["SAGEMAKER_MODEL_SERVER_WORKERS"] = 1
+        (tmp_path / "models" / "dogs").mkdir(parents=True)
+        (tmp_path / "models" / "dogs" / "model").symlink_to(trained / "model")
+        env["SAGEMAKER_MULTI_MODEL"] = "true"
+    else:
+        (tmp_path / "model").symlink_to(trained / "model")
+    srv = Server(tmp_path, **env)
+    try:
+        srv.wait_healthy()
+        path = "/invocations"
+        if multi:
+            load = requests.post(srv.url + "/models", timeout=120,
+                                 json={"model_name": "dogs", "url": str(tmp_path / "models" / "dogs" / "model")})
+            assert load.status_code == 200, load.text
+            path = "/models/dogs/invoke"
+        else:
+            assert "model registered with batch_size=4, max_batch_delay=2000 ms" in srv.output()
+        batched = _concurrent(lambda b: requests.post(srv.url + path, data=b, timeout=60,
+                                                      headers={"Content-Type": "image/jpeg"}), bodies)
+        for one, together in zip(alone[:3], batched[:3]):
+            assert together.status_code == 200, together.text
+            a, b = one.json()["predictions"][0], together.json()["predictions"][0]
+            assert a["label"] == b["label"] and abs(a["probability"] - b["probability"]) < 1e-3
+        assert alone[3].status_code == 400 and assert_json_error(batched[3], 400) == alone[3].json()["message"]
+        assert re.search(r"[234] requests answered with one forward of [234] images", srv.output()), srv.output()
+    finally:
+        assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-3"])
+def test_a_bad_batch_size_stops_serve_with_the_reason(tmp_path, trained, value):
+    (tmp_path / "model").symlink_to(trained / "model")
+    srv = Server(tmp_path, SERVE_BATCH_SIZE=value)
+    assert srv.process.wait(60) == 1
+    assert f"serve: SERVE_BATCH_SIZE must be a positive whole number, got {value!r}" in srv.output()

@@ -101,3 +101,32 @@ def test_check_counts_agreement_and_accuracy():
     assert result["images"] == 4 and result["top1_agreement"] == 0.75
     assert result["accuracy_fp32"] == 0.75 and result["accuracy"] == 0.5
     assert 0.5 < result["max_probability_difference"] <= 1
+
+
+def test_serve_graph_variable(monkeypatch):
+    monkeypatch.delenv(precision.GRAPH_ENV, raising=False)
+    assert precision.graph() == "frozen"
+    monkeypatch.setenv(precision.GRAPH_ENV, " Compiled ")
+    assert precision.graph() == "compiled"
+    monkeypatch.setenv(precision.GRAPH_ENV, "jit")
+    with pytest.raises(PrecisionError, match="SERVE_GRAPH must be one of frozen, compiled; got 'jit'"):
+        precision.graph()
+
+
+def test_the_compiled_graph_agrees_and_is_ready_for_the_handlers_calls():
+    """torch.compile in bf16: close to fp32, and compiled for what predict_many sends (an inference
+    tensor under inference_mode), so that no worker compiles again at its first request."""
+    torch.manual_seed(0)
+    network = models.to_device(models.build_for_inference("resnet18", 5).eval(), CPU)
+    served = precision.prepare(network, "bf16", CPU, 32, "compiled")
+    compiled_before = torch_dynamo_graphs()
+    with torch.inference_mode():
+        x = torch.randn(1, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        p16, p32 = torch.softmax(served(x), 1), torch.softmax(network(x), 1)
+    assert torch_dynamo_graphs() == compiled_before  # no recompilation
+    assert (p16 - p32).abs().max() < 0.05 and p16.dtype == torch.float32
+
+
+def torch_dynamo_graphs() -> int:
+    import torch._dynamo
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]

@@ -92,6 +92,29 @@ def test_the_jvm_heap_follows_the_container_memory(monkeypatch):
     assert 0 < mms.memory_limit()
 
 
+def test_batching_settings_and_the_workers_a_registered_model_gets(monkeypatch):
+    monkeypatch.delenv("SERVE_BATCH_SIZE", raising=False)
+    monkeypatch.delenv("SERVE_MAX_BATCH_DELAY_MS", raising=False)
+    assert mms.batching() == {"batch_size": 1, "max_batch_delay": 20}
+    monkeypatch.setenv("SERVE_BATCH_SIZE", "8")
+    monkeypatch.setenv("SERVE_MAX_BATCH_DELAY_MS", " 5 ")
+    assert mms.batching() == {"batch_size": 8, "max_batch_delay": 5}
+    monkeypatch.setenv("SERVE_MAX_BATCH_DELAY_MS", "0.5")
+    with pytest.raises(ValueError, match="SERVE_MAX_BATCH_DELAY_MS must be a positive whole number, got '0.5'"):
+        mms.batching()
+    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "3")
+    assert mms.workers() == 3
+    monkeypatch.delenv("SAGEMAKER_MODEL_SERVER_WORKERS")
+    monkeypatch.setattr(mms.shutil, "which", lambda name: None)  # no GPU: one per CPU, as MMS counts them
+    assert mms.workers() == mms.os.cpu_count()
+
+
+def test_mms_loads_no_model_by_itself_when_serve_registers_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("SAGEMAKER_MULTI_MODEL", raising=False)
+    assert "load_models=ALL\n" in mms.config(tmp_path, MIB).read_text()
+    assert "load_models=\n" in mms.config(tmp_path, MIB, load_models=False).read_text()  # not every folder of /
+
+
 @pytest.mark.parametrize("accept", [None, "", "application/json", "*/*", "application/*", "application/json, */*",
                                     "application/json; charset=utf-8", "text/html;q=0.9, application/json;q=0.5",
                                     "APPLICATION/JSON"])

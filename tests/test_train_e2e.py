@@ -28,6 +28,39 @@ def test_training_writes_model_metrics_and_success(trained):
     assert (trained / "checkpoints" / "checkpoint.pt").exists()
 
 
+def test_the_held_out_channels_are_evaluated(trained):
+    found = read_json(trained / "output" / "data" / "metrics.json")
+    test = found["evaluation"]["test"]
+    assert set(found["evaluation"]) == {"valid", "test"} and test["images"] == 12 == found["test_images"]
+    assert test["top1_accuracy"] == found["test_accuracy"] and test["top_k"] == 3 and test["top5_accuracy"] == 1
+    low, high = test["top1_accuracy_ci95"]
+    assert low <= test["top1_accuracy"] <= high and high - low > 0.1  # 12 images: a wide interval
+    assert sum(map(sum, test["confusion_matrix"])) == 12 and [c["support"] for c in test["per_class"]] == [4, 4, 4]
+    assert sum(b["images"] for b in test["reliability"]) == 12 and 0 <= test["expected_calibration_error"] <= 1
+    wrong = 12 - round(test["top1_accuracy"] * 12)
+    assert len(test["confident_mistakes"]) == wrong
+    assert all(m["file"].split("/")[0][:3] in ("001", "002", "003") and m["true"] != m["predicted"]
+               for m in test["confident_mistakes"])
+    folder = trained / "output" / "data" / "evaluation"
+    assert read_json(folder / "test.json") == test and (folder / "valid_per_class.tsv").exists()
+    log = (trained / "train.log").read_text()
+    assert len(metrics.parse(log)["test:top5_accuracy"]) == 1 and len(metrics.parse(log)["valid:macro_f1"]) == 1
+
+
+def test_tensorboard_scalars_are_written_where_sagemaker_reads_them(trained):
+    from smdebug.core.tfevent.event_file_reader import EventFileReader  # an independent reader of the format
+    [events] = (trained / "output" / "tensorboard").glob("events.out.tfevents.*")
+    scalars = {}
+    for step, summary in EventFileReader(str(events)).read_summaries(check="full"):  # every record's CRC
+        for value in summary.value:
+            scalars.setdefault(value.tag, []).append((step, round(value.simple_value, 4)))
+    history = read_json(trained / "output" / "data" / "metrics.json")["history"]
+    assert scalars["accuracy/valid"] == [(h["epoch"], round(h["valid_acc"], 4)) for h in history]
+    assert [s for s, _ in scalars["loss/train"]] == [1, 2] and len(scalars["lr"]) == 2
+    assert {"throughput/train_images_per_second", "evaluation_test/top1_accuracy",
+            "evaluation_valid/expected_calibration_error"} <= set(scalars)
+
+
 def test_printed_metrics_match_the_regexes_sagemaker_uses(tmp_path, tiny_data):
     base = local.make_tree(tmp_path, tiny_data, {**FAST_HP, "log-interval": 2})
     result = run_train(base)

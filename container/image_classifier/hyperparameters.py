@@ -120,6 +120,11 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    "Folder that keeps cached features across jobs (local tuning trials share one): relative "
                    "to /opt/ml/output, or absolute inside /opt/ml (or $FEATURE_CACHE_ROOT); "
                    "empty: in memory, for this job only."),
+    Hyperparameter("audit", str, "full",
+                   "Data audit before training (warnings, never a failure): 'full' (exact duplicates, and "
+                   "near-duplicates from the frozen backbone's cached features where trainable=head with "
+                   "cache-features; class counts; images under the crop), 'exact' (no near-duplicates), 'off'.",
+                   ("full", "exact", "off")),
     Hyperparameter("distributed-timeout", int, 600,
                    "Seconds a process of a multi-device or multi-host job waits for the others at a collective "
                    "before it fails the job (a process that dies on a live host ends the others at once).", minimum=10),

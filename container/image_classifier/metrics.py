@@ -18,6 +18,12 @@ METRIC_DEFINITIONS = [
     {"Name": "train:images_per_second", "Regex": rf"images_per_second={_NUM}"},
     {"Name": "test:loss", "Regex": rf"test_loss={_NUM}"},
     {"Name": "test:accuracy", "Regex": rf"test_acc={_NUM}"},
+] + [  # the held-out channels' evaluation (evaluation_line)
+    {"Name": f"{channel}:{name}", "Regex": rf"{channel}_{key}={_NUM}"}
+    for channel in ("valid", "test")
+    for name, key in (("top5_accuracy", "top5_acc"), ("accuracy_ci95_low", "acc_low"),
+                      ("accuracy_ci95_high", "acc_high"), ("macro_f1", "macro_f1"),
+                      ("calibration_error", "ece"))
 ]
 
 # What the tuner maximizes. Validation, never test: the test set is never used for selection.
@@ -40,6 +46,14 @@ def selected_line(epoch: int, valid_loss: float, valid_acc: float) -> str:
 
 def test_line(loss: float, acc: float) -> str:
     return f"final test_loss={loss:.4f} test_acc={acc:.4f}"
+
+
+def evaluation_line(channel: str, summary: dict) -> str:
+    """The headline figures of evaluation.summarize for one channel (valid or test)."""
+    low, high = summary["top1_accuracy_ci95"]
+    return (f"evaluation {channel}_top5_acc={summary['top5_accuracy']:.4f} {channel}_acc_low={low:.4f} "
+            f"{channel}_acc_high={high:.4f} {channel}_macro_f1={summary['macro_f1']:.4f} "
+            f"{channel}_ece={summary['expected_calibration_error']:.4f} images={summary['images']}")
 
 
 def parse(log_text: str) -> dict[str, list[float]]:

@@ -20,6 +20,9 @@ import psutil
 import torch
 
 log = logging.getLogger(__name__)
+# The first sample comes at once: a job shorter than one interval (cached features, a warm cache)
+# would otherwise have a single sample, at its end, and an empty utilization chart.
+FIRST_SAMPLE_SECONDS = 0.05
 
 
 class StepTimer:
@@ -81,9 +84,10 @@ class SystemMonitor(threading.Thread):
     def run(self) -> None:
         psutil.cpu_percent(percpu=True)  # the first call only starts the measurement
         with open(self.path, "a") as out:
-            done = False
+            done, wait = False, FIRST_SAMPLE_SECONDS
             while not done:  # the last sample, at stop, covers the time since the one before
-                done = self.stopped.wait(self.interval)
+                done = self.stopped.wait(wait)
+                wait = self.interval
                 memory = psutil.virtual_memory()
                 sample = {"time": round(time.time(), 3), "cpu_percent": psutil.cpu_percent(percpu=True),
                           "memory_percent": memory.percent, "memory_used_gb": round(memory.used / 1e9, 3)}

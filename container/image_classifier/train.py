@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import artifact, checkpoint, data, distributed, features, hyperparameters, metrics, models, paths, precision
+from . import (artifact, audit, checkpoint, data, distributed, evaluation, features, gallery, hyperparameters,
+               metrics, models, paths, precision, tensorboard)
 from .debugger import Debugger
 from .distributed import SINGLE, World
 from .profiling import Profiling
@@ -409,6 +410,7 @@ def end_epoch(job: Job, valid_batches, started: float) -> None:
         print(f"profile epoch={p.epoch + 1} {job.profiling.timer.summary()}", flush=True)
     p.history.append(dict(epoch=p.epoch + 1, train_loss=train_loss, train_acc=train_acc, valid_loss=val.loss,
                           valid_acc=val.acc, valid_images=val.seen, seconds=seconds, images_per_second=ips))
+    job.scalars.epoch(p.history[-1], job.scheduler.get_last_lr()[0])
     if val.acc > p.best_acc:
         p.best_acc, p.best_epoch, p.stale_epochs = val.acc, p.epoch + 1, 0
         if job.world.leader:
@@ -421,6 +423,28 @@ def end_epoch(job: Job, valid_batches, started: float) -> None:
         if job.world.leader:
             print(f"early stopping: no better valid accuracy in {hp.early_stopping_patience} epoch(s); "
                   f"best epoch {p.best_epoch}", flush=True)
+
+
+def data_audit(hp, channels: list, cache, pre, world: World, output_data_dir) -> dict | None:
+    """audit.py over the job's channels, before training: the leader logs it and writes audit.tsv.
+    Near-duplicates come from the cached features' evaluation view (valid's is the one validation
+    uses; train's and test's cost one backbone pass each, kept in the feature cache)."""
+    if hp.audit == "off":
+        return None
+    present = [ch for ch in channels if ch]
+    views = None
+    if hp.audit == "full" and cache is not None:
+        views = [cache.eval_view(ch, eval_transform(pre)).features for ch in present]
+    if not world.leader:
+        return None
+    found, rows = audit.run(present, pre.image_size, views)
+    flagged = any(v for k, v in found.items() if k != "duplicate_pairs_by_splits")
+    (log.warning if flagged else log.info)("%s%s", audit.describe(found),
+                                           f"; the list: {Path(output_data_dir) / 'audit.tsv'}" if rows and
+                                           output_data_dir else "")
+    if output_data_dir is not None and rows:
+        audit.write(Path(output_data_dir) / "audit.tsv", rows)
+    return found
 
 
 def best_model(job: Job, channels: list, share: bool = True) -> dict:
@@ -484,6 +508,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
                  f", kept in {where.feature_cache}" if where.feature_cache else "")
     else:
         batches = ImageBatches(model, train_ch, valid_ch, pre, hp, sampler, drop_last, world)
+    audited = data_audit(hp, all_channels, cache if cached else None, pre, world, output_data_dir)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], hp)
@@ -495,11 +520,14 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
               world, batches.blank)
     job.debug.register(job.net, criterion)
     job.resume(hp_dict, train_ch.folders)
+    job.scalars = tensorboard.Scalars(tensorboard.directory() if world.leader else None)
 
     def save(final: dict) -> None:
-        if world.leader:
-            artifact.save(model_dir, model, hp.backbone, classes, train_ch.folders, pre, hp_dict, final,
-                          weights_source)
+        if world.leader:  # model.json keeps the evaluation's headline figures; metrics.json has it all
+            headline = {name: {k: v for k, v in found.items() if k in evaluation.HEADLINE}
+                        for name, found in final.get("evaluation", {}).items()}
+            artifact.save(model_dir, model, hp.backbone, classes, train_ch.folders, pre, hp_dict,
+                          {**final, "evaluation": headline} if headline else final, weights_source)
 
     def stopped(when: str, checkpointed: bool = False) -> Stopped:
         """SIGTERM: checkpoint; SageMaker uploads /opt/ml/model when a stopped job ends (MaxRuntime,
@@ -536,10 +564,14 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
                 raise stopped(f"after epoch {epoch + 1}", checkpointed=True)
 
     final = test_and_save(job, all_channels, pre, save)
+    final["audit"] = audited
     if world.leader:
         log.info("model saved to %s (best epoch %d, valid accuracy %.4f)", model_dir, job.progress.best_epoch,
                  job.progress.best_acc)
         if output_data_dir is not None:
+            shown = test_ch or valid_ch  # the report's gallery: the test channel's mistakes, else valid's
+            gallery.write(model, device, pre, shown.root, final["evaluation"][shown.name]["confident_mistakes"],
+                          classes, Path(output_data_dir) / "evaluation" / f"{shown.name}_mistakes")
             write_report(Path(output_data_dir), final, [ch for ch in all_channels if ch])
     distributed.barrier(world)  # the others end once the leader has written everything
     return final
@@ -553,20 +585,56 @@ def test_and_save(job: Job, channels: list, pre, save) -> dict:
     if final["valid_accuracy"] is not None and leader:
         print(metrics.selected_line(final["best_epoch"], final["valid_loss"], final["valid_accuracy"]), flush=True)
     job.debug.predict()  # the test pass is not part of the valid (EVAL) curves
-    test_ch = channels[2]
-    if test_ch is not None:
-        loader = make_loader(distributed.shard(job.world, test_ch.samples), eval_transform(pre), pre.resize_size,
-                             job.hp, job.hp.batch_size // job.world.size)
-        test = evaluate(job.model, loader, job.criterion, job.device, world=job.world)
-        final.update(test_loss=test.loss, test_accuracy=test.acc, test_images=test.seen)
-        final["undecodable_images"] += test.failed
+    final["evaluation"] = {}
+    for ch in (channels[1], channels[2]):  # valid, then test: every image with the saved model
+        if ch is None:
+            continue
+        found = evaluate_channel(job, ch, pre)
+        final["evaluation"][ch.name] = found.summary
+        final["undecodable_images"] += found.failed if ch.name == "test" else 0
+        if ch.name == "test":
+            final.update(test_loss=found.loss, test_accuracy=found.summary["top1_accuracy"],
+                         test_images=found.summary["images"])
         if leader:
-            print(metrics.test_line(test.loss, test.acc), flush=True)
+            if ch.name == "test":
+                print(metrics.test_line(found.loss, found.summary["top1_accuracy"]), flush=True)
+            print(metrics.evaluation_line(ch.name, found.summary), flush=True)
+            job.scalars.evaluation(ch.name, found.summary, final["best_epoch"])
+    job.scalars.close()
+    test_ch = channels[2]
     if leader:
         final["serving"] = serving_checks(job, test_ch or channels[1], pre)
     job.debug.close()
     save(final)
     return final
+
+
+@torch.no_grad()
+def evaluate_channel(job: Job, channel: data.Channel, pre) -> SimpleNamespace:
+    """The saved model on every image of a channel (each rank its shard; the logits are gathered):
+    loss, and evaluation.summarize's figures."""
+    samples = channel.samples
+    indexed = [(path, i) for i, (path, _) in enumerate(samples)]  # the label slot carries the row
+    loader = make_loader(distributed.shard(job.world, indexed), eval_transform(pre), pre.resize_size, job.hp,
+                         job.hp.batch_size // job.world.size)
+    logits = torch.zeros(len(samples), len(channel.folders))
+    seen = torch.zeros(len(samples))
+    failed = 0
+    job.model.eval()
+    for inputs, rows, n_failed in loader:
+        failed += n_failed
+        if inputs is not None:
+            logits[rows] = job.model(models.batch_to(inputs, job.device)).float().cpu()
+            seen[rows] = 1
+    logits, seen = distributed.gather_rows(job.world, logits, job.device), distributed.gather_rows(job.world, seen, job.device)
+    failed = int(distributed.total(job.world, [failed], job.device)[0])
+    keep = seen > 0
+    labels = torch.tensor([label for _, label in samples], dtype=torch.long)[keep]
+    logits = logits[keep]
+    loss = job.criterion(logits, labels).item() if len(labels) else 0.0
+    files = [os.path.relpath(path, channel.root) for (path, _), k in zip(samples, keep.tolist()) if k]
+    summary = evaluation.summarize(torch.softmax(logits, 1).numpy(), labels.numpy(), channel.classes, files)
+    return SimpleNamespace(loss=loss, failed=failed, summary=summary)
 
 
 def same_data(world: World, channels: list, device) -> None:
@@ -606,9 +674,12 @@ def serving_checks(job: Job, channel: data.Channel, pre) -> dict:
 
 
 def write_report(directory: Path, final: dict, channels: list[data.Channel]) -> None:
-    """metrics.json and the list of skipped files, uploaded by SageMaker as output.tar.gz."""
+    """metrics.json, the evaluation (evaluation/) and the list of skipped files, uploaded by
+    SageMaker as output.tar.gz."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+    for name, summary in final.get("evaluation", {}).items():
+        evaluation.write(directory / "evaluation", name, summary)
     skipped = ["\t".join(map(_tsv_cell, (ch.name, path, reason))) for ch in channels for path, reason in ch.skipped]
     if skipped:
         (directory / "skipped_files.tsv").write_text("channel\tpath\treason\n" + "\n".join(skipped) + "\n")

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
@@ -68,8 +69,12 @@ class Health:
 
 class Front:
     def __init__(self, run_dir: Path, process: subprocess.Popen, *, multi_model: bool, payload_limit: int,
-                 request_timeout: float, drain_seconds: float, unhealthy_seconds: float, started: float):
+                 request_timeout: float, drain_seconds: float, unhealthy_seconds: float, started: float,
+                 batching: dict | None = None, register: Path | None = None):
+        """batching: MMS's batch_size and max_batch_delay for every model; register: the single
+        model's staged folder when MMS was started without it (batching needs its management API)."""
         self.run_dir, self.process, self.multi = Path(run_dir), process, multi_model
+        self.batching, self.register = batching or {}, register
         self.payload_limit, self.request_timeout = payload_limit, request_timeout
         self.drain_seconds, self.unhealthy_seconds, self.started = drain_seconds, unhealthy_seconds, started
         self.health = Health()
@@ -182,7 +187,8 @@ class Front:
         return headers
 
     async def invocations(self, request: web.Request) -> web.Response:
-        return await self._invoke(request, "/invocations")
+        # MMS finds the model of a bare /invocations only among those named at start-up.
+        return await self._invoke(request, "/invocations?model_name=model" if self.register else "/invocations")
 
     async def invoke_model(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -248,7 +254,7 @@ class Front:
             staged = self.run_dir / "models" / f"{name}-{time.monotonic_ns()}"
             model_store.stage(folder, staged)
             answer = await self._forward(request.app["management"], "POST", "/models",
-                                         json.dumps({"model_name": name, "url": str(staged)}).encode(),
+                                         json.dumps({"model_name": name, "url": str(staged), **self.batching}).encode(),
                                          {"Content-Type": JSON_TYPE}, timeout=max(300.0, self.request_timeout))
             if answer.status == 200:
                 failed = await self._load_failure(name)
@@ -299,6 +305,21 @@ class Front:
                 model_state.forget(self.run_dir, name)
             return answer
 
+    async def register_model(self, session: aiohttp.ClientSession) -> None:
+        """The single model, registered with batching once MMS's management socket answers."""
+        query = urlencode({"model_name": "model", "url": str(self.register), "initial_workers": mms.workers(),
+                           **self.batching})
+        deadline = time.monotonic() + 120
+        while not self.stopped.is_set():
+            answer = await self._forward(session, "POST", f"/models?{query}", None, {}, timeout=300)
+            if answer.status == 200:
+                log.info("model registered with batch_size=%(batch_size)d, max_batch_delay=%(max_batch_delay)d ms",
+                         self.batching)
+                return
+            if answer.status != 503 or time.monotonic() > deadline:  # 503: the socket is not up yet
+                return self.stop(f"the model server refused the model ({answer.status}): {answer.text}")
+            await asyncio.sleep(0.1)
+
     # --- running ---------------------------------------------------------------------------------
     def stop(self, problem: str | None = None) -> None:
         if problem and not self.problem:
@@ -322,9 +343,12 @@ class Front:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._signalled, sig)
-        watcher = asyncio.create_task(self.watch(app["inference"]))
+        tasks = [asyncio.create_task(self.watch(app["inference"]))]
+        if self.register:
+            tasks.append(asyncio.create_task(self.register_model(app["management"])))
         await self.stopped.wait()
-        watcher.cancel()
+        for task in tasks:
+            task.cancel()
         self.health.state, self.health.reason = Health.DRAINING, "the endpoint is shutting down"
         self.health.ready.clear()
         if self.in_flight:

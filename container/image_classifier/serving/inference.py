@@ -11,6 +11,7 @@ import binascii
 import dataclasses
 import json
 import logging
+import os
 import time
 import warnings
 
@@ -18,18 +19,20 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from sagemaker_inference.errors import GenericInferenceToolkitError
 
-from .. import artifact
-from . import precision
+from .. import artifact, gradcam
+from . import explanations, precision
 from ..models import batch_to
 from ..preprocessing import ImageTooLarge, Preprocessing, decoded_pixels, eval_transform, open_image, to_rgb
 from .limits import (max_batch_images, max_decode_seconds, max_payload_bytes, max_pixels, max_request_pixels,
                      payload_too_large)
-from .responses import JSON_TYPE, media_type
+from .responses import JSON_TYPE, JSONLINES_TYPE, media_type
 
 log = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")  # and any other image/*
 DEFAULT_TOP_K = 5
+OPTIONS = ("top_k", "probabilities", "explain", "explain_class")
+ALL_PROBABILITIES_ENV = "SERVE_PROBABILITIES"  # true: every answer has the full vector (batch, Clarify)
 
 # Pillow's own bomb check warns below 2x its limit and raises above; ours (limits.py) is explicit.
 Image.MAX_IMAGE_PIXELS = None
@@ -48,6 +51,13 @@ class Model:
     transform: object
     device: torch.device
     precision: str = "fp32"
+    eager: torch.nn.Module | None = None  # the fp32 network as trained: Grad-CAM needs its gradients
+    _explain_layer: torch.nn.Module | None = None
+
+    def explain_layer(self) -> torch.nn.Module:
+        if self._explain_layer is None:
+            self._explain_layer = gradcam.last_spatial_layer(self.eager, self.preprocessing.image_size)
+        return self._explain_layer
 
 
 @dataclasses.dataclass
@@ -55,6 +65,9 @@ class Batch:
     images: torch.Tensor
     top_k: int
     probabilities: bool
+    explain: bool = False
+    explain_class: int | None = None  # None: the predicted class
+    sizes: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # each input's upright (width, height)
 
 
 @dataclasses.dataclass
@@ -62,6 +75,7 @@ class Prediction:
     probabilities: torch.Tensor  # (n, classes)
     top_k: int
     full: bool
+    explanations: list[dict] | None = None
 
 
 def model_fn(model_dir: str) -> Model:
@@ -69,25 +83,33 @@ def model_fn(model_dir: str) -> Model:
     network, manifest = artifact.load(model_dir, device)
     pre = Preprocessing.from_json(manifest["preprocessing"])
     name, why = precision.choose(precision.requested(), device, manifest)
-    served = precision.prepare(network, name, device, pre.image_size)
+    served = precision.prepare(network, name, device, pre.image_size, precision.graph())
     log.info("loaded %s with %d classes from %s; serving in %s (%s)", manifest["backbone"], manifest["num_classes"],
              model_dir, name, why)
     # No warm-up request here: answering one before MMS forks its workers took 100 ms off each
     # worker's first request but cost 20% of their throughput (docs/PERFORMANCE.md).
-    return Model(served, manifest, manifest["class_names"], pre, eval_transform(pre), device, name)
+    return Model(served, manifest, manifest["class_names"], pre, eval_transform(pre), device, name, eager=network)
 
 
 def parse_options(custom_attributes: str | None) -> dict:
-    """CustomAttributes 'top_k=3,probabilities=true' (',' or ';' separated) -> options."""
+    """CustomAttributes 'top_k=3,probabilities=true,explain=gradcam' (',' or ';' separated) -> options."""
     options = {}
     for part in (custom_attributes or "").replace(";", ",").split(","):
         key, _, value = part.strip().partition("=")
-        if key.strip() in ("top_k", "probabilities"):
+        if key.strip() in OPTIONS:
             options[key.strip()] = value.strip()
     return options
 
 
-def _options(raw: dict, num_classes: int) -> tuple[int, bool]:
+def _flag(value) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes")
+
+
+def all_probabilities() -> bool:
+    return _flag(os.environ.get(ALL_PROBABILITIES_ENV, "false"))
+
+
+def _options(raw: dict, model: Model) -> dict:
     top_k = raw.get("top_k", DEFAULT_TOP_K)
     try:
         top_k = int(top_k)
@@ -95,9 +117,19 @@ def _options(raw: dict, num_classes: int) -> tuple[int, bool]:
             raise ValueError
     except (TypeError, ValueError):
         raise error(400, f"top_k must be a positive integer, got {top_k!r}") from None
-    full = raw.get("probabilities", False)
-    full = full if isinstance(full, bool) else str(full).lower() in ("true", "1", "yes")
-    return min(top_k, num_classes), full
+    found = {"top_k": min(top_k, len(model.classes)), "probabilities": _flag(raw.get("probabilities", False))
+             or all_probabilities()}
+    method = str(raw.get("explain", "")).strip().lower()
+    if method and method not in explanations.METHODS:
+        raise error(400, f"explain must be one of {', '.join(explanations.METHODS)}, got {method!r}")
+    wanted = raw.get("explain_class")
+    if wanted is not None and not method:
+        raise error(400, "explain_class needs explain=gradcam")
+    if wanted is not None and str(wanted) not in model.classes:
+        raise error(400, f"explain_class {str(wanted)!r} is not one of the model's classes "
+                         f"({', '.join(model.classes[:5])}{', ...' if len(model.classes) > 5 else ''})")
+    found.update(explain=bool(method), explain_class=None if wanted is None else model.classes.index(str(wanted)))
+    return found
 
 
 def _open(body: bytes, what: str) -> Image.Image:
@@ -123,10 +155,17 @@ def _tensor(image: Image.Image, model: Model, what: str) -> torch.Tensor:
         raise error(400, f"{what} could not be decoded: {e}") from None
 
 
-def _decode_all(bodies: list[tuple[bytes, str]], model: Model) -> list[torch.Tensor]:
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) once EXIF orientation is applied, from the header (before any draft)."""
+    turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # orientations that swap the axes
+    return (image.height, image.width) if turned else image.size
+
+
+def _decode_all(bodies: list[tuple[bytes, str]], model: Model) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
     """Every image's size is known (from its header) before any is decoded, so a request over the
     work budget is refused at once, not after the worker has spent seconds on it."""
     images = [(_open(body, what), what) for body, what in bodies]
+    sizes = [upright_size(image) for image, _ in images]
     total = sum(decoded_pixels(image, model.preprocessing) for image, _ in images)
     if total > max_request_pixels():
         raise error(413, f"the request's images decode to {total} pixels in all; the limit is "
@@ -138,7 +177,7 @@ def _decode_all(bodies: list[tuple[bytes, str]], model: Model) -> list[torch.Ten
             raise error(413, f"decoding took over {max_decode_seconds():g} s (MAX_DECODE_SECONDS) before {what}; "
                              "send fewer or smaller images")
         tensors.append(_tensor(image, model, what))
-    return tensors
+    return tensors, sizes
 
 
 def _instances(body: bytes) -> tuple[list[tuple[bytes, str]], dict]:
@@ -163,7 +202,7 @@ def _instances(body: bytes) -> tuple[list[tuple[bytes, str]], dict]:
             bodies.append((base64.b64decode("".join(b64.split()), validate=True), f"instances[{i}]"))
         except (binascii.Error, ValueError):
             raise error(400, f"instances[{i}] is not valid base64") from None
-    return bodies, {k: payload[k] for k in ("top_k", "probabilities") if k in payload}
+    return bodies, {k: payload[k] for k in OPTIONS if k in payload}
 
 
 def input_fn(body: bytes, content_type: str, options: dict | None = None, model: Model | None = None) -> Batch:
@@ -180,18 +219,25 @@ def input_fn(body: bytes, content_type: str, options: dict | None = None, model:
     else:
         raise error(415, f"unsupported content type {content_type!r}; send image/jpeg, image/png, "
                          f"application/x-image or application/json")
-    top_k, full = _options(options, len(model.classes))
-    return Batch(torch.stack(_decode_all(bodies, model)), top_k, full)
+    chosen = _options(options, model)
+    tensors, sizes = _decode_all(bodies, model)
+    return Batch(torch.stack(tensors), sizes=sizes, **chosen)
+
+
+OFFERED = (JSON_TYPE, JSONLINES_TYPE)  # in order of preference when the client weighs them alike
 
 
 def answer_type(accept: str | None) -> str:
     """The media type to answer with for this Accept header (RFC 9110 12.5.1: a list of ranges,
-    each with an optional q weight; q=0 means 'not this'). Only JSON is offered."""
+    each with an optional q weight, q=0 meaning 'not this'; a type takes the weight of the most
+    specific range that matches it). JSON, or JSON Lines (one answer per line, for batch
+    transform and Clarify)."""
     if not accept or not accept.strip():
         return JSON_TYPE
+    weights = {}  # offered type -> (specificity, q)
     for part in accept.split(","):
         media, *params = [p.strip() for p in part.split(";")]
-        q = 1.0
+        media, q = media.lower(), 1.0
         for param in params:
             key, _, value = param.partition("=")
             if key.strip().lower() == "q":
@@ -199,26 +245,54 @@ def answer_type(accept: str | None) -> str:
                     q = float(value)
                 except ValueError:
                     q = 0.0
-        if q > 0 and media.lower() in (JSON_TYPE, "application/*", "*/*"):
-            return JSON_TYPE
-    raise error(406, f"cannot answer with {accept!r}; accept application/json")
+        for offered in OFFERED:
+            specificity = 2 if media == offered else 1 if media == "application/*" else 0 if media == "*/*" else -1
+            if specificity >= 0 and specificity > weights.get(offered, (-1, 0))[0]:
+                weights[offered] = (specificity, q)
+    best = max(OFFERED, key=lambda t: weights.get(t, (-1, 0.0))[1])  # max keeps the first of equals
+    if weights.get(best, (-1, 0.0))[1] <= 0:
+        raise error(406, f"cannot answer with {accept!r}; accept application/json or application/jsonlines")
+    return best
 
 
-@torch.inference_mode()
 def predict_fn(batch: Batch, model: Model) -> Prediction:
-    logits = model.network(batch_to(batch.images, model.device))
-    return Prediction(torch.softmax(logits, dim=1).cpu(), batch.top_k, batch.probabilities)
+    return predict_many([batch], model)[0]
+
+
+def predict_many(batches: list[Batch], model: Model) -> list[Prediction]:
+    """Several requests' images in one forward (MMS's dynamic batching), one Prediction each."""
+    with torch.inference_mode():
+        logits = model.network(batch_to(torch.cat([b.images for b in batches]), model.device))
+    probabilities = torch.softmax(logits, dim=1).cpu().split([len(b.images) for b in batches])
+    predictions = [Prediction(p, b.top_k, b.probabilities) for b, p in zip(batches, probabilities)]
+    for batch, prediction in zip(batches, predictions):
+        if batch.explain:
+            prediction.explanations = [explain(model, image, size, batch.explain_class if batch.explain_class
+                                               is not None else int(probs.argmax()))
+                                       for image, size, probs in zip(batch.images, batch.sizes, prediction.probabilities)]
+    return predictions
+
+
+def explain(model: Model, image: torch.Tensor, size: tuple[int, int], class_index: int) -> dict:
+    """Grad-CAM for the served answer's class (or the one asked for), on the fp32 network."""
+    found = gradcam.explain(model.eager, model.explain_layer(), image.to(model.device), class_index)
+    return explanations.answer(found, model.classes, size, model.preprocessing)
 
 
 def output_fn(prediction: Prediction, accept: str, model: Model | None = None) -> tuple[str, str]:
     content_type = answer_type(accept)
     results = []
-    for probs in prediction.probabilities:
+    for n, probs in enumerate(prediction.probabilities):
         values, indices = probs.topk(prediction.top_k)
         top = [{"label": model.classes[i], "index": int(i), "probability": round(float(p), 6)}
                for p, i in zip(values.tolist(), indices.tolist())]
         result = {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
-        if prediction.full:
+        if prediction.full or content_type == JSONLINES_TYPE:  # JSON Lines is for machines: batch, Clarify
             result["probabilities"] = {c: round(float(p), 6) for c, p in zip(model.classes, probs.tolist())}
+            result["scores"] = [round(float(p), 6) for p in probs.tolist()]  # in class index order (Clarify)
+        if prediction.explanations is not None:
+            result["explanation"] = prediction.explanations[n]
         results.append(result)
+    if content_type == JSONLINES_TYPE:
+        return "".join(json.dumps(r) + "\n" for r in results), content_type
     return json.dumps({"predictions": results}), content_type

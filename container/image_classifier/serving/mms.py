@@ -27,6 +27,37 @@ def multi_model() -> bool:
     return os.environ.get("SAGEMAKER_MULTI_MODEL", "false").lower() == "true"
 
 
+def _count(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default)).strip()
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+    return int(value)
+
+
+def batching() -> dict:
+    """MMS's dynamic batching: up to SERVE_BATCH_SIZE requests (default 1: none) that arrive within
+    SERVE_MAX_BATCH_DELAY_MS (default 20) of the first go to one worker, which answers them with one
+    forward (transformer.py). It trades latency for throughput: measured on 2 CPU cores in bf16, a
+    forward of 4 images costs 0.65x (efficientnet_lite0) to 0.8x (resnet50) of 4 single ones
+    (docs/PERFORMANCE.md). MMS takes it only when a model is registered through its management API,
+    not for one named at start-up, so with batching `serve` registers its model that way (front.py)."""
+    return {"batch_size": _count("SERVE_BATCH_SIZE", 1), "max_batch_delay": _count("SERVE_MAX_BATCH_DELAY_MS", 20)}
+
+
+def workers() -> int:
+    """Workers per model: SAGEMAKER_MODEL_SERVER_WORKERS, else MMS's own default (one per GPU, else
+    one per CPU), which MMS applies to models named at start-up but not to registered ones."""
+    configured = os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS", "").strip()
+    if configured:
+        return int(configured)
+    if shutil.which("nvidia-smi"):
+        listed = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True)
+        gpus = listed.stdout.count("GPU ") if listed.returncode == 0 else 0
+        if gpus:
+            return gpus
+    return os.cpu_count() or 1
+
+
 def inference_socket(run_dir: Path) -> Path:
     return Path(run_dir) / "inference.sock"
 
@@ -79,7 +110,7 @@ def vmargs(toolkit_default: str) -> str:
     return " ".join(args)
 
 
-def config(run_dir: Path, max_request_size: int) -> Path:
+def config(run_dir: Path, max_request_size: int, load_models: bool = True) -> Path:
     """The MMS configuration sagemaker-inference's start_model_server() writes (the toolkit's files
     and settings; a test compares the two), with the changes above, plus preload_model. Built here
     because importing the toolkit's model_server module (boto3, scipy) costs 0.4 s of every start."""
@@ -99,6 +130,8 @@ def config(run_dir: Path, max_request_size: int) -> Path:
     }
     defaults = TOOLKIT_FILES / ("mme-mms.properties" if multi_model() else "default-mms.properties")
     text = defaults.read_text().replace("$$SAGEMAKER_HANDLER$$", HANDLER)
+    if not load_models:  # ALL would load every folder of the model store ("/") as a model
+        text = text.replace("load_models=ALL", "load_models=")
     text += "".join(f"{key}={value}\n" for key, value in settings.items() if value)
     path = Path(run_dir) / "mms.properties"
     path.write_text(text)
@@ -106,9 +139,10 @@ def config(run_dir: Path, max_request_size: int) -> Path:
 
 
 def start(run_dir: Path, max_request_size: int, model: Path | None) -> subprocess.Popen:
-    """MMS in the foreground, serving `model` (a staged folder) or, in multi-model mode, nothing yet."""
+    """MMS in the foreground, serving `model` (a staged folder) or nothing yet (multi-model mode, or
+    a model the front registers with batching)."""
     cmd = ["multi-model-server", "--start", "--foreground",
-           "--mms-config", str(config(run_dir, max_request_size)),
+           "--mms-config", str(config(run_dir, max_request_size, load_models=model is not None)),
            # "/": MMS resolves a model's URL under the store; we give it absolute paths.
            "--model-store", "/", "--log-config", str(TOOLKIT_FILES / "log4j2.xml")]
     if model is not None:

@@ -6,6 +6,7 @@ import json
 from http import HTTPStatus
 
 JSON_TYPE = "application/json"
+JSONLINES_TYPE = "application/jsonlines"  # SageMaker's name for JSON Lines (batch transform, Clarify)
 
 
 def media_type(header: str | None) -> str:

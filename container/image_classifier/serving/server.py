@@ -47,7 +47,13 @@ SERVE_UNHEALTHY_SECONDS (default 30): how long no worker may answer before `serv
 SERVE_PRECISION (auto, fp32, bf16, bf16-autocast, fp16; default auto): the arithmetic. auto serves
 the fastest reduced precision this hardware has (CPUs with bf16 instructions: a frozen graph with
 bf16 weights, else with fp32 weights under bf16 autocast; GPUs: bf16 or fp16) whose top-1 agreement
-with fp32, measured by training (model.json), is at least 99.5%; else fp32."""
+with fp32, measured by training (model.json), is at least 99.5%; else fp32. SERVE_GRAPH (frozen,
+compiled; default frozen): how a CPU runs the reduced precisions (compiled: torch.compile, faster
+answers, about 10 s more to start). SERVE_PROBABILITIES=true: the full probability vector in every
+answer (Accept application/jsonlines: one line per image, always with it). CustomAttributes
+'explain=gradcam[,explain_class=LABEL]': a Grad-CAM heat map (PNG) and box per image.
+SERVE_BATCH_SIZE (default 1) and SERVE_MAX_BATCH_DELAY_MS (default 20): MMS's dynamic batching;
+up to that many requests arriving within the delay are answered with one forward."""
 
 
 def bind_host() -> str:
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         limit = max_payload_bytes()
+        batching = mms.batching()
         timing = dict(request_timeout=_seconds("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60) + 5,
                       drain_seconds=_seconds("SERVE_DRAIN_SECONDS", 25),
                       unhealthy_seconds=_seconds("SERVE_UNHEALTHY_SECONDS", 30))
@@ -98,10 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     log.info("serving on %s:%s (%s)", bind_host(), port, "multi-model, models under "
              f"{model_store.model_root()}" if multi else f"model {model_dir}")
     # The front refuses bodies over the limit; MMS's own ceiling only has to let those through.
-    process = mms.start(run_dir, limit + MIB, staged)
+    batching = batching if batching["batch_size"] > 1 else None
+    register = staged if batching and not multi else None  # MMS batches only models registered through its API
+    process = mms.start(run_dir, limit + MIB, None if register else staged)
     from .front import Front  # aiohttp's import (0.3 s) overlaps Java's start
 
-    front = Front(run_dir, process, multi_model=multi, payload_limit=limit, started=started, **timing)
+    front = Front(run_dir, process, multi_model=multi, payload_limit=limit, started=started, batching=batching,
+                  register=register, **timing)
     try:
         problem = asyncio.run(front.serve(bind_host(), int(port)))
     finally:

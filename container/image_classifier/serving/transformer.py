@@ -37,24 +37,37 @@ class ImageTransformer(Transformer):
             log.exception("model failed to load")
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             return self._fail_all(data, context, 500, f"model failed to load: {reason}")
-        responses = []
-        for i, request in enumerate(data):  # MMS may hand us several requests at once
+        # MMS hands us several requests at once with dynamic batching (SERVE_BATCH_SIZE): each is
+        # decoded on its own (its errors are its own), then all are answered with one forward.
+        answers, decoded = [None] * len(data), {}
+        for i, request in enumerate(data):
             headers = context.get_all_request_header(i)
             try:
                 accept = inference.answer_type(_header(headers, "accept"))  # 406 before any work
                 options = inference.parse_options(_header(headers, CUSTOM_ATTRIBUTES))
-                batch = inference.input_fn(request.get("body") or b"", _header(headers, "content-type"),
-                                           options=options, model=self._model)
-                prediction = inference.predict_fn(batch, self._model)
-                body, content_type = inference.output_fn(prediction, accept, model=self._model)
-                context.set_response_content_type(i, content_type)
-                responses.append(body)
+                decoded[i] = accept, inference.input_fn(request.get("body") or b"", _header(headers, "content-type"),
+                                                        options=options, model=self._model)
             except BaseInferenceToolkitError as e:
-                responses.append(self._fail(context, i, e.status_code, e.message))
+                answers[i] = self._fail(context, i, e.status_code, e.message)
             except Exception:  # noqa: BLE001
-                log.exception("prediction failed")
-                responses.append(self._fail(context, i, 500, "prediction failed; see the endpoint's log"))
-        return responses
+                log.exception("decoding a request failed")
+                answers[i] = self._fail(context, i, 500, "prediction failed; see the endpoint's log")
+        if not decoded:
+            return answers
+        try:
+            predictions = inference.predict_many([batch for _, batch in decoded.values()], self._model)
+        except Exception:  # noqa: BLE001
+            log.exception("prediction failed")
+            for i in decoded:
+                answers[i] = self._fail(context, i, 500, "prediction failed; see the endpoint's log")
+            return answers
+        if len(decoded) > 1:
+            log.info("%d requests answered with one forward of %d images", len(decoded),
+                     sum(len(p.probabilities) for p in predictions))
+        for (i, (accept, _)), prediction in zip(decoded.items(), predictions):
+            answers[i], content_type = inference.output_fn(prediction, accept, model=self._model)
+            context.set_response_content_type(i, content_type)
+        return answers
 
     @staticmethod
     def _fail(context, idx: int, status: int, message: str) -> str:

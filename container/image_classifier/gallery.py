@@ -1,0 +1,51 @@
+"""The most confident mistakes as pictures, for the report: each photo as the model saw it (the eval
+crop) and the same crop with the Grad-CAM heat map of the class it wrongly chose laid over it.
+Written beside the evaluation (output/data/evaluation/CHANNEL_mistakes/), so that a cloud job's
+report finds them in output.tar.gz without the data set.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import gradcam
+from .preprocessing import Preprocessing, eval_transform, to_rgb
+from .vision import transforms
+
+THUMBNAIL = 160  # px: the gallery's tiles
+
+
+def _crop(image: Image.Image, pre: Preprocessing) -> Image.Image:
+    resize = transforms.Resize(pre.resize_size, interpolation=transforms.InterpolationMode.BILINEAR)
+    return transforms.CenterCrop(pre.image_size)(resize(image))
+
+
+def overlay(crop: Image.Image, heatmap: np.ndarray) -> Image.Image:
+    """Red where the model looked, in proportion to the map."""
+    alpha = Image.fromarray(np.round(heatmap * 180).astype(np.uint8)).resize(crop.size, Image.BILINEAR)
+    return Image.composite(Image.new("RGB", crop.size, (230, 20, 20)), crop, alpha)
+
+
+def write(model: torch.nn.Module, device: torch.device, pre: Preprocessing, root: Path, mistakes: list[dict],
+          classes: list[str], folder: Path) -> None:
+    """Adds `thumbnail` and `overlay` (paths relative to folder's parent) to each mistake."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    layer = gradcam.last_spatial_layer(model, pre.image_size)
+    transform = eval_transform(pre)
+    for i, mistake in enumerate(mistakes):
+        try:
+            with Image.open(Path(root) / mistake["file"]) as opened:
+                image = to_rgb(opened)
+                tensor = transform(image).to(device)
+                crop = _crop(image, pre)
+        except OSError:
+            continue  # the file changed since it was evaluated: no picture, the row stays
+        found = gradcam.explain(model, layer, tensor, classes.index(mistake["predicted"]))
+        names = (f"{i:02d}.jpg", f"{i:02d}_gradcam.jpg")
+        for name, picture in zip(names, (crop, overlay(crop, found.heatmap))):
+            picture.resize((THUMBNAIL, THUMBNAIL), Image.BILINEAR).save(folder / name, quality=85)
+        mistake["thumbnail"], mistake["overlay"] = (f"{folder.name}/{n}" for n in names)
