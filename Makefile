@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DATA ?= ../shared/data/imagewoof10
 
-.PHONY: venv prereqs test test-fast test-docker demo clean
+.PHONY: venv prereqs lint test test-fast test-docker demo clean
 
 venv: $(VENV)/.installed
 
@@ -21,8 +21,11 @@ $(VENV)/.installed: container/requirements.txt launch/requirements.txt requireme
 prereqs:
 	@tests/install_prereqs.sh
 
-test: venv prereqs
+test: venv prereqs lint
 	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
 
 test-docker: venv prereqs
 	$(PY) -m pytest tests/test_docker_e2e.py tests/test_build_and_push.py

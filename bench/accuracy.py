@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DATA, RESULTS, run_train, subset, write  # first: puts container/ on sys.path
+from common import DATA, RESULTS, run_train, subset, write
 
 from image_classifier import metrics
 
@@ -43,7 +43,8 @@ def run(name: str, hp: dict, data: Path, test: Path, work: Path) -> dict:
             "cache": "off" if hp.get("cache-features") is False else f"{hp.get('feature-views', 1)} view(s)",
             "epochs": len(epochs), "train_images": sum(1 for _ in (data / "train").rglob("*.JPEG")),
             "best_valid_accuracy": max(found["valid:accuracy"]), "test_accuracy": found["test:accuracy"][-1],
-            "test_accuracy_ci95": f"{found['test:accuracy_ci95_low'][-1]:.3f} to {found['test:accuracy_ci95_high'][-1]:.3f}",
+            "test_accuracy_ci95": (f"{found['test:accuracy_ci95_low'][-1]:.3f} to "
+                                   f"{found['test:accuracy_ci95_high'][-1]:.3f}"),
             "test_top5_accuracy": found["test:top5_accuracy"][-1], "test_macro_f1": found["test:macro_f1"][-1],
             "test_calibration_error": found["test:calibration_error"][-1],
             "first_epoch_seconds": epochs[0], "later_epoch_seconds": sum(epochs[1:]) / max(len(epochs) - 1, 1),

@@ -16,7 +16,7 @@ import io
 import tempfile
 from pathlib import Path
 
-from common import DATA, RESULTS, write  # first: puts container/ on sys.path
+from common import DATA, RESULTS, write
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ def main() -> int:
         for i, photo in enumerate(photos):
             (root / "distinct" / "x").mkdir(parents=True, exist_ok=True)
             (root / "distinct" / "x" / f"{i:04d}.jpg").symlink_to(photo)
-        for k, (name, alter) in enumerate(ALTERATIONS.items()):
+        for k, alter in enumerate(ALTERATIONS.values()):
             folder = root / f"copy{k}" / "x"
             folder.mkdir(parents=True)
             for i, photo in enumerate(photos[:args.copies]):

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "container"))
 DATA = ROOT.parent / "shared" / "data" / "imagewoof10"
 RESULTS = ROOT / "bench" / "results"
 # ResNets have no ImageNet weights offline (../shared/NOTES.md): random weights, same compute.

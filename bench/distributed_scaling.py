@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DATA, OFFLINE_WEIGHTS, RESULTS, subset, write  # first: puts container/ on sys.path
+from common import DATA, OFFLINE_WEIGHTS, RESULTS, subset, write
 
 from image_classifier import local, metrics
 
@@ -31,7 +31,7 @@ def run(trees: list[Path], threads: int) -> tuple[str, float]:
                               stderr=subprocess.PIPE, text=True) for tree in trees]
     outs = [p.communicate() for p in procs]
     seconds = time.perf_counter() - started
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         if p.returncode != 0:
             raise SystemExit(f"train failed: {err[-2000:]}")
     return outs[0][0], seconds

@@ -18,7 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
-from common import RESULTS, write  # first: puts container/ on sys.path
+from common import RESULTS, write
 
 import torch
 

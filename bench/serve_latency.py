@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import DATA, OFFLINE_WEIGHTS, RESULTS, run_train, subset, write  # first: puts container/ on sys.path
+from common import DATA, OFFLINE_WEIGHTS, RESULTS, run_train, subset, write
 
 import requests
 import torch
@@ -279,7 +279,8 @@ def serve_rows(backbone: str, specs: list[str], model_dir: Path, bodies: list[by
                                cold_starts=cold[spec],
                                **{f"cold_{k}_s": statistics.median(t[k] for t in cold[spec]) for k in cold[spec][0]})
                 rows.append(row)
-                print(f"   {spec} c={c}: p50 {row['p50_ms']:.1f} ms, {row['requests_per_second']:.1f} req/s", flush=True)
+                print(f"   {spec} c={c}: p50 {row['p50_ms']:.1f} ms, {row['requests_per_second']:.1f} req/s",
+                      flush=True)
     finally:
         for server in running.values():
             server.stop()
@@ -315,7 +316,7 @@ def main() -> int:
             print(f"== {backbone}", flush=True)
             model_dir = train_artifact(training, args.data / "test", backbone, work)
             bare = {key: InProcess(model_dir, *key) for key in sorted({parse_server(s)[2:] for s in specs})}
-            for (threads, wanted), contender in bare.items():
+            for (threads, _), contender in bare.items():
                 contender.run(bodies, 8, args.max_seconds)  # warm-up
                 row = {"backbone": backbone, "contender": "in-process", "threads": threads,
                        "precision": contender.model.precision, "concurrency": 1,
@@ -342,6 +343,10 @@ def main() -> int:
     return 0
 
 
+BATCHING_HEADER = ("| backbone | precision | torch threads | decode + transform ms | forward ms/image b1 | b4 | b8 | "
+                   "gain b8 | explain=gradcam ms/image |\n|---|---|---|---|---|---|---|---|---|")
+
+
 def notes(rows: list[dict], args, load_before: float, load_after: float) -> str:
     inproc = [r for r in rows if "batch_gain" in r]
     batching = ""
@@ -363,8 +368,7 @@ images/s at batch 8 over batch 1, decoding included), and what CustomAttributes 
 per image (median of 8: Grad-CAM's fp32 forward and backward, the heat map as a PNG of the photo's
 size; decoding not included):
 
-| backbone | precision | torch threads | decode + transform ms | forward ms/image b1 | b4 | b8 | gain b8 | explain=gradcam ms/image |
-|---|---|---|---|---|---|---|---|---|
+{BATCHING_HEADER}
 {table}
 
 {verdict}"""

@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import DATA, RESULTS, subset, write  # first: puts container/ on sys.path
+from common import DATA, RESULTS, subset, write
 
 import psutil
 import requests
@@ -90,7 +90,8 @@ class Sampler(threading.Thread):
 
 def soak(server: local.Serve, goods: list[bytes], args) -> tuple[dict, list]:
     bads = bad_requests(goods[0])
-    plan = [("bad", bads[i % len(bads)]) if i % args.bad_every == args.bad_every - 1 else ("good", goods[i % len(goods)])
+    plan = [("bad", bads[i % len(bads)]) if i % args.bad_every == args.bad_every - 1
+            else ("good", goods[i % len(goods)])
             for i in range(args.requests)]
     kill_at = {args.requests * (k + 1) // (args.kills + 1) for k in range(args.kills)}
     counter, lock = itertools.count(), threading.Lock()
@@ -168,7 +169,7 @@ def budget(server: local.Serve, goods: list[bytes], n: int) -> list[dict]:
         stop = threading.Event()
         heavy_times = []
 
-        def hammer():
+        def hammer(stop=stop, heavy_times=heavy_times):  # this round's
             s = requests.Session()
             while not stop.is_set():
                 t = time.perf_counter()

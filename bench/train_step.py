@@ -16,7 +16,7 @@ import argparse
 import time
 from pathlib import Path
 
-from common import RESULTS, write  # first: puts container/ on sys.path
+from common import RESULTS, write
 
 import torch
 from torch import nn

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DATA, OFFLINE_WEIGHTS, RESULTS, run_train, subset, write  # first: puts container/ on sys.path
+from common import DATA, OFFLINE_WEIGHTS, RESULTS, run_train, subset, write
 
 import torch
 from torch import nn
@@ -40,7 +40,8 @@ def step_flops(backbone: str, trainable: str, batch: int = 2) -> float:
     models.freeze(model, spec, trainable)
     models.train_mode(model)
     with FlopCounterMode(display=False) as counter:
-        nn.functional.cross_entropy(model(torch.randn(batch, 3, 224, 224)), torch.zeros(batch, dtype=torch.long)).backward()
+        logits = model(torch.randn(batch, 3, 224, 224))
+        nn.functional.cross_entropy(logits, torch.zeros(batch, dtype=torch.long)).backward()
     return counter.get_total_flops() / batch
 
 

@@ -21,8 +21,17 @@ from pathlib import Path
 import common
 from common import DATA, RESULTS, subset, write
 
-sys.path.insert(0, str(common.ROOT / "demo"))
-from demo import CONFIG  # noqa: E402 - the demo's tuning configuration, one source of truth
+
+def _demo_config() -> str:
+    """The demo's tuning configuration, one source of truth (demo/ is a script, not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("demo", common.ROOT / "demo" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    return demo.CONFIG
+
+
+CONFIG = _demo_config()
 
 CONTENDERS = {"shared cached features": [], "no cached features": ["--hp", "cache-features=false"]}
 

@@ -30,11 +30,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "container"))
+from image_classifier import files, local
+from image_classifier.data import IMAGE_EXTENSIONS, class_name
 
-from image_classifier import local  # noqa: E402
-from image_classifier.data import IMAGE_EXTENSIONS, class_name  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = """# written by demo/demo.py: the launch settings of the demo
 prefix = "demo"
@@ -74,8 +73,7 @@ def download_imagewoof(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     if not archive.exists():
         print(f"downloading {IMAGEWOOF_URL} ...", flush=True)
-        urllib.request.urlretrieve(IMAGEWOOF_URL, archive.with_suffix(".part"))
-        archive.with_suffix(".part").rename(archive)
+        files.atomic_write(archive, lambda part: urllib.request.urlretrieve(IMAGEWOOF_URL, part))
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     if digest != IMAGEWOOF_SHA256:
         archive.unlink()
@@ -103,10 +101,10 @@ def split_imagewoof(raw: Path, target: Path) -> None:
         seen = order(f for f in photos if not f.name.startswith(UNSEEN))
         picks = {"test": unseen[:PER_CLASS["test"]], "valid": seen[:PER_CLASS["valid"]],
                  "train": seen[PER_CLASS["valid"]:PER_CLASS["valid"] + PER_CLASS["train"]]}
-        for split, files in picks.items():
+        for split, chosen in picks.items():
             folder = target / split / f"{i:03d}.{breed}"
             folder.mkdir(parents=True)
-            for f in files:
+            for f in chosen:
                 shutil.copy(f, folder / f"{breed}_{f.name}")  # as the shared set names them
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 os.environ.setdefault("SMDEBUG_LOG_LEVEL", "error")  # read at import: smdebug logs every rule step at INFO
 
-import numpy as np  # noqa: E402
-from smdebug import modes  # noqa: E402
-from smdebug.exceptions import RuleEvaluationConditionMet, TensorUnavailableForStep  # noqa: E402
-from smdebug.rules.rule import Rule  # noqa: E402
-from smdebug.rules.rule_invoker import invoke_rule  # noqa: E402
+import numpy as np
+from smdebug import modes
+from smdebug.exceptions import RuleEvaluationConditionMet, TensorUnavailableForStep
+from smdebug.rules.rule import Rule
+from smdebug.rules.rule_invoker import invoke_rule
 
 ISSUES, NO_ISSUES, NOT_EVALUATED = "IssuesFound", "NoIssuesFound", "NotEvaluated"  # SageMaker's words, and ours
 
@@ -105,7 +105,8 @@ class VanishingGradient(RecordingRule):
         if not found:
             return None
         self.datapoints += 1
-        small = {n: float(np.abs(v).mean()) for n, v in found.items() if np.abs(v).mean() < self.parameters["threshold"]}
+        means = {n: float(np.abs(v).mean()) for n, v in found.items()}
+        small = {n: m for n, m in means.items() if m < self.parameters["threshold"]}
         if small:
             name, value = min(small.items(), key=lambda item: item[1])
             return f"mean |gradient| of {name} is {value:.2e} (threshold {self.parameters['threshold']:g})"

@@ -96,7 +96,8 @@ def main(argv=None, session=None) -> int:
     if args.add_only and not args.endpoint_name:
         raise SystemExit("--add-only needs --endpoint-name")
     session = session or aws.session(settings)
-    name = aws.check_name(args.endpoint_name, "--endpoint-name") if args.endpoint_name else aws.job_name(settings, "mme")
+    name = (aws.check_name(args.endpoint_name, "--endpoint-name") if args.endpoint_name
+            else aws.job_name(settings, "mme"))
     prefix = settings.s3("multi-model", name) + "/"
     image = settings.image_for(settings.inference_instance_type)
     endpoint = MultiDataModel(name=name, model_data_prefix=prefix, image_uri=image,

@@ -83,8 +83,9 @@ def step_outliers(profile: Profile, stddev: float = 5, n_outliers: int = 10) -> 
         return Verdict("StepOutlier", NOT_EVALUATED, "fewer than 3 timed steps", "", params)
     limit = seconds.mean() + stddev * seconds.std()
     slow = np.flatnonzero(seconds > limit)
+    slowest = profile.steps[int(seconds.argmax())]["step"]
     detail = (f"{len(slow)} step(s) slower than mean + {stddev:g} std ({limit:.3f} s); median step "
-              f"{np.median(seconds):.3f} s, slowest {seconds.max():.3f} s (step {profile.steps[int(seconds.argmax())]['step']})")
+              f"{np.median(seconds):.3f} s, slowest {seconds.max():.3f} s (step {slowest})")
     status = ISSUES if len(slow) > n_outliers else NO_ISSUES
     return Verdict("StepOutlier", status, detail,
                    "Some steps take far longer than the rest: look for checkpoints, evaluation or other jobs "

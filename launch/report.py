@@ -61,7 +61,8 @@ def _from_output_data(files: JobFiles, data: Path) -> JobFiles:
     if not files.debug and debug_dir.startswith("data/"):  # the image's own hook wrote into output/data
         files.debug = _existing(data / debug_dir[len("data/"):])
     if files.profile and (files.profile / "trace.json").exists():
-        files.links.append(("torch.profiler trace (chrome://tracing, ui.perfetto.dev)", str(files.profile / "trace.json")))
+        files.links.append(("torch.profiler trace (chrome://tracing, ui.perfetto.dev)",
+                            str(files.profile / "trace.json")))
     return files
 
 
@@ -148,8 +149,9 @@ def findings(files: JobFiles, rules: list, verdicts: list) -> list[str]:
         test = (m.get("evaluation") or {}).get("test")
         found.append(f"best valid accuracy {m['valid_accuracy']:.4f} (epoch {m.get('best_epoch')} of "
                      f"{m.get('epochs_run')})" + (
-                         f"; test accuracy {test['top1_accuracy']:.4f} (95% interval {test['top1_accuracy_ci95'][0]:.4f}"
-                         f" to {test['top1_accuracy_ci95'][1]:.4f}, {test['images']} images), top-5 "
+                         f"; test accuracy {test['top1_accuracy']:.4f} (95% interval "
+                         f"{test['top1_accuracy_ci95'][0]:.4f} to {test['top1_accuracy_ci95'][1]:.4f}, "
+                         f"{test['images']} images), top-5 "
                          f"{test['top5_accuracy']:.4f}, calibration error {test['expected_calibration_error']:.3f}"
                          if test else f"; test accuracy {m['test_accuracy']:.4f}" if m.get("test_accuracy") is not None
                          else ""))
@@ -326,7 +328,8 @@ img {{ max-width: 100%; display: block; margin: 0.8em 0; }}
 figure.mistake {{ margin: 0; width: 330px; font-size: 0.8em; }}
 img.tile {{ display: inline-block; width: 160px; margin: 0 4px 0 0; }}
 .badge {{ padding: 0.1em 0.5em; border-radius: 0.8em; font-size: 0.85em; white-space: nowrap; }}
-.issue {{ background: #fdd; color: #900; }} .ok {{ background: #dfd; color: #060; }} .none {{ background: #eee; color: #555; }}
+.issue {{ background: #fdd; color: #900; }} .ok {{ background: #dfd; color: #060; }}
+.none {{ background: #eee; color: #555; }}
 .meta {{ color: #666; }}
 </style></head><body>
 <h1>Training report: {html.escape(files.name)}</h1>

@@ -6,10 +6,10 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from .profile_summary import PHASES, Profile  # noqa: E402
+from .profile_summary import PHASES, Profile
 
 COLORS = {"TRAIN": "tab:blue", "EVAL": "tab:orange", "data_wait": "tab:red", "forward_backward": "tab:blue",
           "optimizer": "tab:green"}
@@ -141,7 +141,8 @@ def per_class(evaluation: dict) -> bytes:
     rows = sorted(evaluation["per_class"], key=lambda r: r["f1"])
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(min(14, 3 + 0.35 * len(rows)), 3.8))
-    for offset, key, color in ((-0.27, "precision", "tab:blue"), (0, "recall", "tab:orange"), (0.27, "f1", "tab:green")):
+    bars = ((-0.27, "precision", "tab:blue"), (0, "recall", "tab:orange"), (0.27, "f1", "tab:green"))
+    for offset, key, color in bars:
         ax.bar(x + offset, [r[key] for r in rows], width=0.27, color=color, label=key)
     ax.set_xticks(x, [r["class"] for r in rows], rotation=90, fontsize=7)
     ax.set_ylim(0, 1.05)

@@ -80,7 +80,8 @@ def is_gpu(instance_type: str) -> bool:
 # GPUs per instance of SageMaker's multi-GPU training types (AWS's accelerated computing instance
 # specifications, https://aws.amazon.com/ec2/instance-types/#Accelerated_Computing); every other
 # GPU type in SageMaker's training list has one.
-MULTI_GPU = {"ml.p2.8xlarge": 8, "ml.p2.16xlarge": 16, "ml.p3.8xlarge": 4, "ml.p3.16xlarge": 8, "ml.p3dn.24xlarge": 8, "ml.p4d.24xlarge": 8,
+MULTI_GPU = {"ml.p2.8xlarge": 8, "ml.p2.16xlarge": 16, "ml.p3.8xlarge": 4, "ml.p3.16xlarge": 8, "ml.p3dn.24xlarge": 8,
+             "ml.p4d.24xlarge": 8,
              "ml.p4de.24xlarge": 8, "ml.p5.48xlarge": 8, "ml.p5e.48xlarge": 8, "ml.p5en.48xlarge": 8,
              "ml.g4dn.12xlarge": 4, "ml.g5.12xlarge": 4, "ml.g5.24xlarge": 4, "ml.g5.48xlarge": 8,
              "ml.g6.12xlarge": 4, "ml.g6.24xlarge": 4, "ml.g6.48xlarge": 8, "ml.g6e.12xlarge": 4,
@@ -120,7 +121,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load(args: argparse.Namespace | None = None, environ: dict | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     settings = Settings()
-    path = getattr(args, "config", None) or environ.get("IC_CONFIG") or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    path = (getattr(args, "config", None) or environ.get("IC_CONFIG")
+            or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None))
     table = tomllib.loads(Path(path).read_text()) if path else {}
     for f in _SCALARS:
         if f.name in table:

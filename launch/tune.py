@@ -164,7 +164,8 @@ def main(argv=None, session=None) -> int:
     described = session.sagemaker_client.describe_training_job(TrainingJobName=best)
     tuned = {k: v for k, v in described["HyperParameters"].items() if not k.startswith(("sagemaker_", "_"))}
     print(f"best training job: {best}")
-    print(f"  {settings.objective_metric}: {final['BestTrainingJob']['FinalHyperParameterTuningJobObjectiveMetric']['Value']:.4f}")
+    value = final["BestTrainingJob"]["FinalHyperParameterTuningJobObjectiveMetric"]["Value"]
+    print(f"  {settings.objective_metric}: {value:.4f}")
     print("  hyperparameters: " + ", ".join(f"{k}={v}" for k, v in sorted(tuned.items())))
     print(f"  model: {described['ModelArtifacts']['S3ModelArtifacts']}")
     table, plot = tuning_report.write(analytics_rows(tuner, space), space, settings.objective_metric,

@@ -7,19 +7,16 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import requests
+from image_classifier import local  # installed (editable) by `make venv`
+from imagegen import make_splits  # tests/ is on sys.path: pytest's rootdir conftest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTAINER = ROOT / "container"
-sys.path[:0] = [str(CONTAINER), str(Path(__file__).parent)]
-
-from image_classifier import local  # noqa: E402
-from imagegen import make_splits  # noqa: E402
 
 IMAGEWOOF = (ROOT.parent / "shared" / "data" / "imagewoof10").resolve()
 CLASSES = ["001.Red_box", "002.Green_disc", "003.Blue_box"]

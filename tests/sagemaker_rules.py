@@ -722,8 +722,8 @@ RULES: tuple[Rule, ...] = (
     Rule("range-scaling", TUNING,
          "Logarithmic scaling needs ranges of values > 0; ReverseLogarithmic is for continuous ranges only, "
          "entirely within 0 <= x < 1.", f"{DG}automatic-model-tuning-define-ranges.html",
-         f"service model (API_ContinuousParameterRange / API_IntegerParameterRange) and "
-         f"awsdocs/amazon-sagemaker-developer-guide doc_source/automatic-model-tuning-define-ranges.md",
+         "service model (API_ContinuousParameterRange / API_IntegerParameterRange) and "
+         "awsdocs/amazon-sagemaker-developer-guide doc_source/automatic-model-tuning-define-ranges.md",
          _check_scaling),
     Rule("range-bounds", TUNING, "Integer and continuous range bounds are numbers (integers for integer ranges) "
          "and MinValue <= MaxValue.", f"{API}API_IntegerParameterRange.html", "not confirmed offline",

@@ -40,7 +40,8 @@ class StubbedSageMaker:
 
     def _capture(self, params, model, **kwargs):
         # An upload's Body is an open file: record that one was sent, not its bytes.
-        self.requests.append((model.name, {k: "<body>" if k == "Body" else copy.deepcopy(v) for k, v in params.items()}))
+        recorded = {k: "<body>" if k == "Body" else copy.deepcopy(v) for k, v in params.items()}
+        self.requests.append((model.name, recorded))
         found = sagemaker_rules.violations(model.name, params, model.service_model)
         if found:  # kept too, so done() still fails if the launch code swallows the exception
             self.violations.append(sagemaker_rules.InvalidRequest(model.name, found))

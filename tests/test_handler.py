@@ -110,7 +110,8 @@ def test_jsonlines_answers_one_line_per_image(model):
     out, ctype = inference.output_fn(inference.predict_fn(batch, model), "application/jsonlines", model=model)
     lines = out.splitlines()
     assert ctype == "application/jsonlines" and len(lines) == 3 and out.endswith("\n")
-    assert [json.loads(line)["label"] for line in lines] == [p["label"] for p in predict(model, body, "application/json")]
+    as_json = predict(model, body, "application/json")
+    assert [json.loads(line)["label"] for line in lines] == [p["label"] for p in as_json]
 
 
 @pytest.mark.parametrize("accept, expected", [

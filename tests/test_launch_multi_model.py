@@ -14,7 +14,8 @@ def test_multi_model_endpoint_from_s3_a_training_job_and_a_local_file(sm, traine
         tar.add(trained / "model" / "model.json", arcname="model.json")
     job = describe_training_job("ic-2", {})
     source = f"s3://{BUCKET}/image-classifier/models/ic-1/output/model.tar.gz"
-    sm.respond_s3("list_objects_v2", {"KeyCount": 0}, {"Bucket": BUCKET, "Prefix": PREFIX + "/"})  # nothing to overwrite
+    # nothing to overwrite
+    sm.respond_s3("list_objects_v2", {"KeyCount": 0}, {"Bucket": BUCKET, "Prefix": PREFIX + "/"})
     # dogs: an S3 artifact, copied (s3transfer asks its size first)
     sm.respond_s3("head_object", {"ContentLength": 1000},
                   {"Bucket": BUCKET, "Key": "image-classifier/models/ic-1/output/model.tar.gz"})

@@ -22,7 +22,8 @@ def test_tuning_job_request_progress_best_job_and_report(sm, tmp_path, trained, 
     tuned = [{"lr": "0.001", "batch-size": "32", "epochs": "4", "weight-decay": "0.0001"},
              {"lr": "0.01", "batch-size": "16", "epochs": "2", "weight-decay": "1e-05"}]
     best = best_job(f"{name}-001", 0.93, tuned[0])
-    sm.respond("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", name)})
+    sm.respond("create_hyper_parameter_tuning_job",
+               {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", name)})
     sm.respond("describe_hyper_parameter_tuning_job", describe_tuning_job(name, "InProgress", SPACE, 1, 1, best))
     sm.respond("describe_hyper_parameter_tuning_job", describe_tuning_job(name, "Completed", SPACE, 2, 0, best))
     sm.respond("describe_hyper_parameter_tuning_job", describe_tuning_job(name, "Completed", SPACE, 2, 0, best))
@@ -75,7 +76,8 @@ def test_tuning_job_request_progress_best_job_and_report(sm, tmp_path, trained, 
 
 
 def test_grid_strategy_sends_only_categorical_ranges(sm):
-    sm.respond("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", "g")})
+    sm.respond("create_hyper_parameter_tuning_job",
+               {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", "g")})
     sm.data("train", "valid")
     assert sm.run("tune", "--job-name", "g", "--strategy", "Grid", "--no-wait") == 0
     ranges = sm.sent("CreateHyperParameterTuningJob")["HyperParameterTuningJobConfig"]["ParameterRanges"]
@@ -103,7 +105,8 @@ def test_a_grid_over_sagemakers_job_limit_is_refused_before_any_request(sm, tmp_
 
 
 def test_hyperband_turns_sagemaker_early_stopping_off(sm):
-    sm.respond("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", "h")})
+    sm.respond("create_hyper_parameter_tuning_job",
+               {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", "h")})
     sm.data("train", "valid")
     sm.run("tune", "--job-name", "h", "--strategy", "Hyperband", "--no-wait")
     sent = sm.sent("CreateHyperParameterTuningJob")
@@ -120,7 +123,8 @@ def test_hyperband_turns_sagemaker_early_stopping_off(sm):
                                     "x" * 40 + "-" * 5 + "y"])
 def test_tuning_job_names_are_valid_and_unique_for_any_prefix(sm, prefix):
     for name in ("a", "b"):
-        sm.respond("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", name)})
+        sm.respond("create_hyper_parameter_tuning_job",
+                   {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", name)})
     sm.data("train", "valid", root=f"{prefix}/data")
     assert sm.run("tune", "--prefix", prefix, "--no-wait") == 0
     sm.data("train", "valid", root=f"{prefix}/data")
@@ -141,7 +145,8 @@ def test_an_invalid_name_or_prefix_is_refused_before_any_request(sm, args, what)
 
 
 def test_spot_trials_resume_from_their_own_checkpoints(sm):
-    sm.respond("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", "s")})
+    sm.respond("create_hyper_parameter_tuning_job",
+               {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", "s")})
     sm.data("train", "valid")
     assert sm.run("tune", "--job-name", "spot-hpo", "--spot", "--no-wait") == 0
     definition = sm.sent("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
@@ -164,7 +169,8 @@ def test_the_local_tuner_runs_hyperband_over_epochs_and_the_whole_grid():
 
 
 def test_trials_on_several_instances_and_a_batch_range_that_splits(sm):
-    sm.respond("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", "m")})
+    sm.respond("create_hyper_parameter_tuning_job",
+               {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", "m")})
     sm.data("train", "valid")
     gpu = ["--train-instance-type", "ml.g4dn.12xlarge", "--gpu-image-uri", "123456789012.dkr.ecr.eu-west-1."
            "amazonaws.com/image-classifier:gpu"]

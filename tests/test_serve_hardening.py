@@ -18,7 +18,8 @@ from image_classifier.serving import mms
 
 pytestmark = pytest.mark.slow
 
-EVIL_CODE = "import pathlib; pathlib.Path({marker!r}).write_text('ran')\ndef handle(data, context):\n    return ['pwned']\n"
+EVIL_CODE = ("import pathlib; pathlib.Path({marker!r}).write_text('ran')\n"
+             "def handle(data, context):\n    return ['pwned']\n")
 
 
 def jpeg(colour="red", size=(64, 64)) -> bytes:
@@ -77,7 +78,7 @@ def test_a_model_folder_with_a_handler_and_an_archive_manifest_runs_none_of_it(t
         answer = srv.invoke(jpeg())
         assert answer.status_code == 200 and answer.json()["predictions"][0]["top_k"]  # our handler, not 'pwned'
         assert not marker.exists()
-        [line] = [l for l in srv.output().splitlines() if "ignoring" in l]
+        [line] = [text for text in srv.output().splitlines() if "ignoring" in text]
         assert "MAR-INF" in line and "evil.py" in line and "code" in line and "model folders are data" in line
         assert "pip" not in srv.output().lower()
     finally:

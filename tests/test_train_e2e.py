@@ -352,7 +352,6 @@ def test_help_lists_hyperparameters_without_loading_torch():
 # `train` with a SIGTERM raised right after one given step: mid-epoch exactly, however fast steps are
 STOP_AFTER_STEP = """
 import runpy, signal, sys
-sys.path.insert(0, sys.argv[1])
 from image_classifier import profiling
 step_done, stop_after = profiling.Profiling.step_done, (int(sys.argv[3]), int(sys.argv[4]))
 def step_done_then_sigterm(self, epoch, step):

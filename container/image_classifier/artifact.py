@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import platform
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, files
+from .errors import described, first_line
 from .paths import MANIFEST_FILE, WEIGHTS_FILE
 from .models import build_for_inference
 from .preprocessing import Preprocessing
@@ -35,9 +35,7 @@ def library_versions() -> dict[str, str]:
 
 def atomic_save(obj, path: Path) -> None:
     """torch.save to a temporary name, then rename: a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    files.atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save(model_dir: Path, model: nn.Module, backbone: str, class_names: list[str], class_folders: list[str],
@@ -59,9 +57,7 @@ def save(model_dir: Path, model: nn.Module, backbone: str, class_names: list[str
         "versions": library_versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    tmp = model_dir / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, model_dir / MANIFEST_FILE)
+    files.atomic_write_text(model_dir / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
 
 
 def read_manifest(model_dir: Path) -> dict:
@@ -94,10 +90,10 @@ def load(model_dir: Path, device: str | torch.device = "cpu") -> tuple[nn.Module
         raise ArtifactError(f"no {WEIGHTS_FILE} in {model_dir}") from None
     except Exception as e:  # noqa: BLE001  truncated, damaged or holding more than tensors
         raise ArtifactError(f"{WEIGHTS_FILE} cannot be read as saved weights "
-                            f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from None
+                            f"({described(e)})") from None
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
-        raise ArtifactError(f"{WEIGHTS_FILE} does not match the manifest: {str(e).splitlines()[0]}") from None
+        raise ArtifactError(f"{WEIGHTS_FILE} does not match the manifest: {first_line(e)}") from None
     from .models import to_device
     return to_device(model, torch.device(device)).eval(), manifest

@@ -21,7 +21,8 @@ from . import data
 
 log = logging.getLogger(__name__)
 
-NEAR_DUPLICATE = 0.90  # cosine of eval-view features: distinct photos reached 0.87, altered copies 0.90 and up (docs/PERFORMANCE.md)
+# Cosine of eval-view features: distinct photos reached 0.87, altered copies 0.90 and up (docs/PERFORMANCE.md).
+NEAR_DUPLICATE = 0.90
 FEW_IMAGES = 10  # a class with fewer training images than this is flagged
 IMBALANCE = 10.0  # largest class / smallest class in train
 COLUMNS = ("check", "split", "file", "other_split", "other_file", "detail")

@@ -45,7 +45,7 @@ def load(directory: Path, hyperparameters: dict, class_folders: list[str]) -> di
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - torch.load fails in many ways on a damaged file
         raise TrainingError(f"checkpoint {path} cannot be read ({type(e).__name__}); "
                             "delete it or use another checkpoint directory") from None
     saved = json.loads(state["hyperparameters"])

@@ -156,7 +156,7 @@ def _decode_error(path: str) -> str | None:
     try:
         with Image.open(path) as image:
             to_rgb(image, draft_size=1)
-    except Exception as e:  # Pillow raises many types for broken files
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types for broken files
         return f"cannot be decoded: {type(e).__name__}: {e}"
     return None
 

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from . import errors
 from .errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,5 @@ def lost_peer(error: BaseException) -> bool:
 def first_line(error: BaseException) -> str:
     """The error's first line without gloo's source location and advice: 'Read error [10.0.0.2]:4317:
     Connection reset by peer'."""
-    text = str(error).strip()
-    line = text.splitlines()[0] if text else type(error).__name__
+    line = errors.first_line(error)
     return re.sub(r"^\[[^\]]*\.(cc|cpp|hpp):\d+\] ", "", line).split(". This is typically")[0]

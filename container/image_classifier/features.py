@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from . import data, distributed, models, precision
+from . import data, distributed, files, models, precision
 from .distributed import SINGLE, World
 
 log = logging.getLogger(__name__)
@@ -132,9 +132,7 @@ class FeatureCache:
                  f", this process's share of {len(channel.samples)}" if self.world.distributed else "")
         if path is not None and self.world.leader:
             self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")  # concurrent trials may write the same key
-            torch.save(vars(found), tmp)
-            os.replace(tmp, path)
+            files.atomic_write(path, lambda tmp: torch.save(vars(found), tmp))  # trials may race for a key
         self.memory[known] = found
         return found
 

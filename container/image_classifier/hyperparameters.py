@@ -182,3 +182,20 @@ def help_text() -> str:
         lines.append(f"  {hp.name:<24} {hp.type.__name__.lstrip('_'):<5} default {hp.default!s:<9}{choices}\n"
                      f"      {hp.help}")
     return "\n".join(lines)
+
+
+def markdown_table() -> str:
+    """The table docs/TRAINING.md shows (a test keeps the two the same): `python -m
+    image_classifier.hyperparameters` prints it."""
+    rows = ["| name | type | default | meaning |", "|---|---|---|---|"]
+    for hp in HYPERPARAMETERS:
+        choices = f" One of: {', '.join(f'`{c}`' for c in hp.choices)}." if hp.choices else ""
+        bounds = "".join(f" {word} {value:g}." for word, value in (("At least", hp.minimum), ("At most", hp.maximum))
+                         if value is not None)
+        rows.append(f"| `{hp.name}` | {hp.type.__name__.lstrip('_')} | `{hp.default}` | "
+                    f"{hp.help.replace('|', '/')}{choices}{bounds} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 
 from . import hyperparameters, paths
-from .errors import TrainingError
+from .errors import TrainingError, described
 
 log = logging.getLogger("image_classifier")
 
@@ -167,7 +167,6 @@ def _run_job(stop, where: list, environment, files, distributed, train, torch) -
         return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - the reason must reach the failure file
         traceback.print_exc()
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         if world.distributed and distributed.lost_peer(e):
             if stop.requested:  # SIGTERM reached every host; another one stopped first
                 log.warning("%s: stopped by SIGTERM while the others stopped too", world.describe())
@@ -175,7 +174,7 @@ def _run_job(stop, where: list, environment, files, distributed, train, torch) -
             write_failure(f"{world.describe()} lost the other processes of the job: one failed, was stopped or "
                           f"died; its log and failure file say why ({distributed.first_line(e)})")
             return EXIT_FAILED
-        write_failure(f"internal error: {type(e).__name__}: {first} (traceback in the job log)")
+        write_failure(f"internal error: {described(e)} (traceback in the job log)")
         return EXIT_INTERNAL
     files.write_success_file()
     return 0

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import TrainingError
+from .errors import TrainingError, described
 from .preprocessing import Preprocessing
 from . import vision
 from .vision import torchvision
@@ -117,7 +117,7 @@ def build(backbone_name: str, weights: str, num_classes: int, pretrained_file: P
     else:
         try:
             state = backbone.imagenet_state_dict()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a download fails in many ways; the reason says what to do
             raise TrainingError(
                 f"could not get ImageNet weights for {backbone.name} ({type(e).__name__}: {e}); "
                 "give a weights file in a 'pretrained' channel, choose backbone=efficientnet_lite0 "
@@ -131,9 +131,9 @@ def build(backbone_name: str, weights: str, num_classes: int, pretrained_file: P
 def _read_weights_file(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - torch.load fails in many ways on a foreign file
         raise TrainingError(f"pretrained weights file {path.name} cannot be read as a PyTorch "
-                            f"state_dict ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+                            f"state_dict ({described(e)})") from None
     for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -118,7 +118,8 @@ def torch_profiler(path: Path, steps: int):
         prof.export_chrome_trace(str(path))
         log.info("torch.profiler trace of %d steps: %s", steps, path)
 
-    return torch.profiler.profile(activities=activities, schedule=torch.profiler.schedule(wait=0, warmup=1, active=steps,
+    return torch.profiler.profile(activities=activities,
+                                  schedule=torch.profiler.schedule(wait=0, warmup=1, active=steps,
                                                                                            repeat=1),
                                   on_trace_ready=save)
 

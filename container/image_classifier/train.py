@@ -626,7 +626,8 @@ def evaluate_channel(job: Job, channel: data.Channel, pre) -> SimpleNamespace:
         if inputs is not None:
             logits[rows] = job.model(models.batch_to(inputs, job.device)).float().cpu()
             seen[rows] = 1
-    logits, seen = distributed.gather_rows(job.world, logits, job.device), distributed.gather_rows(job.world, seen, job.device)
+    logits = distributed.gather_rows(job.world, logits, job.device)
+    seen = distributed.gather_rows(job.world, seen, job.device)
     failed = int(distributed.total(job.world, [failed], job.device)[0])
     keep = seen > 0
     labels = torch.tensor([label for _, label in samples], dtype=torch.long)[keep]

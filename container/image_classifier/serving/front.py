@@ -104,7 +104,8 @@ class Front:
             return await handler(request)
         except web.HTTPMethodNotAllowed as e:
             return json_error(405, f"{request.method} is not allowed on {request.path}; use "
-                                   f"{', '.join(sorted(e.allowed_methods))}", Allow=", ".join(sorted(e.allowed_methods)))
+                                   f"{', '.join(sorted(e.allowed_methods))}",
+                              Allow=", ".join(sorted(e.allowed_methods)))
         except web.HTTPNotFound:
             what = ("multi-model routes are /models and /models/NAME/invoke" if self.multi
                     else "this endpoint answers GET /ping and POST /invocations")

@@ -5,6 +5,7 @@ import logging
 from sagemaker_inference.default_handler_service import DefaultHandlerService
 
 from ..artifact import ArtifactError
+from ..errors import described, first_line
 from . import model_state
 from .mms import multi_model
 from .transformer import ImageTransformer
@@ -27,12 +28,10 @@ class HandlerService(DefaultHandlerService):
         model = context.model_name if multi_model() else None
         try:
             super().initialize(context)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             logging.getLogger(__name__).exception("model in %s failed to load",
                                                   context.system_properties.get("model_dir"))
-            reason = (str(e).strip().splitlines() or [""])[0]
-            model_state.report_failed(reason if isinstance(e, ArtifactError) else f"{type(e).__name__}: {reason}",
-                                      model, cause(e))
+            model_state.report_failed(first_line(e) if isinstance(e, ArtifactError) else described(e), model, cause(e))
             return
         model_state.report_loaded(model)
 

@@ -267,9 +267,9 @@ def predict_many(batches: list[Batch], model: Model) -> list[Prediction]:
     predictions = [Prediction(p, b.top_k, b.probabilities) for b, p in zip(batches, probabilities)]
     for batch, prediction in zip(batches, predictions):
         if batch.explain:
-            prediction.explanations = [explain(model, image, size, batch.explain_class if batch.explain_class
-                                               is not None else int(probs.argmax()))
-                                       for image, size, probs in zip(batch.images, batch.sizes, prediction.probabilities)]
+            prediction.explanations = [
+                explain(model, image, size, int(probs.argmax()) if batch.explain_class is None else batch.explain_class)
+                for image, size, probs in zip(batch.images, batch.sizes, prediction.probabilities)]
     return predictions
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .. import files
+
 STATE_DIR_ENV = "SERVE_STATE_DIR"
 LOADED, FAILED = "model-loaded", "model-failed"
 READY_LINE = "model loaded; ready to answer"  # `serve` logs this when /ping turns 200
@@ -20,9 +22,7 @@ def _write(name: str, text: str) -> None:
     folder = os.environ.get(STATE_DIR_ENV)
     if not folder:
         return
-    tmp = Path(folder) / f".{name}.{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(tmp, Path(folder) / name)  # `serve` never reads half a reason
+    files.atomic_write_text(Path(folder) / name, text)  # `serve` never reads half a reason
 
 
 # Why a load failed, for the status a multi-model POST /models answers with.

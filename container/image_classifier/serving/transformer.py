@@ -9,6 +9,7 @@ from http import HTTPStatus
 from sagemaker_inference.errors import BaseInferenceToolkitError
 from sagemaker_inference.transformer import Transformer
 
+from ..errors import first_line
 from . import inference
 from .responses import error_body
 
@@ -33,9 +34,9 @@ class ImageTransformer(Transformer):
     def transform(self, data, context):
         try:
             self.validate_and_initialize(model_dir=context.system_properties.get("model_dir"), context=context)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             log.exception("model failed to load")
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = first_line(e)
             return self._fail_all(data, context, 500, f"model failed to load: {reason}")
         # MMS hands us several requests at once with dynamic batching (SERVE_BATCH_SIZE): each is
         # decoded on its own (its errors are its own), then all are answered with one forward.
@@ -49,14 +50,14 @@ class ImageTransformer(Transformer):
                                                         options=options, model=self._model)
             except BaseInferenceToolkitError as e:
                 answers[i] = self._fail(context, i, e.status_code, e.message)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("decoding a request failed")
                 answers[i] = self._fail(context, i, 500, "prediction failed; see the endpoint's log")
         if not decoded:
             return answers
         try:
             predictions = inference.predict_many([batch for _, batch in decoded.values()], self._model)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("prediction failed")
             for i in decoded:
                 answers[i] = self._fail(context, i, 500, "prediction failed; see the endpoint's log")
