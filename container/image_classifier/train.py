@@ -300,6 +300,8 @@ class Job:
     world: World = SINGLE
     blank: torch.Tensor | None = None  # an input of a step's shape, for a rank whose images all failed
     profiling: Profiling | None = None  # started with the epochs, after a resume was accepted
+    scalars: tensorboard.Scalars | None = None  # TensorBoard (the leader's; a no-op elsewhere)
+    eval_features: object = None  # channel -> its cached evaluation view (frozen backbone), else None
     tally: list = dataclasses.field(default_factory=lambda: [0.0, 0, 0, 0])  # this rank's loss sum, correct,
     # seen and failed since the last sync
 
@@ -521,6 +523,9 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
     job.debug.register(job.net, criterion)
     job.resume(hp_dict, train_ch.folders)
     job.scalars = tensorboard.Scalars(tensorboard.directory() if world.leader else None)
+    # The final evaluation reads the evaluation view the cache holds (valid's from validation,
+    # test's from the audit) instead of running the frozen backbone over those images again.
+    job.eval_features = (lambda ch: cache.eval_view(ch, eval_transform(pre))) if cached else None
 
     def save(final: dict) -> None:
         if world.leader:  # model.json keeps the evaluation's headline figures; metrics.json has it all
@@ -612,8 +617,14 @@ def test_and_save(job: Job, channels: list, pre, save) -> dict:
 @torch.no_grad()
 def evaluate_channel(job: Job, channel: data.Channel, pre) -> SimpleNamespace:
     """The saved model on every image of a channel (each rank its shard; the logits are gathered):
-    loss, and evaluation.summarize's figures."""
+    loss, and evaluation.summarize's figures. With cached features, the head on the channel's
+    evaluation view (every rank has all of its rows)."""
     samples = channel.samples
+    if job.eval_features is not None:
+        found = job.eval_features(channel)
+        job.net.eval()
+        logits = job.net(found.features.to(job.device)).float().cpu()
+        return _summary(job, channel, logits, found.ok, int((~found.ok).sum()))
     indexed = [(path, i) for i, (path, _) in enumerate(samples)]  # the label slot carries the row
     loader = make_loader(distributed.shard(job.world, indexed), eval_transform(pre), pre.resize_size, job.hp,
                          job.hp.batch_size // job.world.size)
@@ -629,7 +640,11 @@ def evaluate_channel(job: Job, channel: data.Channel, pre) -> SimpleNamespace:
     logits = distributed.gather_rows(job.world, logits, job.device)
     seen = distributed.gather_rows(job.world, seen, job.device)
     failed = int(distributed.total(job.world, [failed], job.device)[0])
-    keep = seen > 0
+    return _summary(job, channel, logits, seen > 0, failed)
+
+
+def _summary(job: Job, channel: data.Channel, logits: torch.Tensor, keep: torch.Tensor, failed: int) -> SimpleNamespace:
+    samples = channel.samples
     labels = torch.tensor([label for _, label in samples], dtype=torch.long)[keep]
     logits = logits[keep]
     loss = job.criterion(logits, labels).item() if len(labels) else 0.0
