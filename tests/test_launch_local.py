@@ -50,10 +50,12 @@ def test_local_tuner_runs_trials_and_reports(tuned):
     assert (best / "model" / "model.json").exists()
     # trainable=head: the trials share one feature cache; the third starts after one has filled it
     [root] = (work / "jobs").iterdir()
-    assert len(list((root / "feature-cache").glob("*.pt"))) == 2  # training view 0, validation images
+    # training view 0, and the evaluation view of the validation and (for the data audit) training images
+    assert len(list((root / "feature-cache").glob("*.pt"))) == 3
     third = (root / f"{root.name}-003" / "job.log").read_text()
     assert "train features (augmented view 0): from" in third, third[-3000:]
     assert "valid features (evaluation transform): from" in third and "through the backbone" not in third
+    assert "train features (evaluation transform): from" in third  # the audit's, from the cache too
 
 
 def test_deploy_local_and_invoke_with_the_aws_cli(tuned, tiny_data):

@@ -289,15 +289,17 @@ def test_cached_features_run_the_backbone_in_the_first_views_epochs_only(tmp_pat
     hp = {**FAST_HP, "epochs": 3, "feature-views": 2, "feature-cache-dir": str(tmp_path / "cache")}
     first = run_train(local.make_tree(tmp_path / "first", tiny_data, hp), FEATURE_CACHE_ROOT=tmp_path / "cache")
     assert first.returncode == 0, first.stderr
-    # augmented views 0 and 1 (epochs 1, 2; epoch 3 reuses view 0) and the validation images
-    assert first.stderr.count("through the backbone") == 3, first.stderr
+    # augmented views 0 and 1 (epochs 1, 2; epoch 3 reuses view 0), and the evaluation view of the
+    # validation images (validation), the test images (the final evaluation) and the training images
+    # (the data audit's near-duplicates)
+    assert first.stderr.count("through the backbone") == 5, first.stderr
     assert "train features (augmented view 1)" in first.stderr
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 3
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 5
 
     again = run_train(local.make_tree(tmp_path / "again", tiny_data, hp),  # a second trial, say
                       FEATURE_CACHE_ROOT=tmp_path / "cache")
     assert again.returncode == 0, again.stderr
-    assert "through the backbone" not in again.stderr and again.stderr.count(f"from {tmp_path / 'cache'}") == 3
+    assert "through the backbone" not in again.stderr and again.stderr.count(f"from {tmp_path / 'cache'}") == 5
     valid = metrics.parse(first.stdout)["valid:accuracy"]
     assert len(valid) == 3 + 1 and metrics.parse(again.stdout)["valid:accuracy"] == valid  # same features, same run
 
