@@ -43,9 +43,9 @@ def subset(data: Path, out: Path, per_class: dict[str, int]) -> Path:
 def run_train(base: Path, channels: dict[str, Path], hyperparameters: dict) -> str:
     """The image's real `train`, natively, in a fresh /opt/ml tree BASE; its stdout (metric lines)."""
     import subprocess
-    from image_classifier import local
-    local.make_tree(base, channels, hyperparameters)
-    result = subprocess.run(local.program("train"), env=local.program_env(base), capture_output=True, text=True)
+    from launch.local import programs
+    programs.make_tree(base, channels, hyperparameters)
+    result = subprocess.run(programs.program("train"), env=programs.program_env(base), capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"train failed in {base}: {result.stderr[-2000:]}")
     return result.stdout

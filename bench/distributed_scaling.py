@@ -21,13 +21,14 @@ from pathlib import Path
 
 from common import DATA, OFFLINE_WEIGHTS, RESULTS, subset, write
 
-from image_classifier import local, metrics
+from image_classifier import metrics
+from launch.local import programs
 
 
 def run(trees: list[Path], threads: int) -> tuple[str, float]:
-    env = {**local.hosts_env(len(trees)), "OMP_NUM_THREADS": str(threads)}
+    env = {**programs.hosts_env(len(trees)), "OMP_NUM_THREADS": str(threads)}
     started = time.perf_counter()
-    procs = [subprocess.Popen(local.program("train"), env=local.program_env(tree, **env), stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(programs.program("train"), env=programs.program_env(tree, **env), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for tree in trees]
     outs = [p.communicate() for p in procs]
     seconds = time.perf_counter() - started
@@ -61,7 +62,7 @@ def main() -> None:
                       (f"{args.hosts} hosts, {max(1, cores // args.hosts)} thread(s) each", args.hosts,
                        max(1, cores // args.hosts))]
         for i, (name, hosts, threads) in enumerate(contenders):
-            trees = local.make_hosts(Path(tmp) / f"run{i}", hosts, channels, hp)
+            trees = programs.make_hosts(Path(tmp) / f"run{i}", hosts, channels, hp)
             out, seconds = run(trees, threads)
             found = metrics.parse(out)
             rows.append({"setup": name, "hosts": hosts, "threads_per_process": threads,

@@ -32,11 +32,11 @@ from common import DATA, OFFLINE_WEIGHTS, RESULTS, run_train, subset, write
 import requests
 import torch
 
-from image_classifier import local
+from launch.local import programs
 from image_classifier.models import batch_to
 from image_classifier.preprocessing import decode
 from image_classifier.serving import inference, precision
-from image_classifier.serving.limits import max_pixels
+from image_classifier.serving.environment import PRECISIONS, max_pixels
 from image_classifier.serving.model_state import READY_LINE
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -151,7 +151,7 @@ def agreement_rows(backbone: str, bare: dict, test: Path) -> list[dict]:
     return rows
 
 
-def until(check, server: local.Serve, timeout: float = 180) -> float:
+def until(check, server: programs.Serve, timeout: float = 180) -> float:
     """Poll CHECK until it is true; the time it was."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -166,13 +166,13 @@ def until(check, server: local.Serve, timeout: float = 180) -> float:
     raise SystemExit(f"serve not ready in {timeout}s:\n{server.output()[-3000:]}")
 
 
-def start(model_dir: Path, work: Path, env: dict, body: bytes) -> tuple[local.Serve, dict]:
+def start(model_dir: Path, work: Path, env: dict, body: bytes) -> tuple[programs.Serve, dict]:
     """A fresh `serve`; seconds from process start to /ping 200, to `serve`'s "model loaded" line
     and to the first answered request."""
     base = Path(tempfile.mkdtemp(dir=work, prefix="serve-"))
     (base / "model").symlink_to(model_dir)
     wall, started = time.time(), time.monotonic()
-    server = local.Serve(base, **env)
+    server = programs.Serve(base, **env)
     try:
         ping = until(lambda: requests.get(server.url + "/ping", timeout=5).status_code == 200, server)
         # MMS queues requests until a worker has loaded the model: this returns when one could answer.
@@ -226,7 +226,7 @@ def parse_server(spec: str) -> tuple[dict, int | None, int, str]:
             env["MMS_PRELOAD_MODEL"] = "false"
         elif part.startswith("batch"):
             env["SERVE_BATCH_SIZE"] = int(part[len("batch"):])
-        elif part in precision.CHOICES:
+        elif part in PRECISIONS:
             env[precision.ENV] = wanted = part
         elif part != "default":
             workers, threads = (int(x) for x in part.split("x"))

@@ -33,7 +33,7 @@ import psutil
 import requests
 from PIL import Image
 
-from image_classifier import local
+from launch.local import programs
 from image_classifier.serving import mms
 from serve_latency import train_artifact
 
@@ -88,7 +88,7 @@ class Sampler(threading.Thread):
             self.done.wait(self.every)
 
 
-def soak(server: local.Serve, goods: list[bytes], args) -> tuple[dict, list]:
+def soak(server: programs.Serve, goods: list[bytes], args) -> tuple[dict, list]:
     bads = bad_requests(goods[0])
     plan = [("bad", bads[i % len(bads)]) if i % args.bad_every == args.bad_every - 1
             else ("good", goods[i % len(goods)])
@@ -160,7 +160,7 @@ def soak(server: local.Serve, goods: list[bytes], args) -> tuple[dict, list]:
     return row, sampler.samples
 
 
-def budget(server: local.Serve, goods: list[bytes], n: int) -> list[dict]:
+def budget(server: programs.Serve, goods: list[bytes], n: int) -> list[dict]:
     """Good-request latency at concurrency 2, alone and beside two clients sending the costliest
     request the budget admits; and how long the amplified request takes to be refused."""
     heavy = one_bit_png(6300)
@@ -240,7 +240,7 @@ def main() -> None:
         base = work / "serve"
         base.mkdir()
         (base / "model").symlink_to(model)
-        server = local.Serve(base)
+        server = programs.Serve(base)
         try:
             server.wait_healthy()
             for body in goods:  # warm: first forwards, Java's JIT

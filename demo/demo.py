@@ -30,7 +30,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from image_classifier import files, local
+from image_classifier import files
+from launch.local import programs
 from image_classifier.data import IMAGE_EXTENSIONS, class_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,7 +203,7 @@ def main() -> int:
     best_valid = next(line.split()[-1] for line in lines if line.strip().startswith("valid:accuracy"))
 
     print("== 2. deploy: the best job's model on a local endpoint", flush=True)
-    port = local.free_port()
+    port = programs.free_port()
     deploy = launch("deploy", "--local", "--tuning-results", str(results), "--endpoint-name", "demo-dogs",
                     "--port", str(port), env={**env, "PYTHONPATH": str(ROOT)})
     try:

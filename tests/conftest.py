@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from image_classifier import local  # installed (editable) by `make venv`
+from launch.local import programs  # installed (editable) by `make venv`
 from imagegen import make_splits  # tests/ is on sys.path: pytest's rootdir conftest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,12 +66,12 @@ def imagewoof():
 
 
 # --- programs --------------------------------------------------------------------------------
-program_env = local.program_env
-free_port = local.free_port
+program_env = programs.program_env
+free_port = programs.free_port
 
 
 def run_train(base: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(local.program("train"), env=program_env(base, **env),
+    return subprocess.run(programs.program("train"), env=program_env(base, **env),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -79,7 +79,7 @@ def failure_reason(base: Path) -> str:
     return (base / "output" / "failure").read_text().strip()
 
 
-class Server(local.Serve):
+class Server(programs.Serve):
     """The real `serve` program, with a requests helper for tests."""
 
     def invoke(self, body: bytes, content_type: str = "image/jpeg", **headers) -> requests.Response:
@@ -112,7 +112,7 @@ FAST_HP = {"backbone": "efficientnet_lite0", "epochs": 2, "batch-size": 8, "imag
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, tiny_data) -> Path:
     """One real `train` run; its /opt/ml tree (model/ inside) is shared by the serving tests."""
-    base = local.make_tree(tmp_path_factory.mktemp("trained"), tiny_data, FAST_HP)
+    base = programs.make_tree(tmp_path_factory.mktemp("trained"), tiny_data, FAST_HP)
     result = run_train(base)
     assert result.returncode == 0, result.stdout + result.stderr
     (base / "train.log").write_text(result.stdout + result.stderr)  # what the container really printed

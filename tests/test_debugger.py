@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import FAST_HP, run_train
-from image_classifier import local
+from launch.local import programs
 
 pytestmark = pytest.mark.slow
 LOSS = "CrossEntropyLoss_output_0"
@@ -18,7 +18,7 @@ def trial_of(path):
 
 @pytest.fixture(scope="module")
 def debugged(tmp_path_factory, tiny_data):
-    base = local.make_tree(tmp_path_factory.mktemp("debugged"), tiny_data,
+    base = programs.make_tree(tmp_path_factory.mktemp("debugged"), tiny_data,
                            {**FAST_HP, "debug-dir": "debug", "debug-interval": 1})
     result = run_train(base)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -53,7 +53,7 @@ def test_sagemaker_hook_config_is_used_when_present(tmp_path, tiny_data):
     config.write_text(json.dumps({  # as SageMaker writes it for the DebuggerHookConfig launch/jobs.py sends
         "LocalPath": str(out), "HookParameters": {"save_interval": "2"},
         "CollectionConfigurations": [{"CollectionName": "losses", "CollectionParameters": {"save_interval": "2"}}]}))
-    base = local.make_tree(tmp_path / "ml", tiny_data, FAST_HP)
+    base = programs.make_tree(tmp_path / "ml", tiny_data, FAST_HP)
     result = run_train(base, SMDEBUG_CONFIG_FILE_PATH=str(config))
     assert result.returncode == 0, result.stderr
     assert f"SageMaker Debugger ({config})" in result.stderr
@@ -72,7 +72,7 @@ def test_a_debugger_that_cannot_write_does_not_stop_training(tmp_path, tiny_data
         config = tmp_path / "debughookconfig.json"
         config.write_text(json.dumps({"LocalPath": str(unwritable), "HookParameters": {"save_interval": "1"}}))
         env["SMDEBUG_CONFIG_FILE_PATH"] = str(config)
-    base = local.make_tree(tmp_path / "ml", tiny_data, hp)
+    base = programs.make_tree(tmp_path / "ml", tiny_data, hp)
     result = run_train(base, **env)
     assert result.returncode == 0, result.stderr
     said = {"hyperparameter": "SageMaker Debugger is off: could not create its hook: NotADirectoryError",

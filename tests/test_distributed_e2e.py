@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import FAST_HP, failure_reason, program_env, read_json, run_train
-from image_classifier import local, metrics
+from image_classifier import metrics
+from launch.local import programs
 
 pytestmark = pytest.mark.slow
 
@@ -25,9 +26,9 @@ class Hosts:
 
     def __init__(self, trees, **env):
         self.trees = trees
-        shared = local.hosts_env(len(trees))
+        shared = programs.hosts_env(len(trees))
         self.logs = [open(tree / "train.log", "w") for tree in trees]
-        self.processes = [subprocess.Popen(local.program("train"), env=program_env(tree, **shared, **env),
+        self.processes = [subprocess.Popen(programs.program("train"), env=program_env(tree, **shared, **env),
                                            stdout=log, stderr=subprocess.STDOUT) for tree, log in zip(trees, self.logs)]
 
     def wait(self, timeout=600) -> list[int]:
@@ -54,7 +55,7 @@ class Hosts:
 
 
 def hosts(tmp_path, data, count, hp, name="job", **env) -> Hosts:
-    return Hosts(local.make_hosts(tmp_path / name, count, data, hp), **env)
+    return Hosts(programs.make_hosts(tmp_path / name, count, data, hp), **env)
 
 
 def weights(tree):
@@ -68,7 +69,7 @@ def largest_difference(a, b) -> float:
 
 @pytest.fixture(scope="module")
 def one_host(tmp_path_factory, tiny_data):
-    base = local.make_tree(tmp_path_factory.mktemp("one-host"), tiny_data, {**HP, "epochs": 3})
+    base = programs.make_tree(tmp_path_factory.mktemp("one-host"), tiny_data, {**HP, "epochs": 3})
     result = run_train(base)
     assert result.returncode == 0, result.stdout + result.stderr
     return base, result.stdout
@@ -101,7 +102,7 @@ def test_two_hosts_train_the_same_steps_as_one(tmp_path, tiny_data, one_host):
 
 def test_cached_features_are_computed_in_shards(tmp_path, tiny_data):
     hp = {**HP, "cache-features": True, "epochs": 2}
-    base = local.make_tree(tmp_path / "one", tiny_data, hp)
+    base = programs.make_tree(tmp_path / "one", tiny_data, hp)
     assert run_train(base).returncode == 0
     job = hosts(tmp_path, tiny_data, 2, hp)
     assert job.wait() == [0, 0], [job.output(0), job.output(1)]
@@ -142,7 +143,7 @@ def test_sigterm_on_every_host_checkpoints_once_and_resumes_on_two_or_one(tmp_pa
     assert (leader / "checkpoints" / "checkpoint.pt").exists() and not list((other / "checkpoints").iterdir())
     stopped_at = torch.load(leader / "checkpoints" / "checkpoint.pt", weights_only=True)["progress"]
     # on 1 host: a new tree with the leader's checkpoint (SageMaker restores it from S3 the same way)
-    single = local.make_tree(tmp_path / "single", tiny_data, hp)
+    single = programs.make_tree(tmp_path / "single", tiny_data, hp)
     shutil.copytree(leader / "checkpoints", single / "checkpoints", dirs_exist_ok=True)
     # on 2 hosts: the same trees
     again = Hosts(job.trees)
@@ -165,8 +166,8 @@ def test_a_global_batch_that_does_not_split_fails_every_host_alike(tmp_path, tin
 def test_several_processes_on_one_host_with_torchrun(tmp_path, tiny_data, one_host):
     """What a multi-GPU instance runs (one process per GPU), here with 2 CPU processes and gloo."""
     one, _ = one_host
-    base = local.make_tree(tmp_path / "ml", tiny_data, {**HP, "epochs": 3})
-    result = run_train(base, TRAIN_PROCESSES_PER_HOST=2, **local.hosts_env(2))
+    base = programs.make_tree(tmp_path / "ml", tiny_data, {**HP, "epochs": 3})
+    result = run_train(base, TRAIN_PROCESSES_PER_HOST=2, **programs.hosts_env(2))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "starting 2 training processes on host" in result.stderr
     assert "rank 1 of 2" in result.stderr and "local rank 1" in result.stderr
@@ -174,7 +175,7 @@ def test_several_processes_on_one_host_with_torchrun(tmp_path, tiny_data, one_ho
 
 
 def test_sigterm_reaches_the_processes_torchrun_started(tmp_path, tiny_data):
-    base = local.make_tree(tmp_path / "ml", tiny_data, {**HP, "epochs": 500})
+    base = programs.make_tree(tmp_path / "ml", tiny_data, {**HP, "epochs": 500})
     job = Hosts([base], TRAIN_PROCESSES_PER_HOST=2)
     try:
         job.wait_for(0, "epoch 1 step 1/")
@@ -188,7 +189,7 @@ def test_sigterm_reaches_the_processes_torchrun_started(tmp_path, tiny_data):
 
 def test_hosts_that_see_different_data_fail_alike(tmp_path, tiny_data):
     """As a channel that SageMaker shards by S3 key would: host 2 lacks one training image."""
-    trees = local.make_hosts(tmp_path / "job", 2, tiny_data, HP)
+    trees = programs.make_hosts(tmp_path / "job", 2, tiny_data, HP)
     partial = shutil.copytree(tiny_data["train"], tmp_path / "partial")
     next((partial / "001.Red_box").iterdir()).unlink()
     (trees[1] / "input" / "data" / "train").unlink()

@@ -5,13 +5,14 @@ import os
 import pytest
 
 from conftest import FAST_HP, run_train
-from image_classifier import local, metrics
+from image_classifier import metrics
+from launch.local import programs
 
 pytestmark = pytest.mark.slow
 
 
 def test_steps_system_samples_and_trace(tmp_path, tiny_data):
-    base = local.make_tree(tmp_path, tiny_data, {**FAST_HP, "profile-steps": 2})
+    base = programs.make_tree(tmp_path, tiny_data, {**FAST_HP, "profile-steps": 2})
     result = run_train(base)
     assert result.returncode == 0, result.stderr
     profile = base / "output" / "data" / "profile"

@@ -5,7 +5,8 @@ import os
 import pytest
 
 from conftest import IMAGEWOOF, read_json, run_train
-from image_classifier import local, metrics
+from image_classifier import metrics
+from launch.local import programs
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ def imagewoof_slice(root, per_class: dict[str, int]) -> dict:
 
 def test_efficientnet_lite0_fine_tuned_on_imagewoof_beats_chance(tmp_path, imagewoof):
     channels = imagewoof_slice(tmp_path / "data", {"train": 20, "valid": 5, "test": 10})
-    base = local.make_tree(tmp_path / "ml", channels, {
+    base = programs.make_tree(tmp_path / "ml", channels, {
         "backbone": "efficientnet_lite0", "epochs": 2, "batch-size": 25, "lr": 0.005, "num-workers": 2})
     result = run_train(base)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -42,7 +43,7 @@ def test_the_endpoint_in_bf16_agrees_with_fp32_on_the_imagewoof_test_split(tmp_p
     from conftest import Server
     channels = imagewoof_slice(tmp_path / "data", {"train": 20, "valid": 5})
     channels["test"] = IMAGEWOOF / "test"
-    base = local.make_tree(tmp_path / "ml", channels, {
+    base = programs.make_tree(tmp_path / "ml", channels, {
         "backbone": "efficientnet_lite0", "epochs": 2, "batch-size": 25, "lr": 0.005, "num-workers": 2})
     result = run_train(base)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -10,7 +10,7 @@ from botocore.response import StreamingBody
 
 from browser import render
 from conftest import FAST_HP, run_train
-from image_classifier import local
+from launch.local import programs
 from launch_helpers import launch
 from sagemaker_stub import BUCKET, describe_training_job
 
@@ -23,7 +23,7 @@ FIGURES = ["loss curves", "loss and accuracy per epoch", "confusion matrix (test
 
 
 def job(tmp_path_factory, tiny_data, name, **hp):
-    base = local.make_tree(tmp_path_factory.mktemp(name) / name, tiny_data,
+    base = programs.make_tree(tmp_path_factory.mktemp(name) / name, tiny_data,
                            {**FAST_HP, "debug-dir": "data/debug", "debug-interval": 1, **hp})
     result = run_train(base)
     (base / "job.log").write_text(result.stdout + result.stderr)

@@ -17,15 +17,6 @@ def manifest(agreement=None, images=250, autocast=None):
     return {"metrics": {"serving": serving}}
 
 
-@pytest.mark.parametrize("value, expected", [(None, "auto"), ("", "auto"), ("BF16", "bf16"), (" fp32 ", "fp32")])
-def test_serve_precision_variable(monkeypatch, value, expected):
-    if value is None:
-        monkeypatch.delenv(precision.ENV, raising=False)
-    else:
-        monkeypatch.setenv(precision.ENV, value)
-    assert precision.requested() == expected
-
-
 def test_auto_takes_the_fastest_mode_that_agrees(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     assert precision.choose("auto", CPU, manifest(0.992, autocast=0.996))[0] == "bf16-autocast"
@@ -33,13 +24,6 @@ def test_auto_takes_the_fastest_mode_that_agrees(monkeypatch):
     name, why = precision.choose("auto", CPU, manifest(0.992, autocast=0.99))
     assert name == "fp32" and why == ("auto: top-1 agreement with fp32 under 99.5% (bf16 99.20% of 250, "
                                       "bf16-autocast 99.00% of 250 images)")
-
-
-def test_an_unknown_serve_precision_is_refused(monkeypatch):
-    monkeypatch.setenv(precision.ENV, "int8")
-    with pytest.raises(PrecisionError, match="SERVE_PRECISION must be one of auto, fp32, bf16, bf16-autocast, fp16; "
-                                             "got 'int8'"):
-        precision.requested()
 
 
 def test_fp16_needs_a_gpu():
@@ -101,16 +85,6 @@ def test_check_counts_agreement_and_accuracy():
     assert result["images"] == 4 and result["top1_agreement"] == 0.75
     assert result["accuracy_fp32"] == 0.75 and result["accuracy"] == 0.5
     assert 0.5 < result["max_probability_difference"] <= 1
-
-
-def test_serve_graph_variable(monkeypatch):
-    monkeypatch.delenv(precision.GRAPH_ENV, raising=False)
-    assert precision.graph() == "frozen"
-    monkeypatch.setenv(precision.GRAPH_ENV, " Compiled ")
-    assert precision.graph() == "compiled"
-    monkeypatch.setenv(precision.GRAPH_ENV, "jit")
-    with pytest.raises(PrecisionError, match="SERVE_GRAPH must be one of frozen, compiled; got 'jit'"):
-        precision.graph()
 
 
 def test_the_compiled_graph_agrees_and_is_ready_for_the_handlers_calls():

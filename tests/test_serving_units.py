@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from sagemaker_inference.errors import GenericInferenceToolkitError
 
-from image_classifier.serving import inference, mms, model_store
+from image_classifier.serving import environment, inference, mms, model_store
 
 MIB = 1024 * 1024
 
@@ -92,16 +92,7 @@ def test_the_jvm_heap_follows_the_container_memory(monkeypatch):
     assert 0 < mms.memory_limit()
 
 
-def test_batching_settings_and_the_workers_a_registered_model_gets(monkeypatch):
-    monkeypatch.delenv("SERVE_BATCH_SIZE", raising=False)
-    monkeypatch.delenv("SERVE_MAX_BATCH_DELAY_MS", raising=False)
-    assert mms.batching() == {"batch_size": 1, "max_batch_delay": 20}
-    monkeypatch.setenv("SERVE_BATCH_SIZE", "8")
-    monkeypatch.setenv("SERVE_MAX_BATCH_DELAY_MS", " 5 ")
-    assert mms.batching() == {"batch_size": 8, "max_batch_delay": 5}
-    monkeypatch.setenv("SERVE_MAX_BATCH_DELAY_MS", "0.5")
-    with pytest.raises(ValueError, match="SERVE_MAX_BATCH_DELAY_MS must be a positive whole number, got '0.5'"):
-        mms.batching()
+def test_the_workers_a_registered_model_gets(monkeypatch):
     monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "3")
     assert mms.workers() == 3
     monkeypatch.delenv("SAGEMAKER_MODEL_SERVER_WORKERS")
@@ -182,7 +173,7 @@ def test_a_failed_multi_model_load_answers_507_for_memory_or_disk_else_400_or_50
     assert cause(MemoryError()) == cause(OSError(errno.ENOSPC, "No space left on device")) == model_state.RESOURCES
     assert cause(RuntimeError("CUDA out of memory")) == model_state.RESOURCES
     assert cause(ArtifactError("no model.json")) == model_state.ARTIFACT and cause(KeyError("x")) == model_state.OTHER
-    monkeypatch.setenv(model_state.STATE_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(environment.STATE_DIR, str(tmp_path))
     f = front.Front(tmp_path, None, multi_model=True, payload_limit=1, request_timeout=1, drain_seconds=1,
                     unhealthy_seconds=1, started=0)
     for name, kind, status in [("a", model_state.RESOURCES, 507), ("b", model_state.ARTIFACT, 400),
@@ -194,3 +185,13 @@ def test_a_failed_multi_model_load_answers_507_for_memory_or_disk_else_400_or_50
     assert asyncio.run(f._load_failure("d")) is None
     model_state.forget(tmp_path, "a")
     assert model_state.read(tmp_path, "a") == (False, None)
+
+
+def test_every_error_has_mms_json_shape_and_names_the_limit(monkeypatch):
+    from image_classifier.serving import responses
+    assert json.loads(responses.error_body(413, "too big")) == {"code": 413, "type": "RequestEntityTooLarge",
+                                                                "message": "too big"}
+    assert responses.media_type(" Image/JPEG; charset=x") == "image/jpeg" and responses.media_type(None) == ""
+    monkeypatch.setenv("MAX_PAYLOAD_BYTES", "100")
+    assert responses.payload_too_large(150) == "body is 150 bytes; the limit is 100 (MAX_PAYLOAD_BYTES)"
+    assert responses.payload_too_large() == "body is over 100 bytes; the limit is 100 (MAX_PAYLOAD_BYTES)"

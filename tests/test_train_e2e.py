@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import CONTAINER, FAST_HP, program_env, read_json, run_train, failure_reason
-from image_classifier import local, metrics
+from image_classifier import metrics
+from launch.local import programs
 from imagegen import make_imagefolder
 
 pytestmark = pytest.mark.slow
@@ -62,7 +63,7 @@ def test_tensorboard_scalars_are_written_where_sagemaker_reads_them(trained):
 
 
 def test_printed_metrics_match_the_regexes_sagemaker_uses(tmp_path, tiny_data):
-    base = local.make_tree(tmp_path, tiny_data, {**FAST_HP, "log-interval": 2})
+    base = programs.make_tree(tmp_path, tiny_data, {**FAST_HP, "log-interval": 2})
     result = run_train(base)
     assert result.returncode == 0, result.stderr
     found = metrics.parse(result.stdout)
@@ -129,7 +130,7 @@ def make_junk_weights(tmp):
 def test_failures_write_one_human_line(tmp_path, tiny_data, name, setup, reason):
     channels, hp = setup(tmp_path, tiny_data)
     raw = {k: str(v) for k, v in hp.items()}
-    base = local.make_tree(tmp_path / "ml", channels, {})
+    base = programs.make_tree(tmp_path / "ml", channels, {})
     (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(raw))
     result = run_train(base)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -146,7 +147,7 @@ def test_failures_write_one_human_line(tmp_path, tiny_data, name, setup, reason)
 ])
 def test_path_hyperparameters_cannot_leave_their_base_folder(tmp_path, tiny_data, name, value, inside):
     value = value.format(tmp=tmp_path)
-    base = local.make_tree(tmp_path / "ml", tiny_data, {**FAST_HP, name: value})
+    base = programs.make_tree(tmp_path / "ml", tiny_data, {**FAST_HP, name: value})
     (base / "output" / "link").symlink_to(tmp_path)  # a way out, followed before the check
     result = run_train(base)
     assert result.returncode == 1, result.stderr
@@ -189,7 +190,7 @@ MALFORMED = [
                          ids=[f"{m[0].split('.')[0]}-{json.dumps(m[1]) if not isinstance(m[1], bytes) else m[1]}"
                               for m in MALFORMED])
 def test_malformed_config_fails_with_one_line(tmp_path, tiny_data, name, content, reason):
-    base = local.make_tree(tmp_path, tiny_data, FAST_HP)
+    base = programs.make_tree(tmp_path, tiny_data, FAST_HP)
     path = base / "input" / "config" / name
     if name == "hyperparameters.json" and isinstance(content, dict):
         content = {**json.loads(path.read_text()), **content}  # one bad value among good ones
@@ -204,7 +205,7 @@ def test_malformed_config_fails_with_one_line(tmp_path, tiny_data, name, content
 
 
 def test_missing_config_and_output_folder(tmp_path, tiny_data):
-    base = local.make_tree(tmp_path, tiny_data, FAST_HP)
+    base = programs.make_tree(tmp_path, tiny_data, FAST_HP)
     (base / "input" / "config" / "resourceconfig.json").unlink()
     shutil.rmtree(base / "output")  # the toolkit alone would then exit 0 with no failure file
     result = run_train(base)
@@ -213,7 +214,7 @@ def test_missing_config_and_output_folder(tmp_path, tiny_data):
 
 
 def test_pipe_mode_is_refused(tmp_path, tiny_data):
-    base = local.make_tree(tmp_path, tiny_data, FAST_HP)
+    base = programs.make_tree(tmp_path, tiny_data, FAST_HP)
     config = base / "input" / "config" / "inputdataconfig.json"
     config.write_text(json.dumps({"train": {"TrainingInputMode": "Pipe"}}))
     assert run_train(base).returncode == 1
@@ -231,7 +232,7 @@ def test_unreadable_images_are_skipped_counted_and_reported(tmp_path, tiny_data)
     (red / "folder.jpg").mkdir()
     (train / "002.Green_disc" / "readme.txt").write_text("not an image")
     (train / "002.Green_disc" / "two\nlines.txt").write_text("a name that is escaped: one row")
-    base = local.make_tree(tmp_path / "ml", {"train": train}, {**FAST_HP, "epochs": 1})  # valid split from train
+    base = programs.make_tree(tmp_path / "ml", {"train": train}, {**FAST_HP, "epochs": 1})  # valid split from train
     result = run_train(base)
     assert result.returncode == 0, result.stderr
     report = read_json(base / "output" / "data" / "metrics.json")
@@ -249,7 +250,7 @@ def test_unreadable_images_are_skipped_counted_and_reported(tmp_path, tiny_data)
 
 
 def test_early_stopping(tmp_path, tiny_data):
-    base = local.make_tree(tmp_path, tiny_data, {**FAST_HP, "epochs": 5, "lr": 0, "early-stopping-patience": 1})
+    base = programs.make_tree(tmp_path, tiny_data, {**FAST_HP, "epochs": 5, "lr": 0, "early-stopping-patience": 1})
     result = run_train(base)
     assert result.returncode == 0, result.stderr
     assert "early stopping" in result.stdout
@@ -258,7 +259,7 @@ def test_early_stopping(tmp_path, tiny_data):
 
 def test_sigterm_checkpoints_and_a_rerun_resumes(tmp_path, tiny_data):
     hp = {**FAST_HP, "epochs": 3, "batch-size": 2, "image-size": 96, "trainable": "all", "log-interval": 1}
-    base = local.make_tree(tmp_path, tiny_data, hp)
+    base = programs.make_tree(tmp_path, tiny_data, hp)
     proc = subprocess.Popen([sys.executable, str(CONTAINER / "train")], env=program_env(base),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = []
@@ -287,7 +288,7 @@ def test_sigterm_checkpoints_and_a_rerun_resumes(tmp_path, tiny_data):
 
 def test_cached_features_run_the_backbone_in_the_first_views_epochs_only(tmp_path, tiny_data):
     hp = {**FAST_HP, "epochs": 3, "feature-views": 2, "feature-cache-dir": str(tmp_path / "cache")}
-    first = run_train(local.make_tree(tmp_path / "first", tiny_data, hp), FEATURE_CACHE_ROOT=tmp_path / "cache")
+    first = run_train(programs.make_tree(tmp_path / "first", tiny_data, hp), FEATURE_CACHE_ROOT=tmp_path / "cache")
     assert first.returncode == 0, first.stderr
     # augmented views 0 and 1 (epochs 1, 2; epoch 3 reuses view 0), and the evaluation view of the
     # validation images (validation), the test images (the final evaluation) and the training images
@@ -296,7 +297,7 @@ def test_cached_features_run_the_backbone_in_the_first_views_epochs_only(tmp_pat
     assert "train features (augmented view 1)" in first.stderr
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 5
 
-    again = run_train(local.make_tree(tmp_path / "again", tiny_data, hp),  # a second trial, say
+    again = run_train(programs.make_tree(tmp_path / "again", tiny_data, hp),  # a second trial, say
                       FEATURE_CACHE_ROOT=tmp_path / "cache")
     assert again.returncode == 0, again.stderr
     assert "through the backbone" not in again.stderr and again.stderr.count(f"from {tmp_path / 'cache'}") == 5
@@ -305,14 +306,14 @@ def test_cached_features_run_the_backbone_in_the_first_views_epochs_only(tmp_pat
 
 
 def test_cache_off_trains_the_head_on_images(tmp_path, tiny_data):
-    result = run_train(local.make_tree(tmp_path, tiny_data, {**FAST_HP, "cache-features": "false"}))
+    result = run_train(programs.make_tree(tmp_path, tiny_data, {**FAST_HP, "cache-features": "false"}))
     assert result.returncode == 0, result.stderr
     assert "caching its features" not in result.stderr and "through the backbone" not in result.stderr
     assert len(metrics.parse(result.stdout)["valid:accuracy"]) == 2 + 1  # each epoch, then the selected model
 
 
 def test_sigterm_while_features_are_computed_checkpoints(tmp_path, tiny_data):
-    base = local.make_tree(tmp_path, tiny_data, {**FAST_HP, "batch-size": 1, "image-size": 160})
+    base = programs.make_tree(tmp_path, tiny_data, {**FAST_HP, "batch-size": 1, "image-size": 160})
     proc = subprocess.Popen([sys.executable, str(CONTAINER / "train")], env=program_env(base),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -327,7 +328,7 @@ def test_sigterm_while_features_are_computed_checkpoints(tmp_path, tiny_data):
 
 
 def test_checkpoint_of_another_configuration_is_refused(tmp_path, tiny_data, trained):
-    base = local.make_tree(tmp_path, tiny_data, {**FAST_HP, "backbone": "resnet18", "weights": "none"})
+    base = programs.make_tree(tmp_path, tiny_data, {**FAST_HP, "backbone": "resnet18", "weights": "none"})
     shutil.copy(trained / "checkpoints" / "checkpoint.pt", base / "checkpoints")
     assert run_train(base).returncode == 1
     assert "belongs to another configuration (backbone 'efficientnet_lite0' -> 'resnet18')" in failure_reason(base)
@@ -335,7 +336,7 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path, tiny_data, tra
 
 def test_internal_errors_still_write_a_one_line_reason(tmp_path, tiny_data, monkeypatch):
     from image_classifier import job, train
-    base = local.make_tree(tmp_path, tiny_data, FAST_HP)
+    base = programs.make_tree(tmp_path, tiny_data, FAST_HP)
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
 
     def boom(*a, **k):
@@ -374,10 +375,10 @@ def final_weights(base):
 @pytest.mark.parametrize("cache", ["true", "false"])
 def test_a_run_resumed_mid_epoch_ends_with_the_uninterrupted_weights(tmp_path, tiny_data, cache):
     hp = {**FAST_HP, "batch-size": 4, "cache-features": cache, "num-workers": 1}
-    whole = local.make_tree(tmp_path / "whole", tiny_data, hp)
+    whole = programs.make_tree(tmp_path / "whole", tiny_data, hp)
     assert run_train(whole).returncode == 0
 
-    base = local.make_tree(tmp_path / "resumed", tiny_data, hp)
+    base = programs.make_tree(tmp_path / "resumed", tiny_data, hp)
     stop_after = ["2", "3"]  # epoch, step
     stopped = subprocess.run([sys.executable, "-c", STOP_AFTER_STEP, str(CONTAINER), str(CONTAINER / "train"),
                               *stop_after], env=program_env(base), capture_output=True, text=True, timeout=600)
@@ -392,7 +393,7 @@ def test_a_run_resumed_mid_epoch_ends_with_the_uninterrupted_weights(tmp_path, t
 
 
 def test_checkpoint_per_job_keeps_a_trials_checkpoints_under_its_job_name(tmp_path, tiny_data):
-    base = local.make_tree(tmp_path, tiny_data, {**FAST_HP, "epochs": 1, "checkpoint-per-job": "true"})
+    base = programs.make_tree(tmp_path, tiny_data, {**FAST_HP, "epochs": 1, "checkpoint-per-job": "true"})
     result = run_train(base, TRAINING_JOB_NAME="ic-hpo-001-abcd1234")  # as SageMaker sets it in a trial
     assert result.returncode == 0, result.stderr
     assert (base / "checkpoints" / "ic-hpo-001-abcd1234" / "checkpoint.pt").exists()

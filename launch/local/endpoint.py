@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from image_classifier import local
+from launch.local import programs
 from . import docker_run
 from .gateway import Backend, Gateway
 
@@ -64,9 +64,9 @@ def run(name: str, model_dir: Path | None, port: int, runner: str = "native", im
         if not image:
             raise SystemExit("--local-runner docker needs the image: set image_uri (or --image-uri)")
         command = _docker_command(image, f"{name}-serve", mounts, env)
-        serve = local.Serve(base, log_path=base / "serve.log", command=command)
+        serve = programs.Serve(base, log_path=base / "serve.log", command=command)
     else:
-        serve = local.Serve(base, log_path=base / "serve.log", **env)
+        serve = programs.Serve(base, log_path=base / "serve.log", **env)
     try:
         seconds = serve.wait_healthy()
     except Exception:

@@ -13,7 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from image_classifier import local, metrics
+from image_classifier import metrics
+from launch.local import programs
 from . import docker_run
 from ..jobs import OWN_HOOK_DEBUG_DIR, own_hook_hyperparameters
 
@@ -82,10 +83,10 @@ def start(name: str, root: Path, data: Path, channels: list[str], hyperparameter
     base = Path(root).resolve() / name
     channel_dirs = {c: data / c for c in channels}
     if hosts == 1:
-        local.make_tree(base, channel_dirs, hyperparameters)
+        programs.make_tree(base, channel_dirs, hyperparameters)
         return _start_host(name, base, data, hyperparameters, runner, image, env)
-    trees = local.make_hosts(base, hosts, channel_dirs, hyperparameters)
-    env = {**local.hosts_env(hosts), **env}
+    trees = programs.make_hosts(base, hosts, channel_dirs, hyperparameters)
+    env = {**programs.hosts_env(hosts), **env}
     jobs = [_start_host(f"{name}-{tree.name}", tree, data, hyperparameters, runner, image, env) for tree in trees]
     jobs[0].peers = jobs[1:]
     return jobs[0]
@@ -108,7 +109,7 @@ def _start_host(name: str, base: Path, data: Path, hyperparameters: dict, runner
         cmd = [*docker_run(name, env, volumes), image, "train"]
         job.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     else:
-        job.process = subprocess.Popen(local.program("train"), env=local.program_env(base, **env), stdout=log,
+        job.process = subprocess.Popen(programs.program("train"), env=programs.program_env(base, **env), stdout=log,
                                        stderr=subprocess.STDOUT)
     log.close()
     return job

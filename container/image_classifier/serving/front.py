@@ -30,8 +30,7 @@ import aiohttp
 from aiohttp import web
 
 from . import mms, model_state, model_store
-from .limits import payload_too_large
-from .responses import JSON_TYPE, error_body, media_type
+from .responses import JSON_TYPE, error_body, media_type, payload_too_large
 
 log = logging.getLogger("image_classifier.serve")
 

@@ -6,8 +6,7 @@ from sagemaker_inference.default_handler_service import DefaultHandlerService
 
 from ..artifact import ArtifactError
 from ..errors import described, first_line
-from . import model_state
-from .mms import multi_model
+from . import environment, model_state
 from .transformer import ImageTransformer
 
 
@@ -25,7 +24,7 @@ class HandlerService(DefaultHandlerService):
         super().__init__(transformer=ImageTransformer())
 
     def initialize(self, context):
-        model = context.model_name if multi_model() else None
+        model = context.model_name if environment.multi_model() else None
         try:
             super().initialize(context)
         except Exception as e:

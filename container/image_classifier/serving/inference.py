@@ -11,7 +11,6 @@ import binascii
 import dataclasses
 import json
 import logging
-import os
 import time
 import warnings
 
@@ -20,21 +19,19 @@ from PIL import Image, UnidentifiedImageError
 from sagemaker_inference.errors import GenericInferenceToolkitError
 
 from .. import artifact, gradcam
-from . import explanations, precision
+from . import environment, explanations, precision
 from ..models import batch_to
 from ..preprocessing import ImageTooLarge, Preprocessing, decoded_pixels, eval_transform, open_image, to_rgb
-from .limits import (max_batch_images, max_decode_seconds, max_payload_bytes, max_pixels, max_request_pixels,
-                     payload_too_large)
-from .responses import JSON_TYPE, JSONLINES_TYPE, media_type
+from .environment import max_batch_images, max_decode_seconds, max_payload_bytes, max_pixels, max_request_pixels
+from .responses import JSON_TYPE, JSONLINES_TYPE, media_type, payload_too_large
 
 log = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")  # and any other image/*
 DEFAULT_TOP_K = 5
 OPTIONS = ("top_k", "probabilities", "explain", "explain_class")
-ALL_PROBABILITIES_ENV = "SERVE_PROBABILITIES"  # true: every answer has the full vector (batch, Clarify)
 
-# Pillow's own bomb check warns below 2x its limit and raises above; ours (limits.py) is explicit.
+# Pillow's own bomb check warns below 2x its limit and raises above; ours (environment.max_pixels) is explicit.
 Image.MAX_IMAGE_PIXELS = None
 
 
@@ -82,8 +79,8 @@ def model_fn(model_dir: str) -> Model:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network, manifest = artifact.load(model_dir, device)
     pre = Preprocessing.from_json(manifest["preprocessing"])
-    name, why = precision.choose(precision.requested(), device, manifest)
-    served = precision.prepare(network, name, device, pre.image_size, precision.graph())
+    name, why = precision.choose(environment.precision(), device, manifest)
+    served = precision.prepare(network, name, device, pre.image_size, environment.graph())
     log.info("loaded %s with %d classes from %s; serving in %s (%s)", manifest["backbone"], manifest["num_classes"],
              model_dir, name, why)
     # No warm-up request here: answering one before MMS forks its workers took 100 ms off each
@@ -105,10 +102,6 @@ def _flag(value) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes")
 
 
-def all_probabilities() -> bool:
-    return _flag(os.environ.get(ALL_PROBABILITIES_ENV, "false"))
-
-
 def _options(raw: dict, model: Model) -> dict:
     top_k = raw.get("top_k", DEFAULT_TOP_K)
     try:
@@ -118,7 +111,7 @@ def _options(raw: dict, model: Model) -> dict:
     except (TypeError, ValueError):
         raise error(400, f"top_k must be a positive integer, got {top_k!r}") from None
     found = {"top_k": min(top_k, len(model.classes)), "probabilities": _flag(raw.get("probabilities", False))
-             or all_probabilities()}
+             or environment.all_probabilities()}
     method = str(raw.get("explain", "")).strip().lower()
     if method and method not in explanations.METHODS:
         raise error(400, f"explain must be one of {', '.join(explanations.METHODS)}, got {method!r}")

@@ -17,39 +17,20 @@ from pathlib import Path
 
 import psutil
 
+from . import environment
+
 HANDLER = "image_classifier.serving.handler_service"
 TOOLKIT_FILES = importlib.resources.files("sagemaker_inference") / "etc"  # its MMS and log4j configuration
 MIB = 1024 * 1024
 WORKER = "model_service_worker"  # in the command line of every MMS Python process
 
 
-def multi_model() -> bool:
-    return os.environ.get("SAGEMAKER_MULTI_MODEL", "false").lower() == "true"
-
-
-def _count(name: str, default: int) -> int:
-    value = os.environ.get(name, str(default)).strip()
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{name} must be a positive whole number, got {value!r}")
-    return int(value)
-
-
-def batching() -> dict:
-    """MMS's dynamic batching: up to SERVE_BATCH_SIZE requests (default 1: none) that arrive within
-    SERVE_MAX_BATCH_DELAY_MS (default 20) of the first go to one worker, which answers them with one
-    forward (transformer.py). It trades latency for throughput: measured on 2 CPU cores in bf16, a
-    forward of 4 images costs 0.65x (efficientnet_lite0) to 0.8x (resnet50) of 4 single ones
-    (docs/PERFORMANCE.md). MMS takes it only when a model is registered through its management API,
-    not for one named at start-up, so with batching `serve` registers its model that way (front.py)."""
-    return {"batch_size": _count("SERVE_BATCH_SIZE", 1), "max_batch_delay": _count("SERVE_MAX_BATCH_DELAY_MS", 20)}
-
-
 def workers() -> int:
     """Workers per model: SAGEMAKER_MODEL_SERVER_WORKERS, else MMS's own default (one per GPU, else
     one per CPU), which MMS applies to models named at start-up but not to registered ones."""
-    configured = os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS", "").strip()
+    configured = environment.workers()
     if configured:
-        return int(configured)
+        return configured
     if shutil.which("nvidia-smi"):
         listed = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True)
         gpus = listed.stdout.count("GPU ") if listed.returncode == 0 else 0
@@ -75,7 +56,7 @@ def preload_safe() -> bool:
     works: without a GPU (CUDA does not survive fork) and with single-threaded torch (neither does
     OpenMP's thread pool: a fork of a process that ran torch on 2 threads hangs at its first
     forward). MMS's worker sets OMP_NUM_THREADS=1 itself when it is unset."""
-    return os.environ.get("OMP_NUM_THREADS", "1") == "1" and shutil.which("nvidia-smi") is None
+    return environment.single_threaded() and shutil.which("nvidia-smi") is None
 
 
 def memory_limit() -> int:
@@ -114,9 +95,9 @@ def config(run_dir: Path, max_request_size: int, load_models: bool = True) -> Pa
     """The MMS configuration sagemaker-inference's start_model_server() writes (the toolkit's files
     and settings; a test compares the two), with the changes above, plus preload_model. Built here
     because importing the toolkit's model_server module (boto3, scipy) costs 0.4 s of every start."""
-    from sagemaker_inference import environment  # reads its environment: import once ours is set
+    from sagemaker_inference import environment as toolkit  # reads its environment: import once ours is set
 
-    env = environment.Environment()
+    env = toolkit.Environment()
     settings = {
         "default_response_timeout": env.model_server_timeout,
         "default_workers_per_model": env.model_server_workers,
@@ -124,11 +105,11 @@ def config(run_dir: Path, max_request_size: int, load_models: bool = True) -> Pa
         "management_address": f"unix:{management_socket(run_dir)}",
         "vmargs": vmargs(env.vmargs),
         "max_request_size": max_request_size,
-        "default_service_handler": None if multi_model() else HANDLER,
+        "default_service_handler": None if environment.multi_model() else HANDLER,
         "default_response_timeout_seconds": env.model_server_timeout_seconds,
         "preload_model": "true" if preload_safe() else None,
     }
-    defaults = TOOLKIT_FILES / ("mme-mms.properties" if multi_model() else "default-mms.properties")
+    defaults = TOOLKIT_FILES / ("mme-mms.properties" if environment.multi_model() else "default-mms.properties")
     text = defaults.read_text().replace("$$SAGEMAKER_HANDLER$$", HANDLER)
     if not load_models:  # ALL would load every folder of the model store ("/") as a model
         text = text.replace("load_models=ALL", "load_models=")

@@ -12,17 +12,17 @@ import os
 from pathlib import Path
 
 from .. import files
+from . import environment
 
-STATE_DIR_ENV = "SERVE_STATE_DIR"
 LOADED, FAILED = "model-loaded", "model-failed"
 READY_LINE = "model loaded; ready to answer"  # `serve` logs this when /ping turns 200
 
 
 def _write(name: str, text: str) -> None:
-    folder = os.environ.get(STATE_DIR_ENV)
-    if not folder:
+    folder = environment.state_dir()
+    if folder is None:
         return
-    files.atomic_write_text(Path(folder) / name, text)  # `serve` never reads half a reason
+    files.atomic_write_text(folder / name, text)  # `serve` never reads half a reason
 
 
 # Why a load failed, for the status a multi-model POST /models answers with.

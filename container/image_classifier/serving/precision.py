@@ -1,11 +1,14 @@
 """Serving precision: the arithmetic the endpoint's hardware is built for, never a silent loss.
 
-`SERVE_PRECISION` (auto, fp32, bf16, bf16-autocast, fp16; default auto) picks it. On a CPU every
-mode runs a frozen TorchScript graph, channels_last, traced once at load (before MMS forks its
+`SERVE_PRECISION` (auto, fp32, bf16, bf16-autocast, fp16; default auto; environment.py reads it)
+picks it. On a CPU every mode runs a frozen TorchScript graph, channels_last, traced once at load (before MMS forks its
 workers): `bf16` with bf16 weights (fastest), `bf16-autocast` with fp32 weights (batch norm
 folded in fp32) under bf16 autocast (closer to fp32), `fp32` in eager mode as trained.
-`SERVE_GRAPH=compiled` runs the reduced precisions through torch.compile instead (faster answers,
-a slower start: `graph`). On a GPU, `bf16`/`fp16` weights with cuDNN autotuning.
+`SERVE_GRAPH=compiled` runs the reduced precisions through torch.compile with inductor's freezing
+instead. Measured on 2 AMD EPYC cores, one image on one thread (docs/PERFORMANCE.md): compiled
+ResNet50 bf16 answers in 0.77x the frozen graph's time, but compiling takes 10 s against 0.7 s,
+which breaks the 5 s cold start; so frozen unless an endpoint that runs for long asks for it.
+On a GPU, `bf16`/`fp16` weights with cuDNN autotuning.
 
 The guard: `train` measures, on its test (else valid) images, how often each mode agrees with
 fp32 on top-1 (`check`), and writes it to model.json (`metrics.serving`). auto takes the fastest
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 import warnings
 
@@ -29,9 +31,6 @@ from ..precision import cpu_has_bf16
 log = logging.getLogger(__name__)
 
 ENV = "SERVE_PRECISION"
-GRAPH_ENV = "SERVE_GRAPH"
-GRAPHS = ("frozen", "compiled")
-CHOICES = ("auto", "fp32", "bf16", "bf16-autocast", "fp16")
 CPU_MODES = ("bf16", "bf16-autocast")  # fastest first
 AGREEMENT = 0.995  # least top-1 agreement with fp32 for auto to serve a reduced precision
 DTYPES = {"bf16": torch.bfloat16, "bf16-autocast": torch.bfloat16, "fp16": torch.float16}
@@ -39,13 +38,6 @@ DTYPES = {"bf16": torch.bfloat16, "bf16-autocast": torch.bfloat16, "fp16": torch
 
 class PrecisionError(ValueError):
     """SERVE_PRECISION names something this hardware cannot serve."""
-
-
-def requested() -> str:
-    value = os.environ.get(ENV, "auto").strip().lower() or "auto"
-    if value not in CHOICES:
-        raise PrecisionError(f"{ENV} must be one of {', '.join(CHOICES)}; got {value!r}")
-    return value
 
 
 def hardware_modes(device: torch.device) -> tuple[str, ...]:
@@ -98,18 +90,6 @@ class Served(nn.Module):
             with torch.autocast(images.device.type, dtype=self.dtype):
                 return self.network(images).float()
         return self.network(images.to(self.dtype)).float()
-
-
-def graph() -> str:
-    """SERVE_GRAPH: how a CPU's reduced precision runs: 'frozen' (TorchScript, the default) or
-    'compiled' (torch.compile with inductor's freezing). Measured on 2 AMD EPYC cores, one image on
-    one thread (docs/PERFORMANCE.md): compiled ResNet50 bf16 answers in 0.77x the frozen graph's
-    time, but compiling takes 10 s against 0.7 s, which breaks the 5 s cold start; so frozen unless
-    an endpoint that runs for long asks for it."""
-    value = os.environ.get(GRAPH_ENV, "frozen").strip().lower() or "frozen"
-    if value not in GRAPHS:
-        raise PrecisionError(f"{GRAPH_ENV} must be one of {', '.join(GRAPHS)}; got {value!r}")
-    return value
 
 
 def prepare(network: nn.Module, name: str, device: torch.device, image_size: int, how: str = "frozen") -> Served:

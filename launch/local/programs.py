@@ -1,4 +1,5 @@
-"""Run the image's own `train` and `serve` programs on this machine, without a container:
+"""Run the image's own `train` and `serve` programs on this machine, without a container (the
+launch side's --local backend, the tests and the benchmarks use it; nothing in the image does):
 a SageMaker-style /opt/ml tree (what SageMaker writes before it starts a training container),
 the programs' environment, and a `serve` process to start, wait for and stop.
 """
@@ -18,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .hyperparameters import to_sagemaker
+from image_classifier.hyperparameters import to_sagemaker
 
 
 def make_tree(base: Path, channels: dict[str, Path], hyperparameters: dict | None = None,
@@ -72,7 +73,7 @@ def hosts_env(count: int, port: int | None = None) -> dict[str, str]:
 
 
 # --- running the image's programs natively ------------------------------------------------------
-CONTAINER_DIR = Path(__file__).resolve().parents[1]  # holds the `train` and `serve` programs
+CONTAINER_DIR = Path(__file__).resolve().parents[2] / "container"  # holds the `train` and `serve` programs
 
 
 def program_env(base: Path, **extra) -> dict:

@@ -1,0 +1,52 @@
+"""checkpoint.py: a resumed job gets back what it saved, and only its own checkpoint."""
+import json
+
+import pytest
+import torch
+
+from image_classifier import checkpoint
+from image_classifier.errors import TrainingError
+
+HP = {"backbone": "resnet18", "trainable": "head", "image-size": 64, "batch-size": 8, "optimizer": "adamw",
+      "seed": 1, "lr": 0.01}
+FOLDERS = ["001.A", "002.B"]
+
+
+def state(hp=HP, folders=FOLDERS) -> dict:
+    return {"epoch": 3, "model": {"w": torch.arange(4.0)}, "hyperparameters": json.dumps(hp),
+            "class_folders": json.dumps(folders)}
+
+
+def test_no_checkpoint_is_a_fresh_start(tmp_path):
+    assert checkpoint.load(tmp_path, HP, FOLDERS) is None and checkpoint.load_best(tmp_path) is None
+
+
+def test_a_saved_state_comes_back(tmp_path):
+    checkpoint.save(tmp_path / "ckpt", state())
+    loaded = checkpoint.load(tmp_path / "ckpt", {**HP, "lr": 0.001}, FOLDERS)  # lr may change on resume
+    assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], torch.arange(4.0))
+    checkpoint.save_best(tmp_path / "ckpt", {"w": torch.ones(2)})
+    assert torch.equal(checkpoint.load_best(tmp_path / "ckpt")["w"], torch.ones(2))
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [checkpoint.BEST_FILE, checkpoint.STATE_FILE]
+
+
+@pytest.mark.parametrize("name", checkpoint.MUST_MATCH)
+def test_another_configurations_checkpoint_is_refused(tmp_path, name):
+    checkpoint.save(tmp_path, state())
+    with pytest.raises(TrainingError, match=f"belongs to another configuration \\({name} "):
+        checkpoint.load(tmp_path, {**HP, name: "other"}, FOLDERS)
+
+
+def test_other_classes_or_a_damaged_file_are_refused(tmp_path):
+    checkpoint.save(tmp_path, state())
+    with pytest.raises(TrainingError, match="was made for other classes"):
+        checkpoint.load(tmp_path, HP, [*FOLDERS, "003.C"])
+    (tmp_path / checkpoint.STATE_FILE).write_bytes(b"not a torch file")
+    with pytest.raises(TrainingError, match="cannot be read .*delete it or use another checkpoint directory"):
+        checkpoint.load(tmp_path, HP, FOLDERS)
+
+
+def test_a_checkpoint_holds_only_what_weights_only_loads(tmp_path):
+    checkpoint.save(tmp_path, {**state(), "code": print})  # a function is not data
+    with pytest.raises(TrainingError, match="cannot be read"):
+        checkpoint.load(tmp_path, HP, FOLDERS)
