@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from conftest import CLASSES, FAST_HP, IMAGEWOOF, read_json, run_train
-from image_classifier import audit, data, local
+from image_classifier import audit, data
+from launch.local import programs
 from imagegen import make_splits
 from launch_helpers import launch
 
@@ -65,7 +66,7 @@ def test_a_training_job_audits_its_data_and_still_trains(tmp_path, tiny_data):
     for name, path in tiny_data.items():
         shutil.copytree(path, splits[name])
     planted = plant(splits, small=False)
-    base = local.make_tree(tmp_path / "ml", splits, {**FAST_HP, "image-size": 64})
+    base = programs.make_tree(tmp_path / "ml", splits, {**FAST_HP, "image-size": 64})
     result = run_train(base)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "data audit: 1 exact and" in result.stdout + result.stderr

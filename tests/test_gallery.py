@@ -37,7 +37,8 @@ def test_each_mistake_gets_a_thumbnail_and_an_overlay(tmp_path):
                 {"file": "002.B/b.jpg", "label": "B", "predicted": "C"}]
     folder = tmp_path / "evaluation" / "test_mistakes"
     gallery.write(net, torch.device("cpu"), PRE, root, mistakes, CLASSES, folder)
-    assert mistakes[0]["thumbnail"] == "test_mistakes/00.jpg" and mistakes[0]["overlay"] == "test_mistakes/00_gradcam.jpg"
+    assert mistakes[0]["thumbnail"] == "test_mistakes/00.jpg"
+    assert mistakes[0]["overlay"] == "test_mistakes/00_gradcam.jpg"
     assert "thumbnail" not in mistakes[1]  # the row stays, without a picture
     assert mistakes[2]["overlay"] == "test_mistakes/02_gradcam.jpg"
     for name in ("00.jpg", "00_gradcam.jpg", "02.jpg", "02_gradcam.jpg"):

@@ -81,10 +81,13 @@ def test_check_counts_agreement_and_accuracy():
 
     images = torch.tensor([1.0, 2.0, -1.0, -2.0]).view(4, 1, 1, 1).expand(4, 3, 2, 2).contiguous()
     labels = torch.tensor([0, 0, 1, 0])
-    result = precision.check(reference, Flip(), [(images, labels, 0), (None, None, 2)], CPU)
+    found = precision.check(reference, {"flip": Flip(), "same": reference}, [(images, labels, 0), (None, None, 2)], CPU)
+    result = found["flip"]
     assert result["images"] == 4 and result["top1_agreement"] == 0.75
     assert result["accuracy_fp32"] == 0.75 and result["accuracy"] == 0.5
     assert 0.5 < result["max_probability_difference"] <= 1
+    assert found["same"] == {"images": 4, "top1_agreement": 1.0, "max_probability_difference": 0.0,
+                             "accuracy_fp32": 0.75, "accuracy": 0.75}
 
 
 def test_the_compiled_graph_agrees_and_is_ready_for_the_handlers_calls():

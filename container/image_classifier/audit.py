@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from . import data
 
@@ -90,11 +89,7 @@ def small_images(channels: list[data.Channel], image_size: int) -> list[tuple]:
     rows = []
     for ch in channels:
         for path, _ in ch.samples:
-            try:
-                with Image.open(path) as image:
-                    w, h = image.size
-            except OSError:
-                continue  # scan reported it
+            w, h = ch.sizes[path]  # data.scan read them
             if min(w, h) < image_size:
                 rows.append(("too_small", ch.name, _rel(ch, path), "", "", f"{w}x{h}, under the {image_size} px crop"))
     return rows

@@ -40,6 +40,8 @@ class Channel:
     folders: list[str]  # class folders, sorted; the label index is the position here
     samples: list[tuple[str, int]]  # (path, label)
     skipped: list[tuple[str, str]]  # (path, reason) for every other file in the channel, once
+    # path -> (width, height) as stored, read when scan decoded it
+    sizes: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def classes(self) -> list[str]:
@@ -76,13 +78,14 @@ def scan(name: str, root: Path) -> Channel:
                 skipped.append((str(path), reason))
             else:
                 candidates.append((str(path), labels[entry.name]))
-    samples = []
-    for (path, label), reason in zip(candidates, _decode_errors([p for p, _ in candidates])):
+    samples, sizes = [], {}
+    for (path, label), (reason, size) in zip(candidates, _decode([p for p, _ in candidates])):
         if reason:
             skipped.append((path, reason))
         else:
             samples.append((path, label))
-    channel = Channel(name, root, folders, samples, sorted(skipped))
+            sizes[path] = size
+    channel = Channel(name, root, folders, samples, sorted(skipped), sizes)
     if not samples:
         raise TrainingError(f"channel '{name}' has no images")
     empty = [class_name(f) for i, f in enumerate(folders) if channel.counts()[i] == 0]
@@ -143,22 +146,23 @@ def _reason(relative: Path, found: str | None, in_class_folder: bool) -> str | N
     return None
 
 
-def _decode_errors(paths: list[str]) -> list[str | None]:
+def _decode(paths: list[str]) -> list[tuple[str | None, tuple[int, int] | None]]:
     """Decode every image as training will (at the smallest JPEG draft scale: the whole file is
-    still read), in threads: Pillow's decoders release the GIL."""
+    still read), in threads: Pillow's decoders release the GIL. (why not, or None; its size)."""
     with warnings.catch_warnings():  # once, here: the filter is global, threads share it
         warnings.simplefilter("ignore")
         with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
-            return list(pool.map(_decode_error, paths))
+            return list(pool.map(_decode_one, paths))
 
 
-def _decode_error(path: str) -> str | None:
+def _decode_one(path: str) -> tuple[str | None, tuple[int, int] | None]:
     try:
         with Image.open(path) as image:
+            size = image.size  # before draft() shrinks it
             to_rgb(image, draft_size=1)
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for broken files
-        return f"cannot be decoded: {type(e).__name__}: {e}"
-    return None
+        return f"cannot be decoded: {type(e).__name__}: {e}", None
+    return None, size
 
 
 def check_same_classes(train: Channel, other: Channel) -> None:
@@ -190,8 +194,8 @@ def stratified_split(channel: Channel, fraction: float, seed: int) -> tuple[Chan
         n_valid = max(1, round(len(items) * fraction))
         valid += items[:n_valid]
         train += items[n_valid:]
-    return (Channel("train", channel.root, channel.folders, sorted(train), channel.skipped),
-            Channel("valid (split from train)", channel.root, channel.folders, sorted(valid), []))
+    return (Channel("train", channel.root, channel.folders, sorted(train), channel.skipped, channel.sizes),
+            Channel("valid (split from train)", channel.root, channel.folders, sorted(valid), [], channel.sizes))
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -12,15 +12,9 @@ import torch
 from PIL import Image
 
 from . import gradcam
-from .preprocessing import Preprocessing, eval_transform, to_rgb
-from .vision import transforms
+from .preprocessing import Preprocessing, eval_crop, eval_transform, to_rgb
 
 THUMBNAIL = 160  # px: the gallery's tiles
-
-
-def _crop(image: Image.Image, pre: Preprocessing) -> Image.Image:
-    resize = transforms.Resize(pre.resize_size, interpolation=transforms.InterpolationMode.BILINEAR)
-    return transforms.CenterCrop(pre.image_size)(resize(image))
 
 
 def overlay(crop: Image.Image, heatmap: np.ndarray) -> Image.Image:
@@ -35,13 +29,13 @@ def write(model: torch.nn.Module, device: torch.device, pre: Preprocessing, root
     folder.mkdir(parents=True, exist_ok=True)
     model.eval()
     layer = gradcam.last_spatial_layer(model, pre.image_size)
-    transform = eval_transform(pre)
+    transform, crop_of = eval_transform(pre), eval_crop(pre)
     for i, mistake in enumerate(mistakes):
         try:
             with Image.open(Path(root) / mistake["file"]) as opened:
                 image = to_rgb(opened)
                 tensor = transform(image).to(device)
-                crop = _crop(image, pre)
+                crop = crop_of(image)  # what the network saw
         except OSError:
             continue  # the file changed since it was evaluated: no picture, the row stays
         found = gradcam.explain(model, layer, tensor, classes.index(mistake["predicted"]))

@@ -74,13 +74,16 @@ def decoded_pixels(image: Image.Image, pre: Preprocessing) -> int:
     return image.width * image.height
 
 
-def eval_transform(pre: Preprocessing):
+def eval_crop(pre: Preprocessing):
+    """The evaluation's geometry: resize the shorter side, crop the centre (an image in, an image out)."""
     return transforms.Compose([
         transforms.Resize(pre.resize_size, interpolation=INTERPOLATION[pre.interpolation]),
         transforms.CenterCrop(pre.image_size),
-        transforms.ToTensor(),
-        transforms.Normalize(pre.mean, pre.std),
     ])
+
+
+def eval_transform(pre: Preprocessing):
+    return transforms.Compose([eval_crop(pre), transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)])
 
 
 def train_transform(pre: Preprocessing):

@@ -673,19 +673,20 @@ def serving_checks(job: Job, channel: data.Channel, pre) -> dict:
     """How the endpoint's reduced precisions agree with fp32 on this channel (model.json keeps it;
     the endpoint's auto precision serves one only where it agrees: serving/precision.py)."""
     # The CPU's modes even where this CPU lacks bf16 (slower, same numbers): the endpoint's may have it.
-    targets = [(torch.device("cpu"), name) for name in serving_precision.CPU_MODES]
+    targets = {torch.device("cpu"): serving_precision.CPU_MODES}
     if job.device.type == "cuda":
-        targets += [(job.device, name) for name in serving_precision.hardware_modes(job.device)]
+        targets[job.device] = serving_precision.hardware_modes(job.device)
     found = {}
     loader = make_loader(channel.samples, eval_transform(pre), pre.resize_size, job.hp, job.hp.batch_size)
-    for device, name in targets:
+    for device, names in targets.items():
         network = copy.deepcopy(job.model).to(device).eval()
-        served = serving_precision.prepare(network, name, device, pre.image_size)
-        result = serving_precision.check(network, served, loader, device)
-        found[serving_precision.key(device, name)] = result
-        log.info("serving in %s on %s: top-1 agrees with fp32 on %d of %d %s images (%.2f%%), largest probability "
-                 "difference %.4f", name, device.type, round(result["top1_agreement"] * result["images"]),
-                 result["images"], channel.name, 100 * result["top1_agreement"], result["max_probability_difference"])
+        served = {name: serving_precision.prepare(network, name, device, pre.image_size) for name in names}
+        for name, result in serving_precision.check(network, served, loader, device).items():
+            found[serving_precision.key(device, name)] = result
+            log.info("serving in %s on %s: top-1 agrees with fp32 on %d of %d %s images (%.2f%%), largest probability "
+                     "difference %.4f", name, device.type, round(result["top1_agreement"] * result["images"]),
+                     result["images"], channel.name, 100 * result["top1_agreement"],
+                     result["max_probability_difference"])
     return found
 
 

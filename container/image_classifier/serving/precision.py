@@ -134,21 +134,24 @@ def _compiled(network: nn.Module, dtype: torch.dtype, autocast: bool, example: t
 
 
 @torch.inference_mode()
-def check(network: nn.Module, served: nn.Module, batches, device: torch.device) -> dict:
-    """How `served` agrees with fp32 `network` over (images, labels, n_failed) batches."""
-    agree = correct32 = correct = images = 0
-    largest = 0.0
+def check(network: nn.Module, served: dict[str, nn.Module], batches, device: torch.device) -> dict[str, dict]:
+    """How each of `served` (name -> module) agrees with fp32 `network` over (images, labels,
+    n_failed) batches: one pass, each batch decoded once and run in fp32 once."""
+    counts = {name: {"agree": 0, "correct": 0, "largest": 0.0} for name in served}
+    correct32 = images = 0
     for inputs, labels, _ in batches:
         if inputs is None:
             continue
         inputs = inputs.to(device, memory_format=torch.channels_last)
         p32 = torch.softmax(network(inputs).float(), 1).cpu()
-        p = torch.softmax(served(inputs).float(), 1).cpu()
-        agree += (p32.argmax(1) == p.argmax(1)).sum().item()
         correct32 += (p32.argmax(1) == labels).sum().item()
-        correct += (p.argmax(1) == labels).sum().item()
-        largest = max(largest, (p32 - p).abs().max().item())
         images += len(labels)
+        for name, module in served.items():
+            p, c = torch.softmax(module(inputs).float(), 1).cpu(), counts[name]
+            c["agree"] += (p32.argmax(1) == p.argmax(1)).sum().item()
+            c["correct"] += (p.argmax(1) == labels).sum().item()
+            c["largest"] = max(c["largest"], (p32 - p).abs().max().item())
     n = max(images, 1)
-    return {"images": images, "top1_agreement": agree / n, "max_probability_difference": round(largest, 6),
-            "accuracy_fp32": correct32 / n, "accuracy": correct / n}
+    return {name: {"images": images, "top1_agreement": c["agree"] / n,
+                   "max_probability_difference": round(c["largest"], 6), "accuracy_fp32": correct32 / n,
+                   "accuracy": c["correct"] / n} for name, c in counts.items()}
