@@ -70,7 +70,7 @@ def test_run_natively_serve_binds_to_loopback(clean):
     ("SERVE_MAX_BATCH_DELAY_MS", "0.5", "SERVE_MAX_BATCH_DELAY_MS must be a positive whole number, got '0.5'"),
     ("SAGEMAKER_MODEL_SERVER_WORKERS", "two", "SAGEMAKER_MODEL_SERVER_WORKERS must be a positive whole number"),
     ("SERVE_DRAIN_SECONDS", "-1", "SERVE_DRAIN_SECONDS must be a positive number of seconds, got '-1'"),
-    ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "soon", "SAGEMAKER_MODEL_SERVER_TIMEOUT must be a positive number of seconds"),
+    ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "2.5", "SAGEMAKER_MODEL_SERVER_TIMEOUT must be a positive whole number"),
     ("MAX_IMAGE_PIXELS", "1e6", "MAX_IMAGE_PIXELS must be a positive whole number, got '1e6'"),
     ("MAX_PAYLOAD_BYTES", "-5", "MAX_PAYLOAD_BYTES must be a positive whole number"),
     ("SERVE_PRECISION", "int8", "SERVE_PRECISION must be one of auto, fp32, bf16, bf16-autocast, fp16; got 'int8'"),

@@ -119,7 +119,7 @@ def bind_host() -> str:
 
 
 def multi_model() -> bool:
-    return _flag("SAGEMAKER_MULTI_MODEL")
+    return _text("SAGEMAKER_MULTI_MODEL", "false").lower() == "true"  # "true" only, as SageMaker sets it
 
 
 def batching() -> dict:
@@ -137,8 +137,8 @@ def workers() -> int | None:
     return _count("SAGEMAKER_MODEL_SERVER_WORKERS", 1) if _text("SAGEMAKER_MODEL_SERVER_WORKERS", "") else None
 
 
-def model_server_timeout() -> float:
-    return _seconds("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60)
+def model_server_timeout() -> int:
+    return _count("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60)  # whole seconds: the toolkit's int() reads it too
 
 
 def drain_seconds() -> float:
