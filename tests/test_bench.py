@@ -107,3 +107,13 @@ def test_distributed_scaling_benchmark_runs(imagewoof, tmp_path):
     rows = json.loads((tmp_path / "ddp.json").read_text())["rows"]
     assert [r["hosts"] for r in rows] == [1, 1, 2] and rows[1]["vs_one_share"] == 1
     assert all(r["images_per_second"] > 0 and 0 <= r["valid_accuracy"] <= 1 for r in rows)
+
+
+def test_serving_checks_benchmark_runs(imagewoof, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "serving_checks.py"), "--per-class", "1",
+                             "--backbones", "efficientnet_lite0", "--name", "checks", "--results", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    [row] = json.loads((tmp_path / "checks.json").read_text())["rows"]
+    assert row["images"] == 10 and row["modes"] == 2 and row["same_numbers"] is True
+    assert row["per_mode_seconds"] > 0 and row["one_pass_seconds"] > 0
