@@ -1,4 +1,5 @@
-"""The launch scripts' --local backend: the image's own programs on this machine."""
+"""The launch scripts' --local backend: the image's own programs on this machine (programs.py runs them;
+jobs.py, tuner.py, endpoint.py and gateway.py build SageMaker's behaviour around them)."""
 import os
 
 
