@@ -120,16 +120,22 @@ def trained(tmp_path_factory, tiny_data) -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_model(tmp_path_factory):
-    """The handler's Model for a random 3-class resnet18 at 32 px: in-process handler tests."""
+def small_model_dir(tmp_path_factory) -> Path:
+    """A model folder (model.pt, model.json) of a random 3-class resnet18 at 32 px."""
     from image_classifier import artifact, models
     from image_classifier.preprocessing import Preprocessing
-    from image_classifier.serving import inference
     d = tmp_path_factory.mktemp("small-model")
     net, _, source = models.build("resnet18", "none", 3)
     artifact.save(d, net, "resnet18", ["A", "B", "C"], ["001.A", "002.B", "003.C"],
                   Preprocessing(32, 36, (0.5,) * 3, (0.5,) * 3, "bilinear"), {}, {}, source)
-    return inference.model_fn(str(d))
+    return d
+
+
+@pytest.fixture(scope="session")
+def small_model(small_model_dir):
+    """The handler's Model for small_model_dir: in-process handler tests."""
+    from image_classifier.serving import inference
+    return inference.model_fn(str(small_model_dir))
 
 
 @pytest.fixture(scope="session")

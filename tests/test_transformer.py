@@ -4,24 +4,12 @@ answers every request with a JSON 500."""
 import io
 import json
 
-import pytest
 from mms.context import Context
 from mms.service import Service
 from PIL import Image
 
-from image_classifier import artifact, models
-from image_classifier.preprocessing import Preprocessing
 from image_classifier.serving import inference
 from image_classifier.serving.transformer import ImageTransformer
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("transformer-model")
-    net, _, source = models.build("resnet18", "none", 3)
-    artifact.save(folder, net, "resnet18", ["A", "B", "C"], ["001.A", "002.B", "003.C"],
-                  Preprocessing(32, 36, (0.5,) * 3, (0.5,) * 3, "bilinear"), {}, {}, source)
-    return folder
 
 
 def jpeg(color="red") -> bytes:
@@ -46,14 +34,15 @@ def status(ctx, i) -> int:
     return ctx.get_response_status(i)[0]
 
 
-def test_a_batch_keeps_each_requests_errors_and_forwards_once(model_dir, monkeypatch):
+def test_a_batch_keeps_each_requests_errors_and_forwards_once(small_model_dir, monkeypatch):
     forwards = []
     real = inference.predict_many
     monkeypatch.setattr(inference, "predict_many", lambda batches, model: forwards.append(len(batches))
                         or real(batches, model))
     image = {"Content-Type": "image/jpeg"}
-    data, ctx = batch(model_dir, (jpeg(), image), (jpeg(), {**image, "Accept": "text/csv"}), (b"not an image", image),
-                      (b"", image), (jpeg("blue"), {**image, "X-Amzn-SageMaker-Custom-Attributes": "top_k=2"}))
+    data, ctx = batch(small_model_dir, (jpeg(), image), (jpeg(), {**image, "Accept": "text/csv"}),
+                      (b"not an image", image), (b"", image),
+                      (jpeg("blue"), {**image, "X-Amzn-SageMaker-Custom-Attributes": "top_k=2"}))
     answers = ImageTransformer().transform(data, ctx)
     assert forwards == [2]  # the two good requests, in one forward
     assert [status(ctx, i) for i in range(5)] == [200, 406, 400, 400, 200]
