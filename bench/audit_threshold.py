@@ -23,7 +23,6 @@ import torch
 from PIL import Image, ImageOps
 
 from image_classifier import audit, data, features, hyperparameters, models
-from image_classifier.preprocessing import eval_transform
 
 ALTERATIONS = {
     "shrunk to 80%, JPEG quality 70": lambda im: _jpeg(im.resize((int(im.width * 0.8), int(im.height * 0.8))), 70),
@@ -66,7 +65,7 @@ def main() -> int:
                 alter(Image.open(photo).convert("RGB")).convert("RGB").save(folder / f"{i:04d}.jpg", quality=95)
         unit = {}
         for split in ["distinct"] + [f"copy{k}" for k in range(len(ALTERATIONS))]:
-            found = cache.eval_view(data.scan(split, root / split), eval_transform(pre)).features
+            found = cache.eval_view(data.scan(split, root / split)).features
             unit[split] = torch.nn.functional.normalize(found, dim=1)
     similar = unit["distinct"] @ unit["distinct"].T
     similar.fill_diagonal_(-1)

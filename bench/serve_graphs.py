@@ -29,7 +29,7 @@ from image_classifier.serving import explanations, precision
 CPU = torch.device("cpu")
 
 
-def compiled_bf16(network: torch.nn.Module, example: torch.Tensor):
+def compiled_bf16(network: torch.nn.Module):
     import torch._inductor.config as inductor
     inductor.freezing = True  # weights as constants: folds batch norm, prepacks for oneDNN
     net = torch.compile(copy.deepcopy(network).to(torch.bfloat16).eval())
@@ -37,10 +37,9 @@ def compiled_bf16(network: torch.nn.Module, example: torch.Tensor):
 
 
 def contenders(network: torch.nn.Module, size: int):
-    example = torch.zeros(1, 3, size, size).contiguous(memory_format=torch.channels_last)
     yield "fp32 eager", lambda: network
     yield "bf16 frozen", lambda: precision.prepare(network, "bf16", CPU, size)
-    yield "bf16 compiled", lambda: compiled_bf16(network, example)
+    yield "bf16 compiled", lambda: compiled_bf16(network)
     yield "explain=gradcam", lambda: explainer(network, size)
 
 

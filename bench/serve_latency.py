@@ -104,7 +104,7 @@ class InProcess:
         fwd = {b: forward_ms(self.model.network, batch_to(torch.stack(tensors[:b]), self.model.device))
                for b in BATCHES}
         # What explain=gradcam adds per image: a forward and backward in fp32, the map as a PNG.
-        sizes = [decode(body, self.model.preprocessing).size for body in bodies[:4]]
+        sizes = [decode(body, self.model.preprocessing).size for body in bodies[:max(BATCHES)]]
         inference.explain(self.model, tensors[0], sizes[0], 0)  # the first finds the layer to explain
         explain = []
         for tensor, size in zip(tensors, sizes):

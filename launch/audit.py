@@ -40,7 +40,6 @@ def main(argv=None) -> int:
 
     from image_classifier import audit, data, features, hyperparameters, models
     from image_classifier.errors import TrainingError
-    from image_classifier.preprocessing import eval_transform
     try:
         channels = [data.scan(name, args.data / name) for name in ("train", "valid", "test")
                     if name == "train" or (args.data / name).is_dir()]
@@ -58,7 +57,7 @@ def main(argv=None) -> int:
         cache = features.FeatureCache(args.feature_cache_dir, model, backbone.head, pre, None, device, hp)
         print(f"features of {sum(len(ch.samples) for ch in channels)} images from {args.backbone} ({source})",
               flush=True)
-        views = [cache.eval_view(ch, eval_transform(pre)).features for ch in channels]
+        views = [cache.eval_view(ch).features for ch in channels]
     found, rows = audit.run(channels, pre.image_size, views, args.threshold)
     out = args.out or args.data / "audit.tsv"
     audit.write(out, rows)

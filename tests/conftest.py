@@ -75,6 +75,18 @@ def run_train(base: Path, timeout: float = 600, **env) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=timeout)
 
 
+def tensorboard_scalars(folder: Path, digits: int = 6) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value)]} of a folder's TensorBoard event files, read by smdebug's reader (an
+    independent one, which checks every record's CRC)."""
+    from smdebug.core.tfevent.event_file_reader import EventFileReader
+    found = {}
+    for events in sorted(Path(folder).glob("events.out.tfevents.*")):
+        for step, summary in EventFileReader(str(events)).read_summaries(check="full"):
+            for value in summary.value:
+                found.setdefault(value.tag, []).append((step, round(value.simple_value, digits)))
+    return found
+
+
 def failure_reason(base: Path) -> str:
     return (base / "output" / "failure").read_text().strip()
 

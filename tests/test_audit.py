@@ -52,6 +52,24 @@ def test_checks_on_planted_problems(tmp_path):
     assert rows_of(tmp_path / "audit.tsv")[0].keys() == set(audit.COLUMNS)
 
 
+def test_three_copies_are_exact_duplicates_only(tmp_path):
+    """Files of the same bytes are never reported again as near-duplicates, whichever pair."""
+    splits = make_splits(tmp_path, CLASSES, {"train": 3, "test": 3})
+    first = sorted((splits["train"] / CLASSES[0]).iterdir())[0]
+    for copy in ("copy_a.jpg", "copy_b.jpg"):
+        shutil.copy(first, splits["test"] / CLASSES[0] / copy)
+    channels = [data.scan(n, splits[n]) for n in ("train", "test")]
+    # Every image its own direction, but the three copies one, as a backbone makes them.
+    views = [torch.eye(32)[offset: offset + len(ch.samples)].clone() for offset, ch in zip((0, 12), channels)]
+    copied = channels[0].facts[str(first)].digest
+    for ch, view in zip(channels, views):
+        for row, (path, _) in enumerate(ch.samples):
+            if ch.facts[path].digest == copied:
+                view[row] = torch.eye(32)[31]
+    found, rows = audit.run(channels, 8, views)
+    assert found["exact_duplicates"] == 2 and found["near_duplicates"] == 0, rows
+
+
 def test_extreme_imbalance_is_flagged(tmp_path):
     splits = make_splits(tmp_path, CLASSES[:2], {"train": 20})
     for extra in sorted((splits["train"] / CLASSES[1]).iterdir())[:18]:

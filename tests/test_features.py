@@ -33,7 +33,7 @@ def cache(model, backbone, pre, directory="", **kw):
 
 def test_the_head_on_cached_features_gives_the_full_models_logits(setup):
     model, backbone, pre, channel = setup
-    found = cache(model, backbone, pre).eval_view(channel, eval_transform(pre))
+    found = cache(model, backbone, pre).eval_view(channel)
     assert found.ok.all() and found.features.shape == (12, 1280)
     assert found.labels.tolist() == [label for _, label in channel.samples]
     images = torch.stack([eval_transform(pre)(data.to_rgb(data.Image.open(p), pre.resize_size))
@@ -59,7 +59,7 @@ def test_augmented_views_are_fixed_per_image_whatever_the_batch_size(setup):
 
 def test_disk_cache_is_reused_and_keyed_by_weights_and_files(setup, tmp_path, monkeypatch):
     model, backbone, pre, channel = setup
-    first = cache(model, backbone, pre, tmp_path / "cache").eval_view(channel, eval_transform(pre))
+    first = cache(model, backbone, pre, tmp_path / "cache").eval_view(channel)
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
 
     def no_backbone(*a, **k):
@@ -67,25 +67,25 @@ def test_disk_cache_is_reused_and_keyed_by_weights_and_files(setup, tmp_path, mo
 
     real_extract = features.FeatureCache._extract
     monkeypatch.setattr(features.FeatureCache, "_extract", no_backbone)
-    again = cache(model, backbone, pre, tmp_path / "cache").eval_view(channel, eval_transform(pre))
+    again = cache(model, backbone, pre, tmp_path / "cache").eval_view(channel)
     assert torch.equal(first.features, again.features) and torch.equal(first.ok, again.ok)
 
     monkeypatch.setattr(features.FeatureCache, "_extract", real_extract)
     path = channel.samples[0][0]
     os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))  # a changed file
-    cache(model, backbone, pre, tmp_path / "cache").eval_view(channel, eval_transform(pre))
+    cache(model, backbone, pre, tmp_path / "cache").eval_view(channel)
     with torch.no_grad():
         model.conv_stem.weight.mul_(0.5)  # other backbone weights
-    cache(model, backbone, pre, tmp_path / "cache").eval_view(channel, eval_transform(pre))
+    cache(model, backbone, pre, tmp_path / "cache").eval_view(channel)
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 3
 
 
 def test_a_damaged_cache_file_is_recomputed(setup, tmp_path, caplog):
     model, backbone, pre, channel = setup
-    first = cache(model, backbone, pre, tmp_path / "cache").eval_view(channel, eval_transform(pre))
+    first = cache(model, backbone, pre, tmp_path / "cache").eval_view(channel)
     [path] = (tmp_path / "cache").glob("*.pt")
     path.write_bytes(b"truncated")
-    again = cache(model, backbone, pre, tmp_path / "cache").eval_view(channel, eval_transform(pre))
+    again = cache(model, backbone, pre, tmp_path / "cache").eval_view(channel)
     assert "ignoring unreadable feature cache file" in caplog.text
     torch.testing.assert_close(first.features, again.features)
 
@@ -95,7 +95,7 @@ def test_undecodable_images_are_marked_and_batches_count_them(setup):
     broken = channel.samples[1][0]
     with open(broken, "r+b") as f:  # passes the header check, fails to decode
         f.truncate(400)
-    found = cache(model, backbone, pre).eval_view(channel, eval_transform(pre))
+    found = cache(model, backbone, pre).eval_view(channel)
     assert found.ok.tolist() == [i != 1 for i in range(12)]
     threads = torch.get_num_threads()
     steps = list(features.batches(found, list(range(12)), 5, drop_last=True))
@@ -108,4 +108,4 @@ def test_undecodable_images_are_marked_and_batches_count_them(setup):
 def test_interrupted_by_sigterm(setup):
     model, backbone, pre, channel = setup
     with pytest.raises(features.Interrupted):
-        cache(model, backbone, pre).eval_view(channel, eval_transform(pre), stop=argparse.Namespace(requested=True))
+        cache(model, backbone, pre).eval_view(channel, stop=argparse.Namespace(requested=True))

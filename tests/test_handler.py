@@ -2,13 +2,13 @@
 import base64
 import io
 import json
+import shutil
 
 import pytest
 from PIL import Image
 from sagemaker_inference.errors import GenericInferenceToolkitError
 
-from image_classifier import artifact, models
-from image_classifier.preprocessing import Preprocessing
+from image_classifier import artifact
 from image_classifier.serving import inference
 
 
@@ -93,15 +93,13 @@ def test_unsupported_accept_is_406(model):
     assert status_of(lambda: inference.output_fn(inference.predict_fn(batch, model), "text/csv", model=model)) == 406
 
 
-def test_a_manifest_whose_class_names_disagree_with_the_model_is_refused(tmp_path):
-    net, _, source = models.build("resnet18", "none", 3)
-    artifact.save(tmp_path, net, "resnet18", ["A", "B", "C"], ["001.A", "002.B", "003.C"],
-                  Preprocessing(32, 36, (0.5,) * 3, (0.5,) * 3, "bilinear"), {}, {}, source)
-    manifest = json.loads((tmp_path / "model.json").read_text())
+def test_a_manifest_whose_class_names_disagree_with_the_model_is_refused(tmp_path, small_model_dir):
+    folder = shutil.copytree(small_model_dir, tmp_path / "model")
+    manifest = json.loads((folder / "model.json").read_text())
     manifest["class_names"] = ["A", "B"]  # a hand-edited manifest: 3 outputs, 2 names
-    (tmp_path / "model.json").write_text(json.dumps(manifest))
+    (folder / "model.json").write_text(json.dumps(manifest))
     with pytest.raises(artifact.ArtifactError, match="names 2 classes for a model with 3 outputs"):
-        inference.model_fn(str(tmp_path))
+        inference.model_fn(str(folder))
 
 
 def test_jsonlines_answers_one_line_per_image(model):

@@ -37,7 +37,10 @@ def test_a_job_shorter_than_the_interval_still_has_samples_from_its_start(tmp_pa
     from image_classifier.profiling import SystemMonitor
     monitor = SystemMonitor(tmp_path / "system.jsonl", interval=30)
     monitor.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "system.jsonl").exists() or not (tmp_path / "system.jsonl").read_text().strip():
+        assert time.monotonic() < deadline, "no sample at the start"
+        time.sleep(0.01)
     stopping = time.time()
     monitor.stop()
     samples = [json.loads(line) for line in (tmp_path / "system.jsonl").read_text().splitlines()]

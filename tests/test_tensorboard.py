@@ -1,28 +1,13 @@
 """tensorboard.py: the event files hold the scalars TensorBoard shows, where SageMaker uploads from."""
 import json
-import struct
 
-from tensorboardX.proto.event_pb2 import Event
+from conftest import tensorboard_scalars as scalars
 
 from image_classifier import tensorboard
 
 ROW = {"epoch": 2, "train_loss": 0.9, "valid_loss": 1.1, "train_acc": 0.6, "valid_acc": 0.5,
        "images_per_second": 40.0, "seconds": 12.5}
 SUMMARY = {"top1_accuracy": 0.75, "top5_accuracy": 1.0, "macro_f1": 0.7, "expected_calibration_error": 0.05}
-
-
-def scalars(folder) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar in the folder's event files: TFRecord frames (length, crc, Event, crc)."""
-    found = {}
-    for path in sorted(folder.glob("events.out.tfevents.*")):
-        data, offset = path.read_bytes(), 0
-        while offset < len(data):
-            (length,) = struct.unpack_from("<Q", data, offset)
-            event = Event.FromString(data[offset + 12: offset + 12 + length])
-            offset += 12 + length + 4
-            for value in event.summary.value:
-                found.setdefault(value.tag, []).append((event.step, round(value.simple_value, 6)))
-    return found
 
 
 def test_epochs_and_the_evaluation_are_written(tmp_path):

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import CONTAINER, FAST_HP, program_env, read_json, run_train, failure_reason
+from conftest import CONTAINER, FAST_HP, failure_reason, program_env, read_json, run_train, tensorboard_scalars
 from image_classifier import metrics
 from launch.local import programs
 from imagegen import make_imagefolder
@@ -49,12 +49,8 @@ def test_the_held_out_channels_are_evaluated(trained):
 
 
 def test_tensorboard_scalars_are_written_where_sagemaker_reads_them(trained):
-    from smdebug.core.tfevent.event_file_reader import EventFileReader  # an independent reader of the format
-    [events] = (trained / "output" / "tensorboard").glob("events.out.tfevents.*")
-    scalars = {}
-    for step, summary in EventFileReader(str(events)).read_summaries(check="full"):  # every record's CRC
-        for value in summary.value:
-            scalars.setdefault(value.tag, []).append((step, round(value.simple_value, 4)))
+    assert len(list((trained / "output" / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    scalars = tensorboard_scalars(trained / "output" / "tensorboard", digits=4)
     history = read_json(trained / "output" / "data" / "metrics.json")["history"]
     assert scalars["accuracy/valid"] == [(h["epoch"], round(h["valid_acc"], 4)) for h in history]
     assert [s for s, _ in scalars["loss/train"]] == [1, 2] and len(scalars["lr"]) == 2
@@ -247,6 +243,8 @@ def test_unreadable_images_are_skipped_counted_and_reported(tmp_path, tiny_data)
     assert reasons["corrupt.jpg"].startswith("cannot be decoded: ")
     assert reasons["truncated.jpg"].startswith("cannot be decoded: ") and "truncated" in reasons["truncated.jpg"]
     assert "held out" in result.stderr and "skipped 8 file(s)" in result.stderr
+    # the split-off channel is "valid" to everything downstream: its metric lines and evaluation
+    assert "valid" in report["evaluation"] and len(metrics.parse(result.stdout)["valid:macro_f1"]) == 1
 
 
 def test_early_stopping(tmp_path, tiny_data):
@@ -356,13 +354,13 @@ def test_help_lists_hyperparameters_without_loading_torch():
 STOP_AFTER_STEP = """
 import runpy, signal, sys
 from image_classifier import profiling
-step_done, stop_after = profiling.Profiling.step_done, (int(sys.argv[3]), int(sys.argv[4]))
+step_done, stop_after = profiling.Profiling.step_done, (int(sys.argv[2]), int(sys.argv[3]))
 def step_done_then_sigterm(self, epoch, step):
     step_done(self, epoch, step)
     if (epoch, step) == stop_after:
         signal.raise_signal(signal.SIGTERM)
 profiling.Profiling.step_done = step_done_then_sigterm
-sys.argv = sys.argv[2:3]
+sys.argv = sys.argv[1:2]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
@@ -380,8 +378,8 @@ def test_a_run_resumed_mid_epoch_ends_with_the_uninterrupted_weights(tmp_path, t
 
     base = programs.make_tree(tmp_path / "resumed", tiny_data, hp)
     stop_after = ["2", "3"]  # epoch, step
-    stopped = subprocess.run([sys.executable, "-c", STOP_AFTER_STEP, str(CONTAINER), str(CONTAINER / "train"),
-                              *stop_after], env=program_env(base), capture_output=True, text=True, timeout=600)
+    stopped = subprocess.run([sys.executable, "-c", STOP_AFTER_STEP, str(CONTAINER / "train"), *stop_after],
+                             env=program_env(base), capture_output=True, text=True, timeout=600)
     assert stopped.returncode == 143, stopped.stdout + stopped.stderr
     assert "stopped by SIGTERM at epoch 2 step 3" in stopped.stderr
     result = run_train(base)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import csv
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -27,14 +26,6 @@ IMBALANCE = 10.0  # largest class / smallest class in train
 COLUMNS = ("check", "split", "file", "other_split", "other_file", "detail")
 
 
-def content_hash(path: str) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _rel(channel: data.Channel, path: str) -> str:
     return os.path.relpath(path, channel.root)
 
@@ -44,7 +35,7 @@ def exact_duplicates(channels: list[data.Channel]) -> list[tuple]:
     groups = collections.defaultdict(list)
     for ch in channels:
         for path, _ in ch.samples:
-            groups[content_hash(path)].append((ch, path))
+            groups[ch.facts[path].digest].append((ch, path))  # data.scan hashed it
     rows = []
     for found in groups.values():
         (ch, path), *others = found
@@ -54,8 +45,9 @@ def exact_duplicates(channels: list[data.Channel]) -> list[tuple]:
 
 
 def near_duplicates(channels: list[data.Channel], features: list[torch.Tensor], threshold: float = NEAR_DUPLICATE,
-                    exact: set | None = None, block: int = 1024) -> list[tuple]:
-    """Pairs whose features' cosine similarity is at least threshold (exact copies left out)."""
+                    block: int = 1024) -> list[tuple]:
+    """Pairs whose features' cosine similarity is at least threshold (exact copies, which
+    exact_duplicates reports, left out: any two files of the same bytes)."""
     owners = [(ch, path) for ch in channels for path, _ in ch.samples]
     unit = torch.nn.functional.normalize(torch.cat([f.float() for f in features]), dim=1)
     rows = []
@@ -66,10 +58,10 @@ def near_duplicates(channels: list[data.Channel], features: list[torch.Tensor], 
             if j <= i:
                 continue
             (a, pa), (b, pb) = owners[i], owners[j]
-            key = (a.name, _rel(a, pa), b.name, _rel(b, pb))
-            if exact and key in exact:
+            if a.facts[pa].digest == b.facts[pb].digest:
                 continue
-            rows.append(("near_duplicate", *key, f"cosine {similar[i - start, j].item():.3f}"))
+            rows.append(("near_duplicate", a.name, _rel(a, pa), b.name, _rel(b, pb),
+                         f"cosine {similar[i - start, j].item():.3f}"))
     return rows
 
 
@@ -89,7 +81,7 @@ def small_images(channels: list[data.Channel], image_size: int) -> list[tuple]:
     rows = []
     for ch in channels:
         for path, _ in ch.samples:
-            w, h = ch.sizes[path]  # data.scan read them
+            w, h = ch.facts[path].size
             if min(w, h) < image_size:
                 rows.append(("too_small", ch.name, _rel(ch, path), "", "", f"{w}x{h}, under the {image_size} px crop"))
     return rows
@@ -109,7 +101,7 @@ def run(channels: list[data.Channel], image_size: int, features: list[torch.Tens
     """channels: train first; features: each channel's eval-view features (None: no near-duplicates)."""
     rows = exact_duplicates(channels)
     if features is not None:
-        rows += near_duplicates(channels, features, threshold, exact={r[1:5] for r in rows})
+        rows += near_duplicates(channels, features, threshold)
     rows += class_checks(channels[0]) + small_images(channels, image_size)
     return summary(rows, features is not None), rows
 

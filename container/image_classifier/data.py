@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import logging
 import os
 import random
@@ -15,12 +16,13 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image
 
 from .errors import TrainingError
-from .preprocessing import to_rgb
+from .preprocessing import open_image, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,11 @@ def class_name(folder: str) -> str:
     return _NUMBER_PREFIX.sub("", folder) or folder
 
 
+class Facts(NamedTuple):
+    size: tuple[int, int]  # (width, height) as stored
+    digest: str  # blake2b of the file's bytes: equal for exact copies
+
+
 @dataclasses.dataclass
 class Channel:
     name: str
@@ -40,8 +47,8 @@ class Channel:
     folders: list[str]  # class folders, sorted; the label index is the position here
     samples: list[tuple[str, int]]  # (path, label)
     skipped: list[tuple[str, str]]  # (path, reason) for every other file in the channel, once
-    # path -> (width, height) as stored, read when scan decoded it
-    sizes: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict, repr=False)
+    # path -> what scan learnt when it read the file: its size as stored, a digest of its bytes
+    facts: dict[str, Facts] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def classes(self) -> list[str]:
@@ -78,14 +85,14 @@ def scan(name: str, root: Path) -> Channel:
                 skipped.append((str(path), reason))
             else:
                 candidates.append((str(path), labels[entry.name]))
-    samples, sizes = [], {}
-    for (path, label), (reason, size) in zip(candidates, _decode([p for p, _ in candidates])):
+    samples, facts = [], {}
+    for (path, label), (reason, found) in zip(candidates, _decode([p for p, _ in candidates])):
         if reason:
             skipped.append((path, reason))
         else:
             samples.append((path, label))
-            sizes[path] = size
-    channel = Channel(name, root, folders, samples, sorted(skipped), sizes)
+            facts[path] = found
+    channel = Channel(name, root, folders, samples, sorted(skipped), facts)
     if not samples:
         raise TrainingError(f"channel '{name}' has no images")
     empty = [class_name(f) for i, f in enumerate(folders) if channel.counts()[i] == 0]
@@ -146,23 +153,25 @@ def _reason(relative: Path, found: str | None, in_class_folder: bool) -> str | N
     return None
 
 
-def _decode(paths: list[str]) -> list[tuple[str | None, tuple[int, int] | None]]:
+def _decode(paths: list[str]) -> list[tuple[str | None, Facts | None]]:
     """Decode every image as training will (at the smallest JPEG draft scale: the whole file is
-    still read), in threads: Pillow's decoders release the GIL. (why not, or None; its size)."""
+    still read), in threads: Pillow's decoders and hashlib release the GIL. (why not, or None;
+    the file's Facts, the one read the data audit needs)."""
     with warnings.catch_warnings():  # once, here: the filter is global, threads share it
         warnings.simplefilter("ignore")
         with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
             return list(pool.map(_decode_one, paths))
 
 
-def _decode_one(path: str) -> tuple[str | None, tuple[int, int] | None]:
+def _decode_one(path: str) -> tuple[str | None, Facts | None]:
     try:
-        with Image.open(path) as image:
+        raw = Path(path).read_bytes()
+        with open_image(raw) as image:
             size = image.size  # before draft() shrinks it
             to_rgb(image, draft_size=1)
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for broken files
         return f"cannot be decoded: {type(e).__name__}: {e}", None
-    return None, size
+    return None, Facts(size, hashlib.blake2b(raw, digest_size=16).hexdigest())
 
 
 def check_same_classes(train: Channel, other: Channel) -> None:
@@ -194,8 +203,9 @@ def stratified_split(channel: Channel, fraction: float, seed: int) -> tuple[Chan
         n_valid = max(1, round(len(items) * fraction))
         valid += items[:n_valid]
         train += items[n_valid:]
-    return (Channel("train", channel.root, channel.folders, sorted(train), channel.skipped, channel.sizes),
-            Channel("valid (split from train)", channel.root, channel.folders, sorted(valid), [], channel.sizes))
+    # Named "valid": it is the valid channel to everything downstream (metric lines, evaluation files).
+    return (Channel("train", channel.root, channel.folders, sorted(train), channel.skipped, channel.facts),
+            Channel("valid", channel.root, channel.folders, sorted(valid), [], channel.facts))
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -25,8 +25,10 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from . import data, distributed, files, models, precision
+from . import data, distributed, models, precision
+from .artifact import atomic_save
 from .distributed import SINGLE, World
+from .preprocessing import eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +107,9 @@ class FeatureCache:
         return self._get(channel, dict(view=view, seed=seed, precision=precision.name(self.amp)),
                          transform, self.pre.image_size, seed, self.amp, stop)
 
-    def eval_view(self, channel: data.Channel, transform, stop=None) -> Features:
-        return self._get(channel, dict(view="eval", precision="fp32"), transform, self.pre.resize_size,
+    def eval_view(self, channel: data.Channel, stop=None) -> Features:
+        """Features of the evaluation transform: the key names the preprocessing, the transform follows it."""
+        return self._get(channel, dict(view="eval", precision="fp32"), eval_transform(self.pre), self.pre.resize_size,
                          None, None, stop)
 
     def _get(self, channel, spec, transform, draft_size, seed, amp, stop) -> Features:
@@ -132,7 +135,7 @@ class FeatureCache:
                  f", this process's share of {len(channel.samples)}" if self.world.distributed else "")
         if path is not None and self.world.leader:
             self.directory.mkdir(parents=True, exist_ok=True)
-            files.atomic_write(path, lambda tmp: torch.save(vars(found), tmp))  # trials may race for a key
+            atomic_save(vars(found), path)  # trials may race for a key
         self.memory[known] = found
         return found
 

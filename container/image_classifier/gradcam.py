@@ -40,7 +40,6 @@ def last_spatial_layer(network: nn.Module, image_size: int) -> nn.Module:
 class Explanation:
     heatmap: np.ndarray  # (H, W) in [0, 1], at the input tensor's resolution
     class_index: int
-    probability: float
     box: tuple[int, int, int, int]  # left, top, right, bottom (exclusive), at the input tensor's resolution
 
 
@@ -61,9 +60,8 @@ def explain(network: nn.Module, layer: nn.Module, image: torch.Tensor, class_ind
     cam = torch.relu((weights * maps.detach().float()).sum(1, keepdim=True))
     cam = nn.functional.interpolate(cam, size=image.shape[1:], mode="bilinear", align_corners=False)[0, 0]
     peak = cam.max()
-    heatmap = (cam / peak if peak > 0 else cam).numpy()
-    probability = float(torch.softmax(logits.detach(), 1)[0, index])
-    return Explanation(heatmap, index, probability, box(heatmap))
+    heatmap = (cam / peak if peak > 0 else cam).cpu().numpy()  # the network may be on a GPU
+    return Explanation(heatmap, index, box(heatmap))
 
 
 def box(heatmap: np.ndarray, threshold: float = BOX_THRESHOLD) -> tuple[int, int, int, int]:

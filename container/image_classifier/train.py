@@ -275,7 +275,7 @@ class FeatureBatches:
         return features.batches(view, list(self.sampler), self.batch, self.drop_last)
 
     def valid(self):
-        view = self.cache.eval_view(self.valid_ch, eval_transform(self.pre))
+        view = self.cache.eval_view(self.valid_ch)
         order = distributed.shard(self.world, list(range(len(self.valid_ch.samples))))
         return features.batches(view, order, self.batch, False)
 
@@ -436,16 +436,15 @@ def data_audit(hp, channels: list, cache, pre, world: World, output_data_dir) ->
     present = [ch for ch in channels if ch]
     views = None
     if hp.audit == "full" and cache is not None:
-        views = [cache.eval_view(ch, eval_transform(pre)).features for ch in present]
+        views = [cache.eval_view(ch).features for ch in present]
     if not world.leader:
         return None
     found, rows = audit.run(present, pre.image_size, views)
-    flagged = any(v for k, v in found.items() if k != "duplicate_pairs_by_splits")
-    (log.warning if flagged else log.info)("%s%s", audit.describe(found),
-                                           f"; the list: {Path(output_data_dir) / 'audit.tsv'}" if rows and
-                                           output_data_dir else "")
-    if output_data_dir is not None and rows:
+    listed = ""
+    if rows and output_data_dir:  # every finding is a row
         audit.write(Path(output_data_dir) / "audit.tsv", rows)
+        listed = f"; the list: {Path(output_data_dir) / 'audit.tsv'}"
+    (log.warning if rows else log.info)("%s%s", audit.describe(found), listed)
     return found
 
 
@@ -525,7 +524,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
     job.scalars = tensorboard.Scalars(tensorboard.directory() if world.leader else None)
     # The final evaluation reads the evaluation view the cache holds (valid's from validation,
     # test's from the audit) instead of running the frozen backbone over those images again.
-    job.eval_features = (lambda ch: cache.eval_view(ch, eval_transform(pre))) if cached else None
+    job.eval_features = cache.eval_view if cached else None
 
     def save(final: dict) -> None:
         if world.leader:  # model.json keeps the evaluation's headline figures; metrics.json has it all
@@ -596,15 +595,15 @@ def test_and_save(job: Job, channels: list, pre, save) -> dict:
             continue
         found = evaluate_channel(job, ch, pre)
         final["evaluation"][ch.name] = found.summary
-        final["undecodable_images"] += found.failed if ch.name == "test" else 0
         if ch.name == "test":
+            final["undecodable_images"] += found.failed
             final.update(test_loss=found.loss, test_accuracy=found.summary["top1_accuracy"],
                          test_images=found.summary["images"])
-        if leader:
-            if ch.name == "test":
+            if leader:
                 print(metrics.test_line(found.loss, found.summary["top1_accuracy"]), flush=True)
+        if leader:
             print(metrics.evaluation_line(ch.name, found.summary), flush=True)
-            job.scalars.evaluation(ch.name, found.summary, final["best_epoch"])
+        job.scalars.evaluation(ch.name, found.summary, final["best_epoch"])  # a no-op off the leader
     job.scalars.close()
     test_ch = channels[2]
     if leader:
@@ -624,33 +623,31 @@ def evaluate_channel(job: Job, channel: data.Channel, pre) -> SimpleNamespace:
         found = job.eval_features(channel)
         job.net.eval()
         logits = job.net(found.features.to(job.device)).float().cpu()
-        return _summary(job, channel, logits, found.ok, int((~found.ok).sum()))
+        return _summary(job, channel, logits, found.ok)
     indexed = [(path, i) for i, (path, _) in enumerate(samples)]  # the label slot carries the row
     loader = make_loader(distributed.shard(job.world, indexed), eval_transform(pre), pre.resize_size, job.hp,
                          job.hp.batch_size // job.world.size)
     logits = torch.zeros(len(samples), len(channel.folders))
     seen = torch.zeros(len(samples))
-    failed = 0
     job.model.eval()
-    for inputs, rows, n_failed in loader:
-        failed += n_failed
+    for inputs, rows, _ in loader:  # an image that fails to decode is left unseen
         if inputs is not None:
             logits[rows] = job.model(models.batch_to(inputs, job.device)).float().cpu()
             seen[rows] = 1
     logits = distributed.gather_rows(job.world, logits, job.device)
     seen = distributed.gather_rows(job.world, seen, job.device)
-    failed = int(distributed.total(job.world, [failed], job.device)[0])
-    return _summary(job, channel, logits, seen > 0, failed)
+    return _summary(job, channel, logits, seen > 0)
 
 
-def _summary(job: Job, channel: data.Channel, logits: torch.Tensor, keep: torch.Tensor, failed: int) -> SimpleNamespace:
+def _summary(job: Job, channel: data.Channel, logits: torch.Tensor, keep: torch.Tensor) -> SimpleNamespace:
+    """keep: the rows evaluated; the others are the images that failed to decode."""
     samples = channel.samples
     labels = torch.tensor([label for _, label in samples], dtype=torch.long)[keep]
     logits = logits[keep]
     loss = job.criterion(logits, labels).item() if len(labels) else 0.0
     files = [os.path.relpath(path, channel.root) for (path, _), k in zip(samples, keep.tolist()) if k]
     summary = evaluation.summarize(torch.softmax(logits, 1).numpy(), labels.numpy(), channel.classes, files)
-    return SimpleNamespace(loss=loss, failed=failed, summary=summary)
+    return SimpleNamespace(loss=loss, failed=int((~keep).sum()), summary=summary)
 
 
 def same_data(world: World, channels: list, device) -> None:

@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,9 +21,8 @@ from pathlib import Path
 from image_classifier.hyperparameters import to_sagemaker
 
 
-def make_tree(base: Path, channels: dict[str, Path], hyperparameters: dict | None = None,
-         copy: bool = False) -> Path:
-    """Config files plus one folder per channel (a symlink to the data unless copy=True)."""
+def make_tree(base: Path, channels: dict[str, Path], hyperparameters: dict | None = None) -> Path:
+    """Config files plus one folder per channel (a symlink to the data)."""
     base = Path(base)
     config = base / "input" / "config"
     config.mkdir(parents=True, exist_ok=True)
@@ -40,35 +38,30 @@ def make_tree(base: Path, channels: dict[str, Path], hyperparameters: dict | Non
     data.mkdir(parents=True, exist_ok=True)
     for name, source in channels.items():
         target = data / name
-        if target.is_symlink() or target.exists():
-            continue
-        if copy:
-            shutil.copytree(source, target)
-        else:
+        if not (target.is_symlink() or target.exists()):
             os.symlink(Path(source).resolve(), target)
     for sub in ("model", "output", "checkpoints"):
         (base / sub).mkdir(exist_ok=True)
     return base
 
 
-def make_hosts(base: Path, count: int, channels: dict[str, Path], hyperparameters: dict | None = None,
-               copy: bool = False) -> list[Path]:
+def make_hosts(base: Path, count: int, channels: dict[str, Path], hyperparameters: dict | None = None) -> list[Path]:
     """One /opt/ml tree per host of a COUNT-host job, BASE/algo-1 ... (the leader first): what
     SageMaker gives each instance, with resourceconfig.json naming all hosts and this one."""
     hosts = [f"algo-{i}" for i in range(1, count + 1)]
     trees = []
     for host in hosts:
-        tree = make_tree(Path(base) / host, channels, hyperparameters, copy)
+        tree = make_tree(Path(base) / host, channels, hyperparameters)
         (tree / "input" / "config" / "resourceconfig.json").write_text(json.dumps(
             {"current_host": host, "hosts": hosts, "network_interface_name": "lo"}, indent=2))
         trees.append(tree)
     return trees
 
 
-def hosts_env(count: int, port: int | None = None) -> dict[str, str]:
+def hosts_env(count: int) -> dict[str, str]:
     """What the hosts of a local multi-host job share: the leader on 127.0.0.1 (torch's MASTER_ADDR
     and MASTER_PORT override resourceconfig's host names), and a share of the cores each."""
-    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port or free_port()),
+    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
             "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // count))}
 
 

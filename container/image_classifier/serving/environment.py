@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MIB = 1024 * 1024
+PRECISION = "SERVE_PRECISION"
 PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast", "fp16")
 GRAPHS = ("frozen", "compiled")
 STATE_DIR = "SERVE_STATE_DIR"  # set by `serve` for its workers: where they report a model's load (model_state.py)
@@ -101,8 +102,13 @@ def _choice(name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def truthy(text: str) -> bool:
+    """'true', '1', 'yes' (any case): how a variable or a CustomAttributes option says yes."""
+    return text.strip().lower() in ("true", "1", "yes")
+
+
 def _flag(name: str) -> bool:
-    return _text(name, "false").lower() in ("true", "1", "yes")
+    return truthy(_text(name, "false"))
 
 
 # --- `serve` ------------------------------------------------------------------------------------
@@ -193,7 +199,7 @@ def max_batch_images() -> int:
 
 
 def precision() -> str:
-    return _choice("SERVE_PRECISION", PRECISIONS)
+    return _choice(PRECISION, PRECISIONS)
 
 
 def graph() -> str:

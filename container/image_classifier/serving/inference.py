@@ -99,7 +99,7 @@ def parse_options(custom_attributes: str | None) -> dict:
 
 
 def _flag(value) -> bool:
-    return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes")
+    return value if isinstance(value, bool) else environment.truthy(str(value))
 
 
 def _options(raw: dict, model: Model) -> dict:
@@ -255,7 +255,8 @@ def predict_fn(batch: Batch, model: Model) -> Prediction:
 def predict_many(batches: list[Batch], model: Model) -> list[Prediction]:
     """Several requests' images in one forward (MMS's dynamic batching), one Prediction each."""
     with torch.inference_mode():
-        logits = model.network(batch_to(torch.cat([b.images for b in batches]), model.device))
+        images = batches[0].images if len(batches) == 1 else torch.cat([b.images for b in batches])  # no copy
+        logits = model.network(batch_to(images, model.device))
     probabilities = torch.softmax(logits, dim=1).cpu().split([len(b.images) for b in batches])
     predictions = [Prediction(p, b.top_k, b.probabilities) for b, p in zip(batches, probabilities)]
     for batch, prediction in zip(batches, predictions):
@@ -281,8 +282,8 @@ def output_fn(prediction: Prediction, accept: str, model: Model | None = None) -
                for p, i in zip(values.tolist(), indices.tolist())]
         result = {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
         if prediction.full or content_type == JSONLINES_TYPE:  # JSON Lines is for machines: batch, Clarify
-            result["probabilities"] = {c: round(float(p), 6) for c, p in zip(model.classes, probs.tolist())}
-            result["scores"] = [round(float(p), 6) for p in probs.tolist()]  # in class index order (Clarify)
+            scores = [round(p, 6) for p in probs.tolist()]  # in class index order (Clarify)
+            result["probabilities"], result["scores"] = dict(zip(model.classes, scores)), scores
         if prediction.explanations is not None:
             result["explanation"] = prediction.explanations[n]
         results.append(result)

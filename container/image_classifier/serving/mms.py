@@ -21,7 +21,6 @@ from . import environment
 
 HANDLER = "image_classifier.serving.handler_service"
 TOOLKIT_FILES = importlib.resources.files("sagemaker_inference") / "etc"  # its MMS and log4j configuration
-MIB = 1024 * 1024
 WORKER = "model_service_worker"  # in the command line of every MMS Python process
 
 
@@ -77,7 +76,7 @@ def jvm_heap_mib(memory: int) -> int:
     container's memory, 256 to 512 MiB (room for request bodies of up to 6 MB waiting in MMS's
     queue): 256 MiB on an 8 GiB ml.m5.large. Unbounded, the JVM takes a quarter of the machine's
     memory as its ceiling."""
-    return max(256, min(512, memory // 32 // MIB))
+    return max(256, min(512, memory // 32 // environment.MIB))
 
 
 def vmargs(toolkit_default: str) -> str:

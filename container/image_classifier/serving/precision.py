@@ -27,10 +27,11 @@ import torch
 from torch import nn
 
 from ..precision import cpu_has_bf16
+from . import environment
 
 log = logging.getLogger(__name__)
 
-ENV = "SERVE_PRECISION"
+ENV = environment.PRECISION  # named in the reasons it gives
 CPU_MODES = ("bf16", "bf16-autocast")  # fastest first
 AGREEMENT = 0.995  # least top-1 agreement with fp32 for auto to serve a reduced precision
 DTYPES = {"bf16": torch.bfloat16, "bf16-autocast": torch.bfloat16, "fp16": torch.float16}
