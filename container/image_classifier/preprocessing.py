@@ -37,9 +37,11 @@ class Preprocessing:
                    tuple(data["std"]), str(data["interpolation"]))
 
 
-def open_image(source: bytes | str | Path, max_pixels: int | None = None) -> Image.Image:
-    """Open an image lazily; raise ImageTooLarge before decoding more than max_pixels."""
-    image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+def open_image(source: bytes | str | Path, max_pixels: int | None = None,
+               formats: tuple[str, ...] | None = None) -> Image.Image:
+    """Open an image lazily (formats: only these Pillow plugins may read it); raise ImageTooLarge
+    before decoding more than max_pixels."""
+    image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source, formats=formats)
     if max_pixels is not None and image.width * image.height > max_pixels:
         raise ImageTooLarge(image.width, image.height, max_pixels)
     return image

