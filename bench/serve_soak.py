@@ -11,7 +11,11 @@
    200).
 2. Work budget: the good-request p99 at concurrency 2, alone and while two clients send the
    costliest request the budget lets through (one 1-bit PNG just under MAX_REQUEST_PIXELS); and
-   how long the amplified request (64 such PNGs in 1.3 MB) takes to be refused.
+   how long the amplified request (64 such PNGs in 0.4 MB) takes to be refused.
+3. Attacks (issue 23): two copies of each hostile file at once while a good JPEG goes every 0.2 s
+   and /ping every 0.1 s; per attack, the answer, how long it took, the CPU seconds the workers
+   spent meanwhile (against a window of good traffic alone), the good requests' p99 and the /ping
+   answers that were not 200. The costliest admitted requests run the same way.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common import DATA, RESULTS, subset, write
+import hostile_images as hostile
 
 import psutil
 import requests
@@ -206,6 +211,84 @@ def budget(server: programs.Serve, goods: list[bytes], n: int) -> list[dict]:
     return rows
 
 
+ATTACKS = [  # (what, body, Content-Type, expected status)
+    ("good traffic alone", None, None, None),
+    ("progressive JPEG, 400,000 scans (4.5 MB)", hostile.progressive_jpeg_repeated_scans, "image/jpeg", 413),
+    ("ICO holding a 60000x60000 1-bit PNG", hostile.ico_with_huge_png, "image/x-icon", 400),
+    ("64 PNGs of 39.7 Mpx, EXIF after the pixels", lambda: hostile.amplified_json(64, 6300, late_exif=True),
+     "application/json", 413),
+    ("GIF with a 4.4 MB comment", hostile.gif_with_huge_comment, "image/gif", 413),
+    ("admitted: 1-bit PNG, 39.7 Mpx", lambda: hostile.one_bit_png(6300), "image/png", 200),
+    ("admitted: progressive colour JPEG, 39.7 Mpx, 64 scans",
+     lambda: hostile.progressive_jpeg_repeated_scans(6300, 54, "RGB"), "image/jpeg", 200),
+]
+
+
+def worker_cpu(pid: int) -> float:
+    """CPU seconds MMS's Python processes under `serve` have used (a worker killed meanwhile drops out)."""
+    listener, workers = mms.python_processes(pid)
+    total = 0.0
+    for p in filter(None, [listener, *workers]):
+        try:
+            times = p.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def attacks(server: programs.Serve, goods: list[bytes]) -> list[dict]:
+    rows = []
+    for what, make, content_type, expected in ATTACKS:
+        body = make() if make else None
+        stop, good, pings = threading.Event(), [], []
+
+        def traffic(stop=stop, good=good, pings=pings):
+            with ThreadPoolExecutor(4) as pool:
+                def send(item):
+                    t = time.perf_counter()
+                    r = requests.post(server.url + "/invocations", data=item, headers=JPEG, timeout=120)
+                    good.append((r.status_code, time.perf_counter() - t))
+                for tick in itertools.count():
+                    if stop.is_set():
+                        break
+                    if tick % 2 == 0:
+                        pool.submit(send, goods[tick // 2 % len(goods)])
+                    pings.append(requests.get(server.url + "/ping", timeout=10).status_code)
+                    time.sleep(0.1)
+        thread = threading.Thread(target=traffic, daemon=True)
+        cpu, started = worker_cpu(server.process.pid), time.monotonic()
+        thread.start()
+        time.sleep(1)
+        answers = []
+        if body is not None:
+            def attack(_, body=body, content_type=content_type):
+                t = time.perf_counter()
+                r = requests.post(server.url + "/invocations", data=body, headers={"Content-Type": content_type},
+                                  timeout=180)
+                return r.status_code, time.perf_counter() - t, r.headers.get("Content-Type", "")
+            with ThreadPoolExecutor(2) as pool:
+                answers = list(pool.map(attack, range(2)))
+        time.sleep(1 if body is not None else 2)
+        stop.set()
+        thread.join()
+        seconds, cpu = time.monotonic() - started, worker_cpu(server.process.pid) - cpu
+        latencies = sorted(t for code, t in good if code == 200)
+        rows.append({"phase": f"attack: {what}", "bytes": len(body) if body else None,
+                     "answers": [code for code, _, _ in answers], "expected": expected,
+                     "as_expected": all(code == expected and ctype.startswith("application/json" if code != 200
+                                                                              else "") for code, _, ctype in answers),
+                     "answer_s": max((t for _, t, _ in answers), default=None),
+                     "worker_cpu_s": cpu, "window_s": seconds, "good": len(good),
+                     "good_errors": sum(code != 200 for code, _ in good),
+                     "p99_ms": statistics.quantiles(latencies, n=100, method="inclusive")[98] * 1e3
+                     if len(latencies) > 1 else None,
+                     "good_max_ms": max(latencies) * 1e3 if latencies else None,
+                     "pings_not_200": sum(code != 200 for code in pings)})
+        print(f"{what}: {rows[-1]}", flush=True)
+    return rows
+
+
 def plot(samples: list, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -229,6 +312,7 @@ def main() -> None:
     parser.add_argument("--bad-every", type=int, default=5)
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--budget-requests", type=int, default=200)
+    parser.add_argument("--phases", default="soak,budget,attacks", help="which of soak, budget, attacks to run")
     parser.add_argument("--name", default="serve_soak")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -245,24 +329,38 @@ def main() -> None:
             server.wait_healthy()
             for body in goods:  # warm: first forwards, Java's JIT
                 requests.post(server.url + "/invocations", data=body, headers=JPEG, timeout=120)
-            row, samples = soak(server, goods, args)
-            rows = [row] + budget(server, goods, args.budget_requests)
+            phases, rows, row, samples = args.phases.split(","), [], None, []
+            if "soak" in phases:
+                row, samples = soak(server, goods, args)
+                rows.append(row)
+            if "budget" in phases:
+                rows += budget(server, goods, args.budget_requests)
+            if "attacks" in phases:
+                rows += attacks(server, goods)
             assert server.process.poll() is None, server.output()[-3000:]
         finally:
             server.stop()
     args.results.mkdir(parents=True, exist_ok=True)
-    plot(samples, args.results / f"{args.name}_memory.png")
+    if samples:
+        plot(samples, args.results / f"{args.name}_memory.png")
     columns = {"phase": "phase", "requests": "requests", "concurrency": "concurrency", "good_errors": "good errors",
                "bad_wrong_answers": "bad requests not a JSON 4xx", "p50_ms": "good p50 ms", "p99_ms": "good p99 ms",
                "worst_case_ms": "worst-case request ms", "kills": "workers killed",
                "recovery_max_s": "slowest recovery s", "pss_first_mib": "tree PSS MiB (settled start)",
                "pss_last_mib": "tree PSS MiB (end)", "pss_max_mib": "tree PSS MiB (max)",
-               "pss_second_half_growth_mib": "tree PSS growth, 2nd half (median of last fifth - middle fifth), MiB"}
-    notes = (f"{args.backbone}, {row['good']} good and {row['bad']} bad requests in {row['seconds']:.0f} s. "
-             f"Recovery times (s): {', '.join(f'{r:.2f}' if r is not None else 'none' for r in row['recovery_s'])}. "
-             "PSS MiB at the settled start and the end, by process: "
-             + ", ".join(f"{k} {a:.0f} -> {b:.0f}" for k, (a, b) in row["by_kind_mib"].items())
-             + f". Memory over time: {args.name}_memory.png.")
+               "pss_second_half_growth_mib": "tree PSS growth, 2nd half (median of last fifth - middle fifth), MiB",
+               "answers": "attack answers (2 copies)", "answer_s": "slowest attack answer s",
+               "worker_cpu_s": "worker CPU s in the window", "window_s": "window s", "good_max_ms": "good max ms",
+               "pings_not_200": "/ping not 200"}
+    notes = (f"{args.backbone}. Attack windows: 1 s of good traffic (a JPEG every 0.2 s, /ping every 0.1 s), "
+             "two copies of the attack at once, 1 s more; worker CPU counts the good traffic too (compare the "
+             "'good traffic alone' window).")
+    if row:
+        notes += (f" Soak: {row['good']} good and {row['bad']} bad requests in {row['seconds']:.0f} s. Recovery "
+                  f"times (s): {', '.join(f'{r:.2f}' if r is not None else 'none' for r in row['recovery_s'])}. "
+                  "PSS MiB at the settled start and the end, by process: "
+                  + ", ".join(f"{k} {a:.0f} -> {b:.0f}" for k, (a, b) in row["by_kind_mib"].items())
+                  + f". Memory over time: {args.name}_memory.png.")
     write(args.name, rows, columns, notes, results=args.results)
 
 

@@ -78,6 +78,40 @@ def test_class_left_without_images_fails(tmp_path):
         data.scan("train", root)
 
 
+def test_channel_without_images_says_what_it_found_and_why_each_kind_was_skipped(tmp_path):
+    root = tmp_path / "train"
+    for c in ("001.A", "002.B"):
+        (root / c).mkdir(parents=True)
+        for i in range(25):
+            (root / c / f"{i:02d}.jpg").write_bytes(b"")
+    for i in range(3):
+        (root / "001.A" / f"notes{i}.txt").write_text("hello")
+    with pytest.raises(TrainingError) as e:
+        data.scan("train", root)
+    message = str(e.value)
+    assert message.startswith("channel 'train' has no images: 53 file(s) found, all skipped: "
+                              "50 cannot be decoded (e.g. train/001.A/00.jpg: ")
+    assert "; 3 not an image extension (e.g. train/001.A/notes0.txt)" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_channel_with_only_empty_class_folders_says_no_files_were_found(tmp_path):
+    for c in ("001.A", "002.B"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+    with pytest.raises(TrainingError) as e:
+        data.scan("train", tmp_path / "train")
+    assert str(e.value) == "channel 'train' has no images: no files found under the class folders"
+
+
+def test_skipped_summary_lists_four_kinds_then_counts_the_rest(tmp_path):
+    root = make_imagefolder(tmp_path / "train", ["001.A"], 1)
+    skipped = [(str(root / "001.A" / f"{i}"), f"kind {i % 6}") for i in range(12)] + [
+        (str(root / "001.A" / "x"), "kind 0: detail")]
+    summary = data._summary(data.Channel("train", root, ["001.A"], [], sorted(skipped)))
+    assert summary.startswith("3 kind 0 (e.g. train/001.A/0); 2 kind 1 (e.g. train/001.A/1); ")
+    assert summary.endswith("; and 2 more kind(s)") and summary.count("(e.g.") == 4
+
+
 @pytest.mark.parametrize("setup, message", [
     (lambda r: r.mkdir(), "channel 'train' has no class folders"),
     (lambda r: None, "channel 'train' not found"),

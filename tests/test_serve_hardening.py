@@ -105,6 +105,10 @@ def test_multi_model_loads_only_local_folders_under_the_model_root(trained, tmp_
     marker = tmp_path / "ran"
     plant_code(copy_model(trained, root / "planted" / "model"), marker)
     outside = copy_model(trained, tmp_path / "elsewhere")
+    (root / "linked").symlink_to(outside)  # a model folder that is a link to outside the root
+    pt_linked = copy_model(trained, root / "pt-linked" / "model")
+    (pt_linked / "model.pt").unlink()
+    (pt_linked / "model.pt").symlink_to(outside / "model.pt")  # a used file linked to outside
     srv = Server(tmp_path, SAGEMAKER_MULTI_MODEL="true")
     try:
         srv.wait_healthy()
@@ -119,6 +123,8 @@ def test_multi_model_loads_only_local_folders_under_the_model_root(trained, tmp_
             (load(model_name="a", url="models/dogs/model"), "not a folder under"),
             (load(model_name="../a", url=str(root / "dogs" / "model")), "model_name"),
             (load(model_name="a", url=str(root / "missing")), "is not a folder"),
+            (load(model_name="a", url=str(root / "linked")), f"url {str(root / 'linked')!r} is not a folder under"),
+            (load(model_name="a", url=str(pt_linked)), f"model.pt ({pt_linked / 'model.pt'}) is not under"),
             (requests.post(srv.url + f"/models?url={outside}&model_name=a", timeout=10), "JSON"),
         ]
         for response, text in refused:
@@ -141,6 +147,22 @@ def test_multi_model_loads_only_local_folders_under_the_model_root(trained, tmp_
         assert "not loaded" in json_error(requests.get(srv.url + "/models/dogs"), 404)
         assert requests.post(srv.url + "/models/planted/invoke", data=jpeg(),
                              headers={"Content-Type": "image/jpeg"}).status_code == 200
+    finally:
+        assert srv.stop() == 0
+
+
+def test_multi_model_with_a_relative_base_dir(trained, tmp_path, monkeypatch):
+    """SAGEMAKER_BASE_DIR=base from the working directory: the models root is resolved (once), so
+    the absolute folder SageMaker sends is found under it."""
+    folder = copy_model(trained, tmp_path / "base" / "models" / "dogs" / "model")
+    monkeypatch.chdir(tmp_path)  # serve inherits it
+    srv = Server(tmp_path, SAGEMAKER_MULTI_MODEL="true", SAGEMAKER_BASE_DIR="base")
+    try:
+        srv.wait_healthy()
+        answer = requests.post(srv.url + "/models", json={"model_name": "dogs", "url": str(folder)}, timeout=120)
+        assert answer.status_code == 200, answer.text
+        answer = requests.post(srv.url + "/models/dogs/invoke", data=jpeg(), headers={"Content-Type": "image/jpeg"})
+        assert answer.status_code == 200 and answer.json()["predictions"][0]["top_k"]
     finally:
         assert srv.stop() == 0
 
@@ -219,6 +241,108 @@ def test_malformed_requests_get_a_clean_json_status(server):
     assert "use POST" in json_error(get, 405) and get.headers["Allow"] == "POST"
     assert requests.head(server.url + "/ping").status_code == 200
     assert requests.get(server.url + "/ping").json() == {"status": "Healthy"}
+
+
+LONG = "a" * 9000  # over aiohttp's 8190-byte limits on the request line and on a header field
+REFUSED_HTTP = [  # (raw request, status, words of the message): all refused by aiohttp's parser
+    (f"GET /ping HTTP/1.1\r\nHost: x\r\nAccept: application/json, {LONG}\r\n\r\n", 431, "header is over 8190"),
+    (f"GET /ping HTTP/1.1\r\nX-Amzn-SageMaker-Custom-Attributes: a={LONG}\r\n\r\n", 431, "CustomAttributes"),
+    (f"GET /{LONG} HTTP/1.1\r\nHost: x\r\n\r\n", 414, "request line (method, path and query) is over 8190"),
+    ("GET /ping HTTP/1.1\r\n" + "".join(f"X-H{i}: 1\r\n" for i in range(200)) + "\r\n", 431, "more than 128"),
+    ("GET /ping HTTP/1.1\r\nno colon here\r\n\r\n", 400, "malformed HTTP request"),
+    ("BLAH\r\n\r\n", 400, "malformed HTTP request"),
+]
+
+
+def raw_request(port: int, request: str) -> tuple[int, dict, bytes]:
+    """One request on its own connection, read to the server's close: status, headers, body."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request.encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def json_shape(status: int, headers: dict, body: bytes, expected: int) -> str:
+    assert status == expected, body
+    assert headers["content-type"].startswith("application/json"), headers
+    answer = json.loads(body)
+    assert set(answer) == {"code", "type", "message"} and answer["code"] == expected, answer
+    return answer["message"]
+
+
+def test_oversized_header_in_process_gets_the_json_shape(caplog):
+    """The front's runner against aiohttp's parser, in process: each refusal is the JSON shape with
+    one WARNING line and nothing from aiohttp's logger; a handler's bug is a JSON 500."""
+    import asyncio
+
+    from aiohttp import web
+
+    from image_classifier.serving import front
+
+    async def bug(request):
+        raise RuntimeError("a bug")
+
+    async def ping(request):
+        return front.json_error(418, "reached the app")
+
+    async def main():
+        app = web.Application()
+        app.router.add_get("/ping", ping)
+        app.router.add_get("/bug", bug)
+        runner = front.JsonErrorRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        try:
+            def ask(request):
+                return asyncio.get_running_loop().run_in_executor(None, raw_request, port, request)
+            answers = [await ask(request) for request, _, _ in REFUSED_HTTP]
+            normal = await ask("GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            with caplog.at_level("CRITICAL", logger="aiohttp.server"):  # its traceback of the bug, expected
+                failed = await ask("GET /bug HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return answers, normal, failed
+        finally:
+            await runner.cleanup()
+
+    with caplog.at_level("INFO"):
+        answers, normal, failed = asyncio.run(main())
+    for (_, status, words), answer in zip(REFUSED_HTTP, answers):
+        assert words in json_shape(*answer, status)
+    assert "reached the app" in json_shape(*normal, 418)
+    assert "Traceback" not in json_shape(*failed, 500) and b"a bug" not in failed[2]
+    refusals = [r for r in caplog.records if r.name == "image_classifier.serve"]
+    assert len(refusals) == len(REFUSED_HTTP) and all(r.levelname == "WARNING" and not r.exc_info for r in refusals)
+    assert not [r for r in caplog.records if r.name.startswith("aiohttp") and r.levelno >= 20]
+
+
+def test_oversized_headers_and_request_line_get_the_json_shape(server):
+    """aiohttp refuses these before the app sees them: still the JSON shape, one log line each, no
+    traceback; the endpoint goes on."""
+    logged = len(server.output())
+    accept = requests.post(server.url + "/invocations", data=jpeg(), timeout=30,
+                           headers={"Content-Type": "image/jpeg", "Accept": "application/json, " + LONG})
+    assert "a request header is over 8190 bytes" in json_error(accept, 431)
+    attributes = server.invoke(jpeg(), **{"X-Amzn-SageMaker-Custom-Attributes": "top_k=3," + LONG})
+    assert "CustomAttributes of up to 1024 characters" in json_error(attributes, 431)
+    path = requests.post(server.url + "/" + LONG, data=jpeg(), headers={"Content-Type": "image/jpeg"}, timeout=30)
+    assert "request line" in json_error(path, 414)
+    port = int(server.url.rsplit(":", 1)[1])
+    for request, status, words in REFUSED_HTTP[3:]:
+        assert words in json_shape(*raw_request(port, request), status)
+    deadline = time.monotonic() + 10
+    while server.output()[logged:].count("refused a request") < 6 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = server.output()[logged:]
+    assert log.count("WARNING image_classifier.serve: refused a request") == 6, log
+    assert "Traceback" not in log and "Error handling request" not in log, log
+    assert requests.get(server.url + "/ping", timeout=10).status_code == 200
+    assert server.invoke(jpeg()).status_code == 200
 
 
 def test_the_jvm_heap_is_bounded(server):

@@ -2,7 +2,11 @@
 import base64
 import io
 import json
+import os
+import subprocess
+import time
 
+import psutil
 import pytest
 from PIL import Image
 from sagemaker_inference.errors import GenericInferenceToolkitError
@@ -37,6 +41,21 @@ def status(call):
 
 def instances(*bodies) -> bytes:
     return json.dumps({"instances": [base64.b64encode(b).decode() for b in bodies]}).encode()
+
+
+@pytest.fixture(autouse=True)
+def fresh_model_root():
+    """model_root() is resolved once per process: each test sees its own SAGEMAKER_BASE_DIR."""
+    model_store.model_root.cache_clear()
+    yield
+    model_store.model_root.cache_clear()
+
+
+def model_folder(folder):
+    folder.mkdir(parents=True)
+    for name in model_store.USED:
+        (folder / name).write_text(name)
+    return folder
 
 
 def test_model_urls_are_local_folders_under_the_root(tmp_path, monkeypatch):
@@ -81,6 +100,89 @@ def test_staging_links_only_the_two_files_the_loader_reads(tmp_path, caplog):
     caplog.clear()
     model_store.stage(clean, tmp_path / "run" / "clean")
     assert not [r for r in caplog.records if "ignoring" in r.getMessage()]
+
+
+def test_a_model_folder_that_is_a_link_to_outside_the_root_is_refused_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
+    root = tmp_path / "models"
+    root.mkdir()
+    outside = model_folder(tmp_path / "elsewhere" / "model")
+    (root / "evil").symlink_to(outside)  # the folder itself
+    (root / "parent").symlink_to(outside.parent)  # a folder above it
+    for url in [root / "evil", root / "parent" / "model"]:
+        with pytest.raises(model_store.Refused) as e:
+            model_store.model_url(str(url))
+        assert str(url) in str(e.value) and f"resolves to {outside}" in str(e.value)
+    with pytest.raises(model_store.Refused) as e:  # stage checks the folder too, and stages nothing
+        model_store.stage(root / "evil", tmp_path / "run" / "evil", root=model_store.model_root())
+    assert str(root / "evil") in str(e.value) and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", model_store.USED)
+def test_a_model_file_that_is_a_link_to_outside_the_root_is_refused_naming_it(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
+    outside = model_folder(tmp_path / "elsewhere")
+    folder = model_folder(tmp_path / "models" / "m" / "model")
+    (folder / name).unlink()
+    (folder / name).symlink_to(outside / name)
+    assert model_store.model_url(str(folder)) == folder  # the folder itself is inside
+    with pytest.raises(model_store.Refused) as e:
+        model_store.stage(folder, tmp_path / "run" / "m", root=model_store.model_root())
+    assert str(folder / name) in str(e.value) and f"resolves to {outside / name}" in str(e.value)
+    assert not (tmp_path / "run").exists()
+    # A single model (the user's own /opt/ml/model: no root) may link anywhere.
+    staged = model_store.stage(folder, tmp_path / "run" / "single")
+    assert (staged / name).resolve() == outside / name
+
+
+def test_links_that_stay_inside_the_root_are_accepted(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
+    root = tmp_path / "models"
+    real = model_folder(root / "real" / "model")
+    (root / "alias").symlink_to(real)  # a folder link within the root
+    shared = model_folder(root / "shared" / "model")
+    (real / "model.pt").unlink()
+    (real / "model.pt").symlink_to(shared / "model.pt")  # a file link to another model's file
+    folder = model_store.model_url(str(root / "alias"))
+    assert folder == real
+    staged = model_store.stage(folder, tmp_path / "run" / "m", root=model_store.model_root())
+    assert (staged / "model.pt").readlink() == shared / "model.pt"
+    assert (staged / "model.json").readlink() == real / "model.json"
+
+
+def test_a_relative_base_dir_is_resolved_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", "base")
+    folder = model_folder(tmp_path / "base" / "models" / "m" / "model")
+    assert model_store.model_root() == tmp_path / "base" / "models"  # absolute
+    assert model_store.model_url(str(folder)) == folder  # SageMaker sends the absolute path
+    staged = model_store.stage(folder, tmp_path / "run" / "m", root=model_store.model_root())
+    assert sorted(p.name for p in staged.iterdir()) == ["model.json", "model.pt"]
+    monkeypatch.chdir(tmp_path / "run")  # a later working directory changes nothing: resolved once
+    assert model_store.model_root() == tmp_path / "base" / "models"
+    assert model_store.model_url(str(folder)) == folder
+
+
+def test_a_refused_staging_answers_400_and_leaves_no_staged_folder(tmp_path, monkeypatch):
+    """front.load: stage()'s Refused (a model.pt linked to outside the root) is a JSON 400 naming it."""
+    import asyncio
+
+    from image_classifier.serving import front
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
+    folder = model_folder(tmp_path / "models" / "m" / "model")
+    (folder / "model.pt").unlink()
+    (folder / "model.pt").symlink_to(model_folder(tmp_path / "elsewhere") / "model.pt")
+    run_dir = tmp_path / "run"
+    f = front.Front(run_dir, None, multi_model=True, payload_limit=1, request_timeout=1, drain_seconds=1,
+                    unhealthy_seconds=1, started=0)
+
+    class Request:
+        async def json(self):
+            return {"model_name": "m", "url": str(folder)}
+    answer = asyncio.run(f.load(Request()))
+    assert answer.status == 400 and str(folder / "model.pt") in json.loads(answer.text)["message"]
+    assert not (run_dir / "models").exists() or not any((run_dir / "models").iterdir())
+    assert f.models == {}
 
 
 def test_the_jvm_heap_follows_the_container_memory(monkeypatch):
@@ -195,3 +297,41 @@ def test_every_error_has_mms_json_shape_and_names_the_limit(monkeypatch):
     monkeypatch.setenv("MAX_PAYLOAD_BYTES", "100")
     assert responses.payload_too_large(150) == "body is 150 bytes; the limit is 100 (MAX_PAYLOAD_BYTES)"
     assert responses.payload_too_large() == "body is over 100 bytes; the limit is 100 (MAX_PAYLOAD_BYTES)"
+
+
+# --- worker deadlines and stopping the process tree ------------------------------------------------
+def test_a_worker_announces_each_phase_with_its_deadline_and_clears_it(tmp_path, monkeypatch):
+    from image_classifier.serving import worker_deadlines
+    monkeypatch.setenv("SERVE_STATE_DIR", str(tmp_path))
+    worker_deadlines.mark(["7"], worker_deadlines.DECODE, 5)
+    [busy] = worker_deadlines.read_all(tmp_path)
+    assert (busy.pid, busy.requests, busy.phase) == (os.getpid(), ("7",), "decode")
+    assert busy.deadline - busy.since == pytest.approx(5) and busy.since <= time.monotonic()
+    worker_deadlines.mark(["7", "8"], worker_deadlines.PREDICT, 60)
+    assert [b.requests for b in worker_deadlines.read_all(tmp_path)] == [("7", "8")]
+    (tmp_path / "busy.123").write_text("{half")  # a record being written, or garbage: skipped
+    (tmp_path / "busy.notapid").write_text("{}")
+    assert len(worker_deadlines.read_all(tmp_path)) == 1
+    worker_deadlines.clear()
+    assert [b.pid for b in worker_deadlines.read_all(tmp_path)] == []
+
+
+def test_stop_tree_ends_a_process_whose_parent_died_before_it(tmp_path):
+    """MMS's listener forks its workers; a worker whose listener died is no longer in the launcher's
+    tree but still in MMS's process group, which stop_tree ends too (issue 23: busy workers outlived
+    `serve`)."""
+    from image_classifier.serving import mms
+    pid_file = tmp_path / "orphan.pid"
+    # The subshell starts a sleeper and exits: the sleeper is reparented out of the launcher's tree.
+    launcher = subprocess.Popen(["bash", "-c", f"(sleep 600 & echo $! > {pid_file}); exec sleep 600"],
+                                start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    orphan = psutil.Process(int(pid_file.read_text()))
+    assert orphan.pid not in {p.pid for p in mms.descendants(launcher.pid)}
+    mms.stop_tree(launcher, timeout=2)
+    assert launcher.poll() is not None
+    gone, alive = psutil.wait_procs([orphan], timeout=5)
+    assert alive == []

@@ -94,14 +94,34 @@ def scan(name: str, root: Path) -> Channel:
             facts[path] = found
     channel = Channel(name, root, folders, samples, sorted(skipped), facts)
     if not samples:
-        raise TrainingError(f"channel '{name}' has no images")
+        found = f"{len(skipped)} file(s) found, all skipped: " if skipped else "no files found under the class folders"
+        raise TrainingError(f"channel '{name}' has no images: {found}{_summary(channel)}")
     empty = [class_name(f) for i, f in enumerate(folders) if channel.counts()[i] == 0]
     if empty:
         raise TrainingError(f"channel '{name}' has no readable images for class(es): {', '.join(empty)}")
     if skipped:
-        log.warning("channel '%s': skipped %d file(s) that are not images it can read, e.g. %s (%s)",
-                    name, len(skipped), skipped[0][0], skipped[0][1])
+        log.warning("channel '%s': skipped %d file(s) that are not images it can read: %s",
+                    name, len(skipped), _summary(channel))
     return channel
+
+
+def _summary(channel: Channel, most: int = 4) -> str:
+    """'50 cannot be decoded (e.g. train/a/0.jpg: <detail>); 3 not an image extension (e.g. ...)':
+    one line, most frequent kind first. A reason's kind is its text before ':' (what follows is
+    per file), so thousands of files read as a few kinds with one example each."""
+    kinds: dict[str, list[tuple[str, str]]] = {}
+    for path, reason in channel.skipped:  # sorted, so each example is the first path of its kind
+        kinds.setdefault(reason.split(":")[0].strip(), []).append((path, reason))
+    ranked = sorted(kinds.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    parts = []
+    for kind, files in ranked[:most]:
+        path, reason = files[0]
+        detail = reason.partition(":")[2].strip()
+        example = f"{channel.name}/{os.path.relpath(path, channel.root)}" + (f": {detail}" if detail else "")
+        parts.append(f"{len(files)} {kind} (e.g. {example})")
+    if len(ranked) > most:
+        parts.append(f"and {len(ranked) - most} more kind(s)")
+    return " ".join("; ".join(parts).split())  # one line even if a path or error text holds a newline
 
 
 def _files(path: Path, ancestors: frozenset[Path]) -> Iterator[tuple[Path, str | None]]:

@@ -49,8 +49,8 @@ def run(name: str, model_dir: Path | None, port: int, runner: str = "native", im
         folders = {m: _model_folder(src, base / "unpacked" / m) for m, src in models.items()}
         if runner != "docker":  # serve loads only folders under its model root, as SageMaker's /opt/ml/models
             (base / "models").mkdir()
-            for m, f in folders.items():
-                (base / "models" / m).symlink_to(f)
+            for m, f in folders.items():  # copies: serve refuses a link to a folder outside its model root
+                shutil.copytree(f, base / "models" / m)
         inside = {m: f"/opt/ml/models/{m}" if runner == "docker" else str(base / "models" / m) for m in folders}
         env = {"SAGEMAKER_MULTI_MODEL": "true"}
         mounts = {f: inside[m] for m, f in folders.items()}

@@ -47,7 +47,9 @@ VARIABLES = (
     Variable("MAX_REQUEST_PIXELS", "`40000000`",
              "all of a request's images together, checked before any is decoded (a JPEG counts at the scale it "
              "is decoded at: 1/2 to 1/8 for large photos)"),
-    Variable("MAX_DECODE_SECONDS", "`5`", "decoding time of one request, checked between its images"),
+    Variable("MAX_DECODE_SECONDS", "`5`",
+             "decoding time of one request: checked between its images, and a worker still decoding past it is "
+             "killed and replaced (413; [Deadlines](#deadlines))"),
     Variable("MAX_BATCH_IMAGES", "`64`", "images in one JSON request"),
     Variable("SERVE_PRECISION", "`auto`",
              f"the arithmetic: one of {', '.join(f'`{p}`' for p in PRECISIONS)} ([Precision](#precision))"),
@@ -64,7 +66,8 @@ VARIABLES = (
              "how long SIGTERM waits for requests in flight (SageMaker kills 30 s after SIGTERM)"),
     Variable("SERVE_UNHEALTHY_SECONDS", "`30`", "how long no worker may be able to answer before `serve` exits 1"),
     Variable("SAGEMAKER_MODEL_SERVER_WORKERS", "one per GPU, else one per CPU (MMS's)", "workers per model"),
-    Variable("SAGEMAKER_MODEL_SERVER_TIMEOUT", "`60`", "seconds a worker may take for one request"),
+    Variable("SAGEMAKER_MODEL_SERVER_TIMEOUT", "`60`",
+             "seconds a worker may take for one request; past it the worker is killed and replaced (504)"),
     Variable("SAGEMAKER_MODEL_SERVER_VMARGS", "`-XX:-UseContainerSupport` (the toolkit's)",
              "JVM arguments; unless they set `-Xmx`, the heap is bounded to 1/32 of the container's memory "
              "(256 to 512 MiB)"),
@@ -232,7 +235,8 @@ def markdown_table() -> str:
 def help_text() -> str:
     """The variables for `serve --help`, without the docs' markup."""
     def plain(text: str) -> str:
-        return text.replace("`", "").replace(" ([Precision](#precision))", " (docs/SERVING.md)")
+        return text.replace("`", "").replace(" ([Precision](#precision))", " (docs/SERVING.md)") \
+            .replace("; [Deadlines](#deadlines))", "; docs/SERVING.md)")
     return "\n".join(textwrap.fill(f"{v.name} (default {plain(v.default)}): {plain(v.meaning)}", 100,
                                    initial_indent="  ", subsequent_indent="      ") for v in VARIABLES)
 

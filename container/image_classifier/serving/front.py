@@ -17,8 +17,10 @@ It answers what MMS answers wrongly and passes on only what SageMaker sends:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -28,8 +30,9 @@ from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
-from . import mms, model_state, model_store
+from . import mms, model_state, model_store, worker_deadlines
 from .responses import JSON_TYPE, error_body, media_type, payload_too_large
 
 log = logging.getLogger("image_classifier.serve")
@@ -42,6 +45,9 @@ MMS_URL = "http://mms"  # the host part is ignored on a Unix socket
 HEALTHY = ("Healthy", "Partial Healthy")  # MMS's /ping status while at least one worker is up
 WORKER_DIED = b'"message": "Worker died."'  # MMS's 500 for a request whose worker process died
 RETRIES = 3
+# A request that holds its worker this long is not ordinary (the costliest admitted decode takes
+# under 1 s): when every worker is so held, /ping says 503 until one is free or killed.
+HELD_SECONDS = 2.0
 
 
 def json_error(status: int, message: str, **headers) -> web.Response:
@@ -52,9 +58,60 @@ class TooLarge(Exception):
     pass
 
 
+def refused(exc: HttpProcessingError, handler: web.RequestHandler) -> tuple[int, str]:
+    """Status and message for HTTP that aiohttp's parser refused, with aiohttp's limits (8190 bytes).
+    aiohttp raises LineTooLong for a request line and a header alike; its excerpt tells them apart:
+    the target ('/...', C parser) or 'METHOD /...' (pure-Python parser) for the request line."""
+    if isinstance(exc, LineTooLong):
+        head = bytes(exc.args[0][:40]) if exc.args and isinstance(exc.args[0], (bytes, bytearray)) else b""
+        method, space, target = head.partition(b" ")
+        if head.startswith(b"/") or (space and method.isalpha() and method.isupper() and target.startswith(b"/")):
+            return 414, f"the request line (method, path and query) is over {handler.max_line_size} bytes"
+        return 431, (f"a request header is over {handler.max_field_size} bytes (name and value together); "
+                     "SageMaker allows CustomAttributes of up to 1024 characters")
+    if "too many headers" in exc.message.lower():
+        return 431, f"the request has more than {handler.max_headers} header fields"
+    return 400, "malformed HTTP request: " + " ".join(str(exc.message).split())[:200]
+
+
+class JsonErrorHandler(web.RequestHandler):
+    """aiohttp's connection handler, answering the errors that never reach the app or its middlewares
+    (HTTP its parser refuses, a handler's uncaught exception) with the JSON error shape. aiohttp has
+    no hook for them (aio-libs/aiohttp#3287); its own answer is plain text with a logged traceback."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if isinstance(exc, HttpProcessingError):  # the client's fault: one line, no traceback
+            status, message = refused(exc, self)
+            log.warning("refused a request from %s: %d %s", request.remote, status, message)
+        else:  # a bug or a timeout: aiohttp's log (with the traceback) and checks, a JSON body
+            super().handle_error(request, status, exc, message)
+            message = "the request failed in the front; see the endpoint's log"
+        response = json_error(status, message)
+        response.force_close()
+        return response
+
+
+class JsonErrorServer(web.Server):
+    def __call__(self) -> web.RequestHandler:  # aiohttp's own, with the handler above
+        return JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class JsonErrorRunner(web.AppRunner):
+    """web.AppRunner whose connections are JsonErrorHandlers (same arguments, same limits)."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()  # the app's startup, then aiohttp's own Server
+        return JsonErrorServer(server.request_handler, request_factory=server.request_factory,
+                               handler_cancellation=server.handler_cancellation, loop=server._loop,
+                               **server._kwargs)
+
+
 class Health:
-    """What /ping says, from MMS's own worker status and, for a single model, the worker's load report."""
-    STARTING, READY, DOWN, DRAINING = "starting", "ready", "down", "draining"
+    """What /ping says, from MMS's own worker status, the workers' deadline records and, for a
+    single model, the worker's load report. BUSY: every worker has been held by one request for
+    over HELD_SECONDS; requests still queue for them (they end by their deadline at the latest)."""
+    STARTING, READY, BUSY, DOWN, DRAINING = "starting", "ready", "busy", "down", "draining"
 
     def __init__(self):
         self.state, self.reason = self.STARTING, "the model is loading"
@@ -79,7 +136,13 @@ class Front:
         self.health = Health()
         self.models: dict[str, tuple[str, Path]] = {}  # multi-model: name -> (url as sent, staged folder)
         self.load_lock = asyncio.Lock()
+        self.registered = asyncio.Event()  # the single model registered with MMS (batching), or nothing to do
+        if register is None:
+            self.registered.set()
         self.in_flight = 0
+        self.request_ids = itertools.count(1)
+        self.overran: dict[str, worker_deadlines.Busy] = {}  # request id -> the killed worker's record
+        self.replacing_until = 0.0  # until then, requests wait for the workers we killed to be replaced
         self.problem: str | None = None
         self.stopped = asyncio.Event()
 
@@ -139,18 +202,33 @@ class Front:
             loaded, failed = (True, None) if self.multi else model_state.read(self.run_dir)
             if failed:
                 return self.stop(failed)
+            killed, held = self._enforce_deadlines()
+            if killed:  # MMS's status is stale until it notices the dead workers: look again shortly
+                if killed >= self._workers() and health.state in (health.READY, health.BUSY):
+                    health.state, health.down_since = health.DOWN, time.monotonic()
+                    health.reason = f"replacing the {killed} model worker(s) stopped for overrunning their deadline"
+                    health.ready.clear()
+                    log.error("%s; /ping is 503 until one is back", health.reason)
+                await asyncio.sleep(0.5)
+                continue
             status = await self._mms_status(session)
-            ok = status in HEALTHY and loaded
+            ok = status in HEALTHY and loaded and self.registered.is_set()
             now = time.monotonic()
-            if ok and health.state != health.READY:
+            if ok and held and health.state in (health.READY, health.BUSY):
+                if health.state == health.READY:
+                    log.warning("%s; /ping is 503 until one is free", held)
+                health.state, health.reason = health.BUSY, held
+            elif ok and health.state != health.READY:
                 if health.state == health.STARTING:
                     log.info("%s (%.1f s after `serve` started)", model_state.READY_LINE if not self.multi
                              else "model server ready for POST /models", now - self.started)
+                elif health.state == health.BUSY:
+                    log.info("a model worker is free again; /ping is 200")
                 else:
                     log.warning("a model worker answers again after %.1f s; /ping is 200", now - health.down_since)
                 health.state, health.reason = health.READY, ""
                 health.ready.set()
-            elif not ok and health.state == health.READY:
+            elif not ok and health.state in (health.READY, health.BUSY):
                 health.state, health.down_since = health.DOWN, now
                 health.reason = f"no model worker can answer (model server status: {status or 'not answering'})"
                 health.ready.clear()
@@ -158,7 +236,36 @@ class Front:
             elif not ok and health.state == health.DOWN and now - health.down_since > self.unhealthy_seconds:
                 return self.stop(f"no model worker could answer for {self.unhealthy_seconds:g} s (model server "
                                  f"status: {status or 'not answering'}); stopping so the container is replaced")
-            await asyncio.sleep(0.1 if health.state == health.STARTING else 0.5)
+            await asyncio.sleep(0.1 if health.state == health.STARTING else 0.25)
+
+    def _workers(self) -> int:
+        return mms.workers() * max(1, len(self.models))
+
+    def _enforce_deadlines(self) -> tuple[int, str | None]:
+        """SIGKILL every worker past its phase's deadline (worker_deadlines.py; MMS starts another)
+        and remember the requests it held, to answer them. Returns how many were killed, and why
+        /ping should be 503 when every worker is held by one request for over HELD_SECONDS."""
+        now = time.monotonic()
+        records = worker_deadlines.read_all(self.run_dir)
+        overdue, killed = [b for b in records if now > b.deadline], 0
+        if overdue:
+            ours = {p.pid for p in mms.descendants(self.process.pid)}  # never a pid we did not start
+            for busy in overdue:
+                worker_deadlines.forget(self.run_dir, busy.pid)
+                if busy.pid not in ours:
+                    continue
+                for request in busy.requests:
+                    self.overran[request] = busy  # before the kill: MMS answers its requests at once
+                os.kill(busy.pid, signal.SIGKILL)
+                killed += 1
+                self.replacing_until = time.monotonic() + self.unhealthy_seconds
+                log.error("a model worker (pid %d) spent over %.1f s on request(s) %s (%s); killed it, the model "
+                          "server starts another", busy.pid, now - busy.since, ", ".join(busy.requests), busy.phase)
+        held = [b for b in records if b not in overdue and now - b.since > HELD_SECONDS]
+        if len(held) < self._workers():
+            return killed, None
+        return killed, (f"every model worker ({len(held)}) has been held by one request for over {HELD_SECONDS:g} s; "
+                        "requests queue until one is free")
 
     # --- requests --------------------------------------------------------------------------------
     async def _body(self, request: web.Request) -> bytes:
@@ -208,17 +315,37 @@ class Front:
                 except asyncio.TimeoutError:
                     pass
             for _ in range(RETRIES):
-                if not self.health.ok:
+                if self.health.state == Health.DOWN and time.monotonic() < self.replacing_until:
+                    # Workers we killed for overrunning are being replaced: wait for one, as MMS's
+                    # queue would, instead of failing good requests for the bad one's sake.
+                    try:
+                        await asyncio.wait_for(self.health.ready.wait(), self.replacing_until - time.monotonic())
+                    except asyncio.TimeoutError:
+                        pass
+                if self.health.state not in (Health.READY, Health.BUSY):
                     return json_error(503, self.health.reason)
+                request_id = str(next(self.request_ids))
+                headers[worker_deadlines.REQUEST_HEADER] = request_id
                 answer = await self._forward(request.app["inference"], "POST", path, body, headers)
                 if not (answer.status == 500 and WORKER_DIED in answer.body):
                     return answer
+                if request_id in self.overran:  # its own worker was killed for it: not sent again
+                    return self._overran(self.overran.pop(request_id))
                 # Predictions have no side effects: another worker answers it instead.
                 log.warning("a model worker died during a request; sending it to another")
                 await asyncio.sleep(0.2)
             return answer
         finally:
             self.in_flight -= 1
+
+    @staticmethod
+    def _overran(busy: worker_deadlines.Busy) -> web.Response:
+        if busy.phase == worker_deadlines.DECODE:  # its images' cost: the client's to reduce
+            return json_error(413, f"decoding this request took over {busy.deadline - busy.since:g} s "
+                                   "(MAX_DECODE_SECONDS); its worker was stopped and replaced. Send fewer or "
+                                   "smaller images")
+        return json_error(504, f"the model did not answer within {busy.deadline - busy.since:g} s "
+                               "(SAGEMAKER_MODEL_SERVER_TIMEOUT); its worker was stopped and replaced")
 
     async def _forward(self, session: aiohttp.ClientSession, method: str, path: str, body: bytes | None,
                        headers: dict, timeout: float | None = None) -> web.Response:
@@ -252,7 +379,12 @@ class Front:
             if name in self.models:
                 return json_error(409, f"model {name!r} is already loaded")
             staged = self.run_dir / "models" / f"{name}-{time.monotonic_ns()}"
-            model_store.stage(folder, staged)
+            try:  # a file of the folder that is a link to outside the models root: a 400 naming it
+                model_store.stage(folder, staged, root=model_store.model_root())
+            except model_store.Refused as e:
+                shutil.rmtree(staged, ignore_errors=True)
+                log.warning("POST /models refused: %s", e)
+                return json_error(400, str(e))
             answer = await self._forward(request.app["management"], "POST", "/models",
                                          json.dumps({"model_name": name, "url": str(staged), **self.batching}).encode(),
                                          {"Content-Type": JSON_TYPE}, timeout=max(300.0, self.request_timeout))
@@ -315,6 +447,7 @@ class Front:
             if answer.status == 200:
                 log.info("model registered with batch_size=%(batch_size)d, max_batch_delay=%(max_batch_delay)d ms",
                          self.batching)
+                self.registered.set()  # only now can /invocations?model_name=model find it
                 return
             if answer.status != 503 or time.monotonic() > deadline:  # 503: the socket is not up yet
                 return self.stop(f"the model server refused the model ({answer.status}): {answer.text}")
@@ -333,7 +466,7 @@ class Front:
         for key, sock in (("inference", mms.inference_socket(self.run_dir)),
                           ("management", mms.management_socket(self.run_dir))):
             app[key] = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock), limit=0))
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=self.drain_seconds)
+        runner = JsonErrorRunner(app, access_log=None, handle_signals=False, shutdown_timeout=self.drain_seconds)
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port, reuse_address=True).start()

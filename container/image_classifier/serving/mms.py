@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.resources
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -127,7 +128,16 @@ def start(run_dir: Path, max_request_size: int, model: Path | None) -> subproces
            "--model-store", "/", "--log-config", str(TOOLKIT_FILES / "log4j2.xml")]
     if model is not None:
         cmd += ["--models", f"model={model}"]
-    return subprocess.Popen(cmd, cwd=run_dir)
+    # Its own process group: stop_tree reaches every process MMS starts, even a worker whose
+    # parent has died (MMS's listener forks its workers with multiprocessing).
+    return subprocess.Popen(cmd, cwd=run_dir, start_new_session=True)
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
 
 
 def python_processes(pid: int) -> tuple[psutil.Process | None, list[psutil.Process]]:
@@ -148,21 +158,32 @@ def python_processes(pid: int) -> tuple[psutil.Process | None, list[psutil.Proce
     return listener, workers
 
 
-def stop_tree(process: subprocess.Popen, timeout: float = 10.0) -> None:
-    """SIGTERM the launcher, Java and its Python workers (all started by us), then SIGKILL stragglers."""
-    try:
-        tree = [psutil.Process(process.pid)] + psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        tree = []
+def stop_tree(process: subprocess.Popen, timeout: float = 2.0) -> None:
+    """SIGTERM the launcher, Java and its Python workers (all started by us, in MMS's own process
+    group), then SIGKILL what is left after `timeout`. A worker busy in C code (a decoder) runs its
+    Python SIGTERM handler only when that returns, so the SIGKILL is what ends it; the whole stop
+    takes at most `timeout` plus a moment, well within SageMaker's 30 s after SIGTERM."""
+    tree = [process] if process.poll() is None else []
+    tree = [psutil.Process(p.pid) for p in tree] + descendants(process.pid)
     for p in reversed(tree):  # workers first, so Java does not restart them
         try:
             p.terminate()
         except psutil.NoSuchProcess:
             pass
+    _signal_group(process.pid, signal.SIGTERM)
     _, alive = psutil.wait_procs(tree, timeout=timeout)
+    _signal_group(process.pid, signal.SIGKILL)  # also any process of the group that left the tree
     for p in alive:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=timeout)
+    process.poll()  # reap the launcher
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone

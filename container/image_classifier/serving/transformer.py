@@ -10,12 +10,13 @@ from sagemaker_inference.errors import BaseInferenceToolkitError
 from sagemaker_inference.transformer import Transformer
 
 from ..errors import first_line
-from . import inference
+from . import environment, inference, worker_deadlines
 from .responses import error_body
 
 log = logging.getLogger(__name__)
 
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
+REQUEST_ID = worker_deadlines.REQUEST_HEADER.lower()
 
 
 def _header(headers: dict, name: str) -> str | None:
@@ -38,11 +39,22 @@ class ImageTransformer(Transformer):
             log.exception("model failed to load")
             reason = first_line(e)
             return self._fail_all(data, context, 500, f"model failed to load: {reason}")
+        try:
+            return self._answer(data, context)
+        finally:
+            worker_deadlines.clear()
+
+    def _answer(self, data, context):
         # MMS hands us several requests at once with dynamic batching (SERVE_BATCH_SIZE): each is
         # decoded on its own (its errors are its own), then all are answered with one forward.
+        # Each phase is announced with its deadline: past it, `serve` kills this worker.
         answers, decoded = [None] * len(data), {}
+        ids = [_header(context.get_all_request_header(i), REQUEST_ID) or "" for i in range(len(data))]
+        # Never past the model server's timeout, after which the front has answered the client.
+        decode_seconds = min(environment.max_decode_seconds(), environment.model_server_timeout())
         for i, request in enumerate(data):
             headers = context.get_all_request_header(i)
+            worker_deadlines.mark([ids[i]], worker_deadlines.DECODE, decode_seconds)
             try:
                 accept = inference.answer_type(_header(headers, "accept"))  # 406 before any work
                 options = inference.parse_options(_header(headers, CUSTOM_ATTRIBUTES))
@@ -55,6 +67,7 @@ class ImageTransformer(Transformer):
                 answers[i] = self._fail(context, i, 500, "prediction failed; see the endpoint's log")
         if not decoded:
             return answers
+        worker_deadlines.mark([ids[i] for i in decoded], worker_deadlines.PREDICT, environment.model_server_timeout())
         try:
             predictions = inference.predict_many([batch for _, batch in decoded.values()], self._model)
         except Exception:

