@@ -85,3 +85,22 @@ def gif_with_huge_comment(comment_bytes: int = 4_400_000) -> bytes:
     full, rest = divmod(comment_bytes, 255)
     blocks = (b"\xff" + b"C" * 255) * full + (bytes([rest]) + b"C" * rest if rest else b"")
     return gif[:body] + b"\x21\xfe" + blocks + b"\x00" + gif[body:]
+
+
+def deep_png(side: int, bit_depth: int = 16, colour_type: int = 6, interlaced: bool = False) -> bytes:
+    """A black side x side PNG of many bits a pixel (default 16-bit RGBA: 64), built without Pillow,
+    which writes neither 16-bit RGBA nor interlaced files. What its decoder inflates grows with the
+    bits, and Adam7 adds seven passes: a 40 Mpx 16-bit RGBA PNG took 1 s to decode on 2 cores."""
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[colour_type]
+    bits = channels * bit_depth
+    if interlaced:  # Adam7: each pass's sub-image has its own rows, each with a filter byte
+        passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+        sizes = [((side - x + dx - 1) // dx, (side - y + dy - 1) // dy) for x, y, dx, dy in passes]
+        raw = sum(h * (1 + (w * bits + 7) // 8) for w, h in sizes if w and h)
+    else:
+        raw = side * (1 + (side * bits + 7) // 8)
+    z, block = zlib.compressobj(9), bytes(1 << 22)
+    idat = b"".join(z.compress(block[:min(len(block), raw - done)]) for done in range(0, raw, len(block)))
+    ihdr = struct.pack(">IIBBBBB", side, side, bit_depth, colour_type, 0, 0, int(interlaced))
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat + z.flush())
+            + _chunk(b"IEND", b""))

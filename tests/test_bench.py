@@ -97,6 +97,11 @@ def test_serving_soak_benchmark_runs(imagewoof, tmp_path):
     assert 0 < soak["pss_first_mib"] <= soak["pss_max_mib"]
     assert alone["p50_ms"] > 0 and beside["worst_case_ms"] > 0 and amplified["requests"] == 5
     assert (tmp_path / "soak_memory.png").stat().st_size > 0
+    attacks = json.loads((tmp_path / "soak_attacks.json").read_text())["rows"]
+    assert attacks[0]["phase"] == "attack: good traffic alone" and len(attacks) == 10
+    assert all(r["as_expected"] and r["good_errors"] == 0 and r["good"] > 0 for r in attacks[1:]), attacks
+    refused = [r for r in attacks if r["expected"] and r["expected"] != 200]
+    assert len(refused) == 5 and all(r["pings_not_200"] == 0 for r in refused), attacks  # no worker held by them
 
 
 def test_distributed_scaling_benchmark_runs(imagewoof, tmp_path):

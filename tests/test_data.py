@@ -90,7 +90,7 @@ def test_channel_without_images_says_what_it_found_and_why_each_kind_was_skipped
         data.scan("train", root)
     message = str(e.value)
     assert message.startswith("channel 'train' has no images: 53 file(s) found, all skipped: "
-                              "50 cannot be decoded (e.g. train/001.A/00.jpg: ")
+                              "50 empty file (0 bytes) (e.g. train/001.A/00.jpg)")
     assert "; 3 not an image extension (e.g. train/001.A/notes0.txt)" in message
     assert len(message.splitlines()) == 1
 

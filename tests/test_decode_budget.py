@@ -81,6 +81,9 @@ ATTACKS = {  # name: (body, content type, status, words of the message)
     "tiff-1M-strips": (lambda: tiff_with_strips(1_000_000), "image/tiff", 413, "strips or tiles"),
     "bmp-100000-square": (lambda: bmp_header(100_000, 100_000), "image/bmp", 413, "the limit is 40000000"),
     "png-one-bit-7000": (lambda: hostile.one_bit_png(7000), "image/png", 413, "the limit is 40000000"),
+    "png-16-bit-rgba-4500": (lambda: hostile.deep_png(4500), "image/png", 413, "count as 40500000 pixels"),
+    "png-16-bit-rgba-interlaced-4100": (lambda: hostile.deep_png(4100, interlaced=True), "image/png", 413,
+                                        "count as 42025000 pixels"),
 }
 
 
@@ -130,3 +133,15 @@ def test_formats_outside_the_allow_list_never_reach_their_plugin(small_model, mo
     Image.new("RGB", (32, 32)).save(buf, "ICO")
     assert refusal(small_model, buf.getvalue(), "image/x-icon")[0] == 400
     assert opened == []
+
+
+def test_a_png_counts_what_its_decoder_inflates(small_model):
+    """20 Mpx of 16-bit RGBA (64 bits a pixel) count as 40 Mpx; 8-bit RGBA and 1-bit count as
+    their pixels; Adam7 interlacing a quarter more."""
+    cost = {}
+    for name, body in [("rgba16", hostile.deep_png(300)), ("rgba16-adam7", hostile.deep_png(300, interlaced=True)),
+                       ("rgba8", hostile.deep_png(300, 8)), ("grey1", hostile.deep_png(300, 1, 0)),
+                       ("rgb16", hostile.deep_png(300, 16, 2))]:
+        image, header = inference._open(body, name)
+        cost[name] = inference.decode_cost(image, header, small_model.preprocessing)
+    assert cost == {"rgba16": 180_000, "rgba16-adam7": 225_000, "rgba8": 90_000, "grey1": 90_000, "rgb16": 135_000}

@@ -186,6 +186,8 @@ def _decode(paths: list[str]) -> list[tuple[str | None, Facts | None]]:
 def _decode_one(path: str) -> tuple[str | None, Facts | None]:
     try:
         raw = Path(path).read_bytes()
+        if not raw:  # Pillow's own word for it names a BytesIO object
+            return "empty file (0 bytes)", None
         with open_image(raw) as image:
             size = image.size  # before draft() shrinks it
             to_rgb(image, draft_size=1)

@@ -59,6 +59,8 @@ class Header:
     scans: int = 1  # JPEG: scans in the file
     progressive: bool = False  # JPEG: libjpeg keeps every coefficient of the full-size image
     metadata: int = 0  # bytes of metadata blocks
+    bits_per_pixel: int = 0  # PNG: what its decoder inflates per pixel (0: not known)
+    interlaced: bool = False  # PNG: Adam7, decoded in seven passes
 
     @property
     def pixels(self) -> int:
@@ -153,8 +155,9 @@ def _png(data: bytes) -> Header:
         length, kind = struct.unpack_from(">I4s", data, pos)
         body = data[pos + 8:pos + 8 + length]
         if kind == b"IHDR":
-            width, height = struct.unpack_from(">II", body)
-            header = Header("PNG", width, height)
+            width, height, depth, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", body)
+            channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 4)
+            header = Header("PNG", width, height, bits_per_pixel=channels * depth, interlaced=interlace == 1)
         elif kind in _PNG_METADATA:
             metadata += length
             if kind == b"eXIf" and exif is None:

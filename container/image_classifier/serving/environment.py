@@ -46,7 +46,7 @@ VARIABLES = (
     Variable("MAX_IMAGE_PIXELS", "`40000000`", "one image's pixels, checked before decoding"),
     Variable("MAX_REQUEST_PIXELS", "`40000000`",
              "all of a request's images together, checked before any is decoded (a JPEG counts at the scale it "
-             "is decoded at: 1/2 to 1/8 for large photos)"),
+             "is decoded at: 1/2 to 1/8 for large photos; [Requests](#requests) says how others count)"),
     Variable("MAX_DECODE_SECONDS", "`5`",
              "decoding time of one request: checked between its images, and a worker still decoding past it is "
              "killed and replaced (413; [Deadlines](#deadlines))"),
@@ -236,7 +236,8 @@ def help_text() -> str:
     """The variables for `serve --help`, without the docs' markup."""
     def plain(text: str) -> str:
         return text.replace("`", "").replace(" ([Precision](#precision))", " (docs/SERVING.md)") \
-            .replace("; [Deadlines](#deadlines))", "; docs/SERVING.md)")
+            .replace("; [Deadlines](#deadlines))", "; docs/SERVING.md)") \
+            .replace("; [Requests](#requests) says how others count)", "; docs/SERVING.md says how others count)")
     return "\n".join(textwrap.fill(f"{v.name} (default {plain(v.default)}): {plain(v.meaning)}", 100,
                                    initial_indent="  ", subsequent_indent="      ") for v in VARIABLES)
 
