@@ -335,3 +335,37 @@ def test_stop_tree_ends_a_process_whose_parent_died_before_it(tmp_path):
     assert launcher.poll() is not None
     gone, alive = psutil.wait_procs([orphan], timeout=5)
     assert alive == []
+
+
+def test_the_front_kills_only_its_own_overdue_workers_and_drops_stale_records(tmp_path):
+    """Records (worker_deadlines) of: a worker of ours past its deadline (killed, its request
+    remembered), one of ours within it, a pid that is not ours past its deadline (this test's own:
+    never signalled), and a worker that died otherwise (stale: not counted as holding anything)."""
+    import json as json_module
+    from image_classifier.serving import worker_deadlines
+    from image_classifier.serving.front import Front
+    tree = subprocess.Popen(["bash", "-c", "sleep 600 & sleep 600 & wait"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(mms.descendants(tree.pid)) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        overdue, busy = mms.descendants(tree.pid)
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        now = time.monotonic()
+        for pid, request, since, until in [(overdue.pid, "1", now - 9, now - 1), (busy.pid, "2", now - 3, now + 60),
+                                           (os.getpid(), "3", now - 9, now - 1), (dead.pid, "4", now - 3, now + 60)]:
+            (tmp_path / f"busy.{pid}").write_text(json_module.dumps(
+                {"requests": [request], "phase": "decode", "since": since, "deadline": until}))
+        front = Front(tmp_path, tree, multi_model=False, payload_limit=1, request_timeout=1, drain_seconds=1,
+                      unhealthy_seconds=30, started=now)
+        front.workers_per_model = 2
+        killed, held = front._enforce_deadlines()
+        assert killed == 1 and set(front.overran) == {"1"}
+        assert overdue.wait(5) is not None or not overdue.is_running()
+        assert busy.is_running() and psutil.pid_exists(os.getpid())
+        assert held is None  # one live worker held; the dead one's record no longer counts
+        assert sorted(b.pid for b in worker_deadlines.read_all(tmp_path)) == [busy.pid]
+    finally:
+        mms.stop_tree(tree, timeout=2)

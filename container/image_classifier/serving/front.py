@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import aiohttp
+import psutil
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
@@ -107,6 +108,13 @@ class JsonErrorRunner(web.AppRunner):
                                **server._kwargs)
 
 
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 class Health:
     """What /ping says, from MMS's own worker status, the workers' deadline records and, for a
     single model, the worker's load report. BUSY: every worker has been held by one request for
@@ -141,6 +149,7 @@ class Front:
             self.registered.set()
         self.in_flight = 0
         self.request_ids = itertools.count(1)
+        self.workers_per_model = mms.workers()  # once: without the setting it asks nvidia-smi
         self.overran: dict[str, worker_deadlines.Busy] = {}  # request id -> the killed worker's record
         self.replacing_until = 0.0  # until then, requests wait for the workers we killed to be replaced
         self.problem: str | None = None
@@ -239,7 +248,7 @@ class Front:
             await asyncio.sleep(0.1 if health.state == health.STARTING else 0.25)
 
     def _workers(self) -> int:
-        return mms.workers() * max(1, len(self.models))
+        return self.workers_per_model * max(1, len(self.models))
 
     def _enforce_deadlines(self) -> tuple[int, str | None]:
         """SIGKILL every worker past its phase's deadline (worker_deadlines.py; MMS starts another)
@@ -247,20 +256,23 @@ class Front:
         /ping should be 503 when every worker is held by one request for over HELD_SECONDS."""
         now = time.monotonic()
         records = worker_deadlines.read_all(self.run_dir)
-        overdue, killed = [b for b in records if now > b.deadline], 0
-        if overdue:
-            ours = {p.pid for p in mms.descendants(self.process.pid)}  # never a pid we did not start
-            for busy in overdue:
+        if any(now > b.deadline or now - b.since > HELD_SECONDS for b in records):
+            # Never a pid we did not start; and a record whose worker died otherwise (killed by
+            # someone else, out of memory) is stale: it held nothing any more.
+            ours = {p.pid for p in mms.descendants(self.process.pid) if _alive(p)}
+            for busy in [b for b in records if b.pid not in ours]:
                 worker_deadlines.forget(self.run_dir, busy.pid)
-                if busy.pid not in ours:
-                    continue
-                for request in busy.requests:
-                    self.overran[request] = busy  # before the kill: MMS answers its requests at once
-                os.kill(busy.pid, signal.SIGKILL)
-                killed += 1
-                self.replacing_until = time.monotonic() + self.unhealthy_seconds
-                log.error("a model worker (pid %d) spent over %.1f s on request(s) %s (%s); killed it, the model "
-                          "server starts another", busy.pid, now - busy.since, ", ".join(busy.requests), busy.phase)
+                records.remove(busy)
+        overdue, killed = [b for b in records if now > b.deadline], 0
+        for busy in overdue:
+            worker_deadlines.forget(self.run_dir, busy.pid)
+            for request in busy.requests:
+                self.overran[request] = busy  # before the kill: MMS answers its requests at once
+            os.kill(busy.pid, signal.SIGKILL)
+            killed += 1
+            self.replacing_until = time.monotonic() + self.unhealthy_seconds
+            log.error("a model worker (pid %d) spent over %.1f s on request(s) %s (%s); killed it, the model "
+                      "server starts another", busy.pid, now - busy.since, ", ".join(busy.requests), busy.phase)
         held = [b for b in records if b not in overdue and now - b.since > HELD_SECONDS]
         if len(held) < self._workers():
             return killed, None
@@ -327,10 +339,11 @@ class Front:
                 request_id = str(next(self.request_ids))
                 headers[worker_deadlines.REQUEST_HEADER] = request_id
                 answer = await self._forward(request.app["inference"], "POST", path, body, headers)
+                overran = self.overran.pop(request_id, None)
                 if not (answer.status == 500 and WORKER_DIED in answer.body):
                     return answer
-                if request_id in self.overran:  # its own worker was killed for it: not sent again
-                    return self._overran(self.overran.pop(request_id))
+                if overran:  # its own worker was killed for it: not sent again
+                    return self._overran(overran)
                 # Predictions have no side effects: another worker answers it instead.
                 log.warning("a model worker died during a request; sending it to another")
                 await asyncio.sleep(0.2)
