@@ -283,19 +283,19 @@ def test_oversized_header_in_process_gets_the_json_shape(caplog):
 
     from aiohttp import web
 
-    from image_classifier.serving import front
+    from image_classifier.serving import http_errors
 
     async def bug(request):
         raise RuntimeError("a bug")
 
     async def ping(request):
-        return front.json_error(418, "reached the app")
+        return http_errors.json_error(418, "reached the app")
 
     async def main():
         app = web.Application()
         app.router.add_get("/ping", ping)
         app.router.add_get("/bug", bug)
-        runner = front.JsonErrorRunner(app, access_log=None)
+        runner = http_errors.JsonErrorRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         port = runner.addresses[0][1]
