@@ -141,3 +141,14 @@ def test_audit_threshold_benchmark_runs(imagewoof, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rows = json.loads((tmp_path / "threshold.json").read_text())["rows"]
     assert len(rows) == 4 and rows[0]["n"] == 6 and all(-1 <= r["min"] <= r["max"] <= 1.0001 for r in rows)
+
+
+def test_decode_cost_benchmark_runs(imagewoof, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "decode_cost.py"), "--side", "300",
+                             "--repeats", "1", "--name", "decode", "--results", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = json.loads((tmp_path / "decode.json").read_text())["rows"]
+    assert rows[0]["vs_photo"] == 1 and all(r["ms"] > 0 for r in rows)
+    assert [r["status"] for r in rows if r["case"].startswith("refused")] == [413, 413, 400]
+    assert all(r["status"] == 200 for r in rows if not r["case"].startswith("refused"))

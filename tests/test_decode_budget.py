@@ -145,3 +145,14 @@ def test_a_png_counts_what_its_decoder_inflates(small_model):
         image, header = inference._open(body, name)
         cost[name] = inference.decode_cost(image, header, small_model.preprocessing)
     assert cost == {"rgba16": 180_000, "rgba16-adam7": 225_000, "rgba8": 90_000, "grey1": 90_000, "rgb16": 135_000}
+
+
+def test_a_camera_mpo_is_a_jpeg_drafted_to_its_first_picture(small_model):
+    buf = io.BytesIO()
+    black = Image.new("RGB", (4000, 3000))
+    Image.new("RGB", (4000, 3000), "red").save(buf, "MPO", save_all=True, append_images=[black])
+    image, header = inference._open(buf.getvalue(), "body")
+    assert (image.format, header.format) == ("MPO", "JPEG")
+    assert inference.decode_cost(image, header, small_model.preprocessing) < 4000 * 3000 / 50  # drafted
+    batch = inference.input_fn(buf.getvalue(), "image/jpeg", model=small_model)
+    assert batch.sizes == [(4000, 3000)] and float(batch.images[0, 0].mean()) > 0.9  # the red one, not the black

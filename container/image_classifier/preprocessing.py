@@ -47,6 +47,7 @@ def open_image(source: bytes | str | Path, max_pixels: int | None = None,
     return image
 
 
+JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera's JPEG with more pictures after it (Pillow opens the first)
 # EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
 UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
@@ -61,7 +62,7 @@ def to_rgb(image: Image.Image, draft_size: int | None = None) -> Image.Image:
     than twice it before its mode is converted (much faster: a 40 Mpx RGBA PNG took 0.97 s, most
     of it converting and resizing every pixel; the later antialiased resize dominates quality anyway).
     """
-    if draft_size and image.format == "JPEG":
+    if draft_size and image.format in JPEG_FORMATS:
         image.draft("RGB", (draft_size, draft_size))
     image.load()  # a TIFF applies its own orientation while loading, and drops the tag
     orientation = image.getexif().get(0x0112, 1)
@@ -97,7 +98,7 @@ def decode(source: bytes | str | Path, pre: Preprocessing, max_pixels: int | Non
 def decoded_pixels(image: Image.Image, pre: Preprocessing) -> int:
     """Pixels that decoding this lazily opened image will produce, known before decoding: a JPEG
     is drafted to the scale to_rgb will decode it at."""
-    if image.format == "JPEG":
+    if image.format in JPEG_FORMATS:
         image.draft("RGB", (pre.resize_size, pre.resize_size))
     return image.width * image.height
 
