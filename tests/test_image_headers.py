@@ -143,3 +143,20 @@ def test_too_many_structural_entries_are_refused_before_they_are_walked():
     with pytest.raises(Refused, match="structural entries") as refused:
         image_headers.read(crowded)
     assert refused.value.status == 413
+
+
+@pytest.mark.parametrize("fmt, mode, options", GENERATED[::2], ids=[f"{f}-{m}" for f, m, _ in GENERATED[::2]])
+def test_damaged_files_give_a_header_or_a_refusal_never_another_error(fmt, mode, options):
+    """Truncated and bit-flipped copies of each format: the walk ends, with a Header or Refused."""
+    data = encode(photo(mode=mode), fmt, **options)
+    rng = random.Random(fmt + mode)
+    for _ in range(300):
+        damaged = bytearray(data[:rng.randrange(1, len(data) + 1)])
+        for _ in range(rng.randrange(0, 6)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        try:
+            header = image_headers.read(bytes(damaged))
+        except Refused as e:
+            assert e.status in (400, 413)
+        else:
+            assert header.width > 0 and header.height > 0

@@ -1,7 +1,9 @@
 """Issue 23's attacks on the real `serve`, two copies at once, while good traffic flows: each is
 refused before it costs a worker, a worker that overruns its deadline is killed and replaced, /ping
 says what the workers can do, and nothing `serve` started outlives it."""
+import base64
 import io
+import json
 import os
 import signal
 import threading
@@ -170,3 +172,26 @@ def test_sigterm_during_a_decode_stops_every_process_serve_started(trained, tmp_
         pool.shutdown(wait=True)
     finally:
         srv.stop()
+
+
+def test_a_forward_past_the_model_server_timeout_is_a_504_and_its_worker_is_replaced(trained, tmp_path):
+    """The predict phase's deadline: 512 Grad-CAM explanations (seconds of backward passes) under a
+    1 s SAGEMAKER_MODEL_SERVER_TIMEOUT; decoding the 512 small JPEGs takes a fraction of it."""
+    (tmp_path / "model").symlink_to(trained / "model")
+    srv = Server(tmp_path, SAGEMAKER_MODEL_SERVER_WORKERS=1, SAGEMAKER_MODEL_SERVER_TIMEOUT=1, MAX_BATCH_IMAGES=512)
+    try:
+        srv.wait_healthy()
+        deadline = time.monotonic() + 30
+        while not (before := mms.python_processes(srv.process.pid)[1]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        body = json.dumps({"instances": [base64.b64encode(jpeg()).decode()] * 512}).encode()
+        answer = srv.invoke(body, "application/json", **{"X-Amzn-SageMaker-Custom-Attributes": "explain=gradcam"})
+        message = json_error(answer, 504)
+        assert "did not answer within 1 s (SAGEMAKER_MODEL_SERVER_TIMEOUT); its worker was stopped" in message
+        deadline = time.monotonic() + 30
+        while requests.get(srv.url + "/ping").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert srv.invoke(jpeg()).status_code == 200  # a new worker answers
+        assert not before[0].is_running() and "(predict); killed it" in srv.output()
+    finally:
+        assert srv.stop() == 0

@@ -27,10 +27,13 @@ PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the folder holding 
 EPILOG = """\
 Endpoints: GET /ping (200 once a loaded worker can answer, else 503 with the reason), POST
 /invocations with image/jpeg, image/png, application/x-image (also a body without Content-Type) or
-application/json {"instances": [base64, ...]}; the answer is JSON with the top-k labels
+application/json {"instances": [base64, ...]}: JPEG, PNG, WebP, BMP, GIF or TIFF, each checked from
+its headers before it is decoded; the answer is JSON with the top-k labels
 (CustomAttributes 'top_k=N,probabilities=true'). Errors are JSON 4xx/5xx without tracebacks.
 A model that cannot load stops `serve` with exit 1 and the reason; so does a worker set that stays
-dead for SERVE_UNHEALTHY_SECONDS. Only model.pt and model.json of the model folder are read:
+dead for SERVE_UNHEALTHY_SECONDS. A worker past its deadline (MAX_DECODE_SECONDS to decode a
+request, SAGEMAKER_MODEL_SERVER_TIMEOUT for the forward) is killed and replaced; its client gets a
+JSON 413 or 504. Only model.pt and model.json of the model folder are read:
 nothing in it is run or installed.
 
 CustomAttributes 'explain=gradcam[,explain_class=LABEL]': a Grad-CAM heat map (PNG) and box per image.

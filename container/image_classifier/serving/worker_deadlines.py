@@ -17,7 +17,6 @@ import os
 import time
 from pathlib import Path
 
-from .. import files
 from . import environment
 
 PREFIX = "busy."
@@ -34,24 +33,41 @@ class Busy:
     deadline: float
 
 
+_file: tuple[int, int] | None = None  # (pid, descriptor): this worker's record, opened once
+
+
+def _descriptor(folder: Path) -> int:
+    """The record file, opened once per process (MMS forks workers: a child opens its own)."""
+    global _file
+    if _file is None or _file[0] != os.getpid():
+        _file = os.getpid(), os.open(folder / f"{PREFIX}{os.getpid()}", os.O_WRONLY | os.O_CREAT, 0o600)
+    return _file[1]
+
+
 def mark(requests: list[str], phase: str, seconds: float) -> None:
-    """This worker now holds `requests` in `phase`, for at most `seconds`."""
+    """This worker now holds `requests` in `phase`, for at most `seconds`. Written in place (0.03 ms
+    a request, against 0.4 ms for a write-and-rename and an unlink): a reader that catches it
+    half-written skips it and reads it again a quarter of a second later."""
     folder = environment.state_dir()
     if folder is None:  # in-process use (tests, benchmarks): nobody watches
         return
     now = time.monotonic()
-    record = {"requests": list(requests), "phase": phase, "since": now, "deadline": now + seconds}
-    files.atomic_write_text(folder / f"{PREFIX}{os.getpid()}", json.dumps(record))
+    record = json.dumps({"requests": list(requests), "phase": phase, "since": now, "deadline": now + seconds})
+    fd = _descriptor(folder)
+    os.pwrite(fd, record.encode(), 0)
+    os.ftruncate(fd, len(record))
 
 
 def clear() -> None:
+    """Nothing held: the record is emptied (an idle worker's file stays, empty, until `serve` exits)."""
     folder = environment.state_dir()
     if folder is not None:
-        (folder / f"{PREFIX}{os.getpid()}").unlink(missing_ok=True)
+        os.ftruncate(_descriptor(folder), 0)
 
 
 def read_all(folder: Path) -> list[Busy]:
-    """Every worker's current record; a record removed or half-written meanwhile is skipped."""
+    """Every busy worker's current record; an empty one (idle), or one half-written or removed
+    meanwhile, is skipped."""
     found = []
     for entry in os.scandir(folder):
         if not entry.name.startswith(PREFIX) or not entry.name[len(PREFIX):].isdigit():
