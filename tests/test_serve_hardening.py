@@ -13,6 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
+import hostile_images
 from conftest import Server
 from image_classifier.serving import mms
 
@@ -354,7 +355,7 @@ def test_sigterm_drains_requests_in_flight(trained, tmp_path):
     (tmp_path / "model").symlink_to(trained / "model")
     srv = Server(tmp_path)
     srv.wait_healthy()
-    body = one_bit_png(5000)  # 2 workers, 6 requests of ~0.25 s: some wait in MMS's queue at SIGTERM
+    body = hostile_images.deep_png(5000, 8)  # 2 workers, 6 RGBA PNGs of ~0.4 s: some wait in MMS's queue
     started = threading.Barrier(7)
 
     def send():
