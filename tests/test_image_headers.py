@@ -5,7 +5,8 @@ import random
 import struct
 
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, PngImagePlugin
+import hostile_images as hostile
 
 from image_classifier import image_headers
 from image_classifier.image_headers import Refused
@@ -160,3 +161,88 @@ def test_damaged_files_give_a_header_or_a_refusal_never_another_error(fmt, mode,
             assert e.status in (400, 413)
         else:
             assert header.width > 0 and header.height > 0
+
+
+# --- EXIF and XMP: what Pillow's getexif() would find, counted as Pillow's parser copies it -------
+def _with_exif(fmt: str, exif: Image.Exif | bytes | None = None, xmp: bytes | None = None, size=(30, 20),
+               zip_xmp: bool = False) -> bytes:
+    buf = io.BytesIO()
+    options = {"exif": exif} if exif is not None else {}
+    if xmp is not None and fmt == "PNG":  # Pillow writes no XMP to a PNG itself: an iTXt chunk, as Adobe's
+        options["pnginfo"] = PngImagePlugin.PngInfo()
+        options["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode(), zip=zip_xmp)
+    elif xmp is not None:
+        options["xmp"] = xmp
+    Image.new("RGB", size, "red").save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+def _camera_exif() -> Image.Exif:
+    """IFD0, an Exif directory with a 60 KB maker note and an Interop directory, and GPS: a phone's shape."""
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0112] = "Maker", "Model X", 8
+    exif.get_ifd(0x8769).update({0x927C: b"M" * 60_000, 0x9003: "2026:12:02 10:00:00", 0x829A: 0.004})
+    exif.get_ifd(0x8825).update({1: "N", 2: (52.0, 31.0, 0.0)})
+    return exif
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_a_camera_exif_passes_and_its_values_are_counted(fmt):
+    body = _with_exif(fmt, _camera_exif())
+    header = image_headers.read(body)
+    assert header.orientation == Image.open(io.BytesIO(body)).getexif()[0x0112] == 8
+    assert header.upright_size == (20, 30)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "PNG-zipped", "WEBP"])
+def test_xmp_orientation_is_read_as_pillow_reads_it(fmt):
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
+    fmt, zipped = fmt.split("-")[0], fmt.endswith("zipped")
+    body = _with_exif(fmt, xmp=xmp, zip_xmp=zipped)
+    assert image_headers.read(body).orientation == Image.open(io.BytesIO(body)).getexif().get(0x0112) == 6
+    exif = Image.Exif()
+    exif[0x0112] = 3  # EXIF wins over XMP, in Pillow and here
+    body = _with_exif(fmt, exif, xmp, zip_xmp=zipped)
+    assert image_headers.read(body).orientation == Image.open(io.BytesIO(body)).getexif().get(0x0112) == 3
+
+
+def test_a_jpeg_exif_over_several_segments_is_joined_as_pillow_joins_it():
+    body = hostile.amplified_exif("jpeg", tags=1000, blob=60_000)  # 60 MB of values in 2 segments
+    assert body.count(b"\xff\xe1") == 2
+    with pytest.raises(image_headers.Refused, match="60000000 bytes of values"):
+        image_headers.read(body)
+    assert image_headers.read(hostile.amplified_exif("jpeg", tags=8_000, blob=8)).orientation == 6
+
+
+def test_sub_directories_are_counted_and_a_loop_between_them_ends():
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    exif.get_ifd(0x8769)[0x927C] = b"M" * 600_000
+    exif.get_ifd(0x8825)[0x001B] = b"G" * 600_000  # 1.2 MB over two directories
+    with pytest.raises(image_headers.Refused, match="1200000 bytes of values"):
+        image_headers.read(_with_exif("PNG", exif))
+    looped = bytearray(hostile.amplified_exif("tiff", tags=2, blob=16))
+    exif_at = 8 + 2 + 12 * 10 + 4 + 64
+    looped[exif_at + 2:exif_at + 14] = struct.pack("<HHII", 0x8769, 4, 1, exif_at)  # the Exif IFD names itself
+    assert image_headers.read(bytes(looped)).format == "TIFF"
+
+
+def test_a_png_with_a_second_ihdr_is_refused():
+    """A small IHDR after the pixels would make the walk count 8x8 while Pillow decodes the first's size."""
+    big, small = hostile.one_bit_png(6000), hostile.one_bit_png(8)
+    ihdr = slice(8, 33)  # after the signature: length, type, 13 bytes, CRC
+    late = big[:big.rindex(b"IEND") - 4] + small[ihdr] + big[big.rindex(b"IEND") - 4:]
+    with pytest.raises(Refused, match="IHDR chunk is not its first and only one"):
+        image_headers.read(late)
+    second = small[:8] + hostile._chunk(b"tEXt", b"a\0b") + small[8:]
+    with pytest.raises(Refused, match="IHDR chunk is not its first and only one"):
+        image_headers.read(second)
+    with pytest.raises(Refused, match="no IHDR"):
+        image_headers.read(small[:8] + small[33:])
+
+
+def test_a_few_fill_bytes_pass_and_a_flood_is_refused():
+    assert image_headers.read(hostile.jpeg_with_fill_bytes(1000)).pixels == 64 * 64
+    with pytest.raises(Refused, match="fill bytes") as e:
+        image_headers.read(hostile.jpeg_with_fill_bytes(image_headers.MAX_JPEG_FILL_BYTES + 1))
+    assert e.value.status == 413

@@ -54,8 +54,11 @@ UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4:
            8: Image.Transpose.ROTATE_90}
 
 
-def to_rgb(image: Image.Image, draft_size: int | None = None) -> Image.Image:
+def to_rgb(image: Image.Image, draft_size: int | None = None, orientation: int | None = None) -> Image.Image:
     """Upright RGB: EXIF orientation applied; grayscale, palette, alpha and CMYK converted.
+
+    orientation: the EXIF orientation when the caller has read it already (serving reads it from
+    the file's header, image_headers); otherwise Pillow's getexif() gives it (EXIF, else XMP).
 
     draft_size: the smallest side the caller will resize to. A JPEG decoder then scales down by
     1/2..1/8 while decoding, and any other image far larger than that is box-reduced to no less
@@ -64,8 +67,9 @@ def to_rgb(image: Image.Image, draft_size: int | None = None) -> Image.Image:
     """
     if draft_size and image.format in JPEG_FORMATS:
         image.draft("RGB", (draft_size, draft_size))
-    image.load()  # a TIFF applies its own orientation while loading, and drops the tag
-    orientation = image.getexif().get(0x0112, 1)
+    image.load()
+    if orientation is None or image.format == "TIFF":  # a TIFF applies its own while loading, and drops the tag
+        orientation = image.getexif().get(0x0112, 1)
     if draft_size:
         image = _reduced(image, draft_size)
     if orientation in UPRIGHT:

@@ -158,9 +158,10 @@ def _open(body: bytes, what: str) -> tuple[Image.Image, Header]:
         raise error(400, f"{what} could not be decoded: {e}") from None
 
 
-def _tensor(image: Image.Image, model: Model, what: str) -> torch.Tensor:
-    try:
-        return model.transform(to_rgb(image, draft_size=model.preprocessing.resize_size))
+def _tensor(image: Image.Image, header: Header, model: Model, what: str) -> torch.Tensor:
+    try:  # orientation from the header: Pillow's getexif() would parse EXIF, or decode a PNG to find it
+        return model.transform(to_rgb(image, draft_size=model.preprocessing.resize_size,
+                                      orientation=header.orientation))
     except BOMB as e:
         raise error(413, f"{what}: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -172,12 +173,14 @@ def decode_cost(image: Image.Image, header: Header, pre: Preprocessing) -> int:
     at the scale it is drafted to; one of several scans at full size, as libjpeg keeps every
     coefficient of the full image and passes over them once per scan (scans are capped). A PNG
     of over 32 bits a pixel counts in proportion (16-bit RGBA: twice), an interlaced one a quarter
-    more: what its decoder inflates and unpacks (a 40 Mpx 16-bit RGBA PNG took 1 s on 2 cores)."""
+    more: what its decoder inflates and unpacks (a 40 Mpx 16-bit RGBA PNG took 1 s on 2 cores).
+    A run-length BMP counts 25 times its pixels: Pillow decodes it in Python."""
     if header.format == "JPEG" and header.scans > 1:
         return header.pixels
-    if header.format == "PNG":
-        return int(header.pixels * max(1.0, header.bits_per_pixel / 32) * (1.25 if header.interlaced else 1))
-    return decoded_pixels(image, pre)
+    if header.format == "PNG":  # the header's size is Pillow's (one IHDR, first); max() keeps that true regardless
+        pixels = max(header.pixels, image.width * image.height)
+        return int(pixels * max(1.0, header.bits_per_pixel / 32) * (1.25 if header.interlaced else 1))
+    return decoded_pixels(image, pre) * header.weight
 
 
 def _decode_all(bodies: list[tuple[bytes, str]], model: Model) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
@@ -194,11 +197,11 @@ def _decode_all(bodies: list[tuple[bytes, str]], model: Model) -> tuple[list[tor
                              "images")
         deadline = time.monotonic() + max_decode_seconds()
         tensors = []
-        for i, (image, _, what) in enumerate(opened):
+        for i, (image, header, what) in enumerate(opened):
             if i and time.monotonic() > deadline:
                 raise error(413, f"decoding took over {max_decode_seconds():g} s (MAX_DECODE_SECONDS) before "
                                  f"{what}; send fewer or smaller images")
-            tensors.append(_tensor(image, model, what))
+            tensors.append(_tensor(image, header, model, what))
     return tensors, [header.upright_size for _, header, _ in opened]
 
 
