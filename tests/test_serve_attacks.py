@@ -72,6 +72,9 @@ ATTACKS = [  # (name, body, content type, status, words of the message)
     ("64 PNGs with EXIF after the pixels", lambda: hostile.amplified_json(64, 6300, late_exif=True),
      "application/json", 413, "MAX_REQUEST_PIXELS"),
     ("GIF with a 4.4 MB comment", hostile.gif_with_huge_comment, "image/gif", 413, "comments"),
+    ("JPEG whose EXIF tags ask 4.5 GB", hostile.amplified_exif, "image/jpeg", 413, "bytes of values"),
+    ("run-length BMP, 36 Mpx in 24 KB", hostile.rle_bmp, "image/bmp", 413, "MAX_REQUEST_PIXELS"),
+    ("JPEG with 6 MB of fill bytes", hostile.jpeg_with_fill_bytes, "image/jpeg", 413, "fill bytes"),
 ]
 
 

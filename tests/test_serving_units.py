@@ -1,5 +1,7 @@
 """Serving's pieces in-process: what a model folder may be, the JVM's bounds, Accept, the request budget."""
+import asyncio
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -361,11 +363,73 @@ def test_the_front_kills_only_its_own_overdue_workers_and_drops_stale_records(tm
         front = Front(tmp_path, tree, multi_model=False, payload_limit=1, request_timeout=1, drain_seconds=1,
                       unhealthy_seconds=30, started=now)
         front.workers_per_model = 2
-        killed, held = front._enforce_deadlines()
-        assert killed == 1 and set(front.overran) == {"1"}
+        held = front._enforce_deadlines()
+        assert set(front.replacing) == {overdue.pid} and set(front.overran) == {"1"}
         assert overdue.wait(5) is not None or not overdue.is_running()
         assert busy.is_running() and psutil.pid_exists(os.getpid())
-        assert held is None  # one live worker held; the dead one's record no longer counts
+        assert [b.pid for b in held] == [busy.pid]  # the dead one's record no longer counts
         assert sorted(b.pid for b in worker_deadlines.read_all(tmp_path)) == [busy.pid]
+        # One worker being replaced and the other held: none can take a request, /ping must say so.
+        assert "replacing the 1 model worker(s) stopped" in front._unavailable(held)
+        assert "1 model worker(s) held by one request for over 2 s" in front._unavailable(held)
+        front.replacing.clear()
+        assert front._unavailable(held) is None  # replaced: one of two free
     finally:
         mms.stop_tree(tree, timeout=2)
+
+
+def _front(tmp_path, workers: int = 1):
+    from image_classifier.serving.front import Front
+    front = Front(tmp_path, subprocess.Popen(["true"]), multi_model=False, payload_limit=1, request_timeout=1,
+                  drain_seconds=1, unhealthy_seconds=30, started=time.monotonic())
+    front.process.wait()
+    front.workers_per_model = workers
+    return front
+
+
+def test_a_long_forward_is_not_held_and_an_overrun_record_expires(tmp_path, monkeypatch):
+    """A forward of many images is ordinary work: only decoding over HELD_SECONDS turns /ping 503."""
+    from image_classifier.serving import front as front_module
+    from image_classifier.serving import worker_deadlines
+    now = time.monotonic()
+    record = worker_deadlines.Busy(os.getpid(), ("7",), worker_deadlines.PREDICT, now - 5, now + 60)
+    monkeypatch.setattr(worker_deadlines, "read_all", lambda run_dir: [record])
+    monkeypatch.setattr(front_module.mms, "descendants", lambda pid: [psutil.Process(os.getpid())])
+    front = _front(tmp_path)
+    assert front._enforce_deadlines() == [] and front._unavailable([]) is None
+    record = dataclasses.replace(record, phase=worker_deadlines.DECODE)
+    assert [b.requests for b in front._enforce_deadlines()] == [("7",)]
+    front.overran["old"] = dataclasses.replace(record, deadline=now - 120)
+    front._enforce_deadlines()
+    assert "old" not in front.overran  # answered by the front's own timeout long ago
+
+
+def test_a_worker_that_ends_before_its_kill_is_still_replaced(tmp_path, monkeypatch):
+    from image_classifier.serving import front as front_module
+    from image_classifier.serving import worker_deadlines
+    now = time.monotonic()
+    record = worker_deadlines.Busy(os.getpid(), ("8",), worker_deadlines.DECODE, now - 9, now - 1)
+    monkeypatch.setattr(worker_deadlines, "read_all", lambda run_dir: [record])
+    monkeypatch.setattr(worker_deadlines, "forget", lambda run_dir, pid: None)
+    monkeypatch.setattr(front_module.mms, "descendants", lambda pid: [psutil.Process(os.getpid())])
+
+    def gone(pid, sig):
+        raise ProcessLookupError(pid)
+    monkeypatch.setattr(front_module.os, "kill", gone)
+    front = _front(tmp_path)
+    assert front._enforce_deadlines() == [] and set(front.replacing) == {os.getpid()}
+    assert front.overran["8"] is record
+
+
+def test_a_failed_watch_stops_serve_with_the_reason(tmp_path):
+    front = _front(tmp_path)
+
+    async def watch():
+        raise RuntimeError("boom")
+
+    async def run():
+        task = asyncio.create_task(watch())
+        task.add_done_callback(front._task_ended)
+        await asyncio.wait_for(front.stopped.wait(), 5)
+    asyncio.run(run())
+    assert front.problem == "the front's watch failed: RuntimeError('boom')"

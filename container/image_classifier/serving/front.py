@@ -99,6 +99,8 @@ class Front:
         self.workers_per_model = mms.workers()  # once: without the setting it asks nvidia-smi
         self.overran: dict[str, worker_deadlines.Busy] = {}  # request id -> the killed worker's record
         self.replacing_until = 0.0  # until then, requests wait for the workers we killed to be replaced
+        self.replacing: dict[int, float] = {}  # pid of a killed worker -> when, until MMS reports all back
+        self.settled_after = 0.0
         self.problem: str | None = None
         self.stopped = asyncio.Event()
 
@@ -158,50 +160,74 @@ class Front:
             loaded, failed = (True, None) if self.multi else model_state.read(self.run_dir)
             if failed:
                 return self.stop(failed)
-            killed, held = self._enforce_deadlines()
-            if killed:  # MMS's status is stale until it notices the dead workers: look again shortly
-                if killed >= self._workers() and health.state in (health.READY, health.BUSY):
-                    health.state, health.down_since = health.DOWN, time.monotonic()
-                    health.reason = f"replacing the {killed} model worker(s) stopped for overrunning their deadline"
-                    health.ready.clear()
-                    log.error("%s; /ping is 503 until one is back", health.reason)
-                await asyncio.sleep(0.5)
-                continue
+            held = self._enforce_deadlines()
             status = await self._mms_status(session)
-            ok = status in HEALTHY and loaded and self.registered.is_set()
             now = time.monotonic()
-            if ok and held and health.state in (health.READY, health.BUSY):
-                if health.state == health.READY:
-                    log.warning("%s; /ping is 503 until one is free", held)
-                health.state, health.reason = health.BUSY, held
-            elif ok and health.state != health.READY:
-                if health.state == health.STARTING:
-                    log.info("%s (%.1f s after `serve` started)", model_state.READY_LINE if not self.multi
-                             else "model server ready for POST /models", now - self.started)
-                elif health.state == health.BUSY:
-                    log.info("a model worker is free again; /ping is 200")
-                else:
-                    log.warning("a model worker answers again after %.1f s; /ping is 200", now - health.down_since)
-                health.state, health.reason = health.READY, ""
-                health.ready.set()
-            elif not ok and health.state in (health.READY, health.BUSY):
-                health.state, health.down_since = health.DOWN, now
-                health.reason = f"no model worker can answer (model server status: {status or 'not answering'})"
-                health.ready.clear()
-                log.error("%s; /ping is 503 until one does", health.reason)
-            elif not ok and health.state == health.DOWN and now - health.down_since > self.unhealthy_seconds:
-                return self.stop(f"no model worker could answer for {self.unhealthy_seconds:g} s (model server "
-                                 f"status: {status or 'not answering'}); stopping so the container is replaced")
+            if status == "Healthy" and self.replacing and now > self.settled_after:
+                log.info("the model server has replaced the %d model worker(s) stopped", len(self.replacing))
+                self.replacing.clear()
+            unavailable = self._unavailable(held)
+            if not (status in HEALTHY and loaded and self.registered.is_set()):
+                state = health.DOWN
+                reason = f"no model worker can answer (model server status: {status or 'not answering'})"
+            elif unavailable:
+                state, reason = (health.DOWN if self.replacing else health.BUSY), unavailable
+            else:
+                state, reason = health.READY, ""
+            if health.state == health.STARTING and state != health.READY:
+                pass  # still loading: STARTING until the first worker answers
+            elif state != health.state:
+                self._become(state, reason, now)
+            elif state == health.DOWN and now - health.down_since > self.unhealthy_seconds:
+                return self.stop(f"no model worker could answer for {self.unhealthy_seconds:g} s ({health.reason}); "
+                                 "stopping so the container is replaced")
+            else:
+                health.reason = reason
             await asyncio.sleep(0.1 if health.state == health.STARTING else 0.25)
+
+    def _become(self, state: str, reason: str, now: float) -> None:
+        health = self.health
+        if state == health.READY:
+            if health.state == health.STARTING:
+                log.info("%s (%.1f s after `serve` started)", model_state.READY_LINE if not self.multi
+                         else "model server ready for POST /models", now - self.started)
+            elif health.state == health.BUSY:
+                log.info("a model worker is free again; /ping is 200")
+            else:
+                log.warning("a model worker answers again after %.1f s; /ping is 200", now - health.down_since)
+            health.ready.set()
+        elif state == health.BUSY:
+            log.warning("%s; /ping is 503 until one is free", reason)
+        else:
+            health.down_since = now
+            health.ready.clear()
+            log.error("%s; /ping is 503 until one is back", reason)
+        health.state, health.reason = state, reason
 
     def _workers(self) -> int:
         return self.workers_per_model * max(1, len(self.models))
 
-    def _enforce_deadlines(self) -> tuple[int, str | None]:
+    def _unavailable(self, held: list[worker_deadlines.Busy]) -> str | None:
+        """Why no worker can take a request now, or None: the workers killed and not yet replaced,
+        and those held by one request's decoding for over HELD_SECONDS, are all of them. (A long
+        forward is the model's ordinary work, bounded by its own deadline: not counted.)"""
+        workers = self._workers()
+        if len(self.replacing) + len(held) < workers:
+            return None
+        parts = [f"replacing the {len(self.replacing)} model worker(s) stopped for overrunning their deadline"
+                 ] if self.replacing else []
+        if held:
+            parts.append(f"{len(held)} model worker(s) held by one request for over {HELD_SECONDS:g} s of decoding")
+        return f"{'; '.join(parts)} (of {workers}); requests queue until one is free"
+
+    def _enforce_deadlines(self) -> list[worker_deadlines.Busy]:
         """SIGKILL every worker past its phase's deadline (worker_deadlines.py; MMS starts another)
-        and remember the requests it held, to answer them. Returns how many were killed, and why
-        /ping should be 503 when every worker is held by one request for over HELD_SECONDS."""
+        and remember the requests it held, to answer them. Returns the live workers held by one
+        request's decoding for over HELD_SECONDS."""
         now = time.monotonic()
+        self.replacing = {pid: at for pid, at in self.replacing.items() if now - at < self.unhealthy_seconds}
+        for request in [r for r, b in self.overran.items() if now - b.deadline > self.request_timeout + 60]:
+            del self.overran[request]  # answered by the front's own timeout instead
         records = worker_deadlines.read_all(self.run_dir)
         if any(now > b.deadline or now - b.since > HELD_SECONDS for b in records):
             # Never a pid we did not start; and a record whose worker died otherwise (killed by
@@ -210,21 +236,22 @@ class Front:
             for busy in [b for b in records if b.pid not in ours]:
                 worker_deadlines.forget(self.run_dir, busy.pid)
                 records.remove(busy)
-        overdue, killed = [b for b in records if now > b.deadline], 0
+        overdue = [b for b in records if now > b.deadline]
         for busy in overdue:
             worker_deadlines.forget(self.run_dir, busy.pid)
             for request in busy.requests:
                 self.overran[request] = busy  # before the kill: MMS answers its requests at once
-            os.kill(busy.pid, signal.SIGKILL)
-            killed += 1
-            self.replacing_until = time.monotonic() + self.unhealthy_seconds
+            try:
+                os.kill(busy.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it ended by itself in between: MMS replaces it all the same
+            self.replacing[busy.pid] = now
+            self.settled_after = now + 0.5  # MMS's status is stale until it notices the dead worker
+            self.replacing_until = now + self.unhealthy_seconds
             log.error("a model worker (pid %d) spent over %.1f s on request(s) %s (%s); killed it, the model "
                       "server starts another", busy.pid, now - busy.since, ", ".join(busy.requests), busy.phase)
-        held = [b for b in records if b not in overdue and now - b.since > HELD_SECONDS]
-        if len(held) < self._workers():
-            return killed, None
-        return killed, (f"every model worker ({len(held)}) has been held by one request for over {HELD_SECONDS:g} s; "
-                        "requests queue until one is free")
+        return [b for b in records if b not in overdue and b.phase == worker_deadlines.DECODE
+                and now - b.since > HELD_SECONDS]
 
     # --- requests --------------------------------------------------------------------------------
     async def _body(self, request: web.Request) -> bytes:
@@ -439,6 +466,8 @@ class Front:
         tasks = [asyncio.create_task(self.watch(app["inference"]))]
         if self.register:
             tasks.append(asyncio.create_task(self.register_model(app["management"])))
+        for task in tasks:
+            task.add_done_callback(self._task_ended)
         await self.stopped.wait()
         for task in tasks:
             task.cancel()
@@ -450,6 +479,12 @@ class Front:
         for key in ("inference", "management"):
             await app[key].close()
         return self.problem
+
+    def _task_ended(self, task: asyncio.Task) -> None:
+        """A watch that dies leaves /ping frozen and deadlines unenforced: stop instead, with the reason."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the front's %s failed: %r", task.get_coro().__name__, task.exception())
+            self.stop(f"the front's {task.get_coro().__name__} failed: {task.exception()!r}")
 
     def _signalled(self, signum: int) -> None:
         log.info("signal %d: stopping", signum)

@@ -40,7 +40,7 @@ def _descriptor(folder: Path) -> int:
     """The record file, opened once per process (MMS forks workers: a child opens its own)."""
     global _file
     if _file is None or _file[0] != os.getpid():
-        _file = os.getpid(), os.open(folder / f"{PREFIX}{os.getpid()}", os.O_WRONLY | os.O_CREAT, 0o600)
+        _file = os.getpid(), os.open(folder / f"{PREFIX}{os.getpid()}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     return _file[1]
 
 
