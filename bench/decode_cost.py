@@ -36,14 +36,15 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
 
 
 def cases(side: int, photo: bytes) -> list[tuple[str, bytes, str]]:
-    half = int(side / 2 ** 0.5)  # 16-bit RGBA counts twice
+    rgba8, rgba16 = int(side * (3 / 4) ** 0.5), int(side * (3 / 8) ** 0.5)  # count 4/3 and 8/3 of their pixels
     return [
         ("baseline: a real photo (imagewoof10 test JPEG)", photo, "image/jpeg"),
         (f"1-bit PNG {side}x{side}", hostile.one_bit_png(side), "image/png"),
-        (f"8-bit RGBA PNG {side}x{side}", hostile.deep_png(side, 8), "image/png"),
-        (f"8-bit RGBA PNG {int(side / 1.25 ** 0.5)}^2, interlaced", hostile.deep_png(int(side / 1.25 ** 0.5), 8,
-                                                                                       interlaced=True), "image/png"),
-        (f"16-bit RGBA PNG {half}x{half}", hostile.deep_png(half), "image/png"),
+        (f"8-bit RGBA PNG {rgba8}x{rgba8}", hostile.deep_png(rgba8, 8), "image/png"),
+        (f"8-bit RGBA PNG {int(rgba8 / 1.25 ** 0.5)}^2, interlaced", hostile.deep_png(int(rgba8 / 1.25 ** 0.5), 8,
+                                                                                        interlaced=True), "image/png"),
+        (f"8-bit RGB PNG {side}x{side}", hostile.deep_png(side, 8, 2), "image/png"),
+        (f"16-bit RGBA PNG {rgba16}x{rgba16}", hostile.deep_png(rgba16), "image/png"),
         (f"progressive colour JPEG {side}x{side}, 64 scans",
          hostile.progressive_jpeg_repeated_scans(side, 54, "RGB"), "image/jpeg"),
         (f"baseline colour JPEG {side}x{side}", encode(Image.new("RGB", (side, side), "red"), "JPEG"), "image/jpeg"),
@@ -52,7 +53,13 @@ def cases(side: int, photo: bytes) -> list[tuple[str, bytes, str]]:
          "image/tiff"),
         (f"WebP lossless {min(16383, side * side // 2420)}x2420",
          encode(Image.new("RGB", (min(16383, side * side // 2420), 2420)), "WEBP", lossless=True), "image/webp"),
+        (f"run-length BMP {side // 5}x{side // 5} (counts 25 times)", hostile.rle_bmp(side // 5), "image/bmp"),
+        ("BMP 1400x1400 (5.9 MB: near the payload limit)", encode(Image.new("RGB", (1400, 1400)), "BMP"), "image/bmp"),
         ("refused: progressive JPEG, 400,000 scans", hostile.progressive_jpeg_repeated_scans(), "image/jpeg"),
+        ("refused: JPEG whose EXIF tags ask 4.5 GB", hostile.amplified_exif("jpeg"), "image/jpeg"),
+        ("refused: TIFF whose Exif directory asks 4.5 GB", hostile.amplified_exif("tiff"), "image/tiff"),
+        ("refused: run-length BMP 6000x6000 in 24 KB", hostile.rle_bmp(), "image/bmp"),
+        ("refused: JPEG with 6 MB of fill bytes", hostile.jpeg_with_fill_bytes(), "image/jpeg"),
         ("refused: GIF with a 4.4 MB comment", hostile.gif_with_huge_comment(), "image/gif"),
         ("refused: ICO holding a 60000x60000 PNG", hostile.ico_with_huge_png(), "image/x-icon"),
     ]

@@ -218,12 +218,18 @@ ATTACKS = [  # (what, body, Content-Type, expected status)
     ("64 PNGs of 39.7 Mpx, EXIF after the pixels", lambda: hostile.amplified_json(64, 6300, late_exif=True),
      "application/json", 413),
     ("GIF with a 4.4 MB comment", hostile.gif_with_huge_comment, "image/gif", 413),
-    ("16-bit RGBA PNG, 39.7 Mpx (counts twice)", lambda: hostile.deep_png(6300), "image/png", 413),
+    ("8-bit RGBA PNG, 39.7 Mpx (counts 4/3)", lambda: hostile.deep_png(6300, 8), "image/png", 413),
+    ("16-bit RGBA PNG, 39.7 Mpx (counts 8/3)", lambda: hostile.deep_png(6300), "image/png", 413),
+    ("JPEG whose EXIF tags ask 4.5 GB", hostile.amplified_exif, "image/jpeg", 413),
+    ("run-length BMP, 36 Mpx in 24 KB", hostile.rle_bmp, "image/bmp", 413),
+    ("JPEG with 6 MB of fill bytes", hostile.jpeg_with_fill_bytes, "image/jpeg", 413),
     ("admitted: 1-bit PNG, 39.7 Mpx", lambda: hostile.one_bit_png(6300), "image/png", 200),
     ("admitted: progressive colour JPEG, 39.7 Mpx, 64 scans",
      lambda: hostile.progressive_jpeg_repeated_scans(6300, 54, "RGB"), "image/jpeg", 200),
-    ("admitted: 8-bit RGBA PNG, 39.7 Mpx", lambda: hostile.deep_png(6300, 8), "image/png", 200),
-    ("admitted: 16-bit RGBA PNG, 19.4 Mpx", lambda: hostile.deep_png(4400), "image/png", 200),
+    ("admitted: 8-bit RGBA PNG, 29.8 Mpx", lambda: hostile.deep_png(5455, 8), "image/png", 200),
+    ("admitted: 8-bit RGB PNG, 39.7 Mpx", lambda: hostile.deep_png(6300, 8, 2), "image/png", 200),
+    ("admitted: 16-bit RGBA PNG, 14.9 Mpx", lambda: hostile.deep_png(3857), "image/png", 200),
+    ("admitted: run-length BMP, 1.6 Mpx (counts 25 times)", lambda: hostile.rle_bmp(1260), "image/bmp", 200),
 ]
 
 

@@ -81,9 +81,10 @@ ATTACKS = {  # name: (body, content type, status, words of the message)
     "tiff-1M-strips": (lambda: tiff_with_strips(1_000_000), "image/tiff", 413, "strips or tiles"),
     "bmp-100000-square": (lambda: bmp_header(100_000, 100_000), "image/bmp", 413, "the limit is 40000000"),
     "png-one-bit-7000": (lambda: hostile.one_bit_png(7000), "image/png", 413, "the limit is 40000000"),
-    "png-16-bit-rgba-4500": (lambda: hostile.deep_png(4500), "image/png", 413, "count as 40500000 pixels"),
-    "png-16-bit-rgba-interlaced-4100": (lambda: hostile.deep_png(4100, interlaced=True), "image/png", 413,
-                                        "count as 42025000 pixels"),
+    "png-8-bit-rgba-5500": (lambda: hostile.deep_png(5500, 8), "image/png", 413, "count as 40333333 pixels"),
+    "png-16-bit-rgba-3900": (lambda: hostile.deep_png(3900), "image/png", 413, "count as 40560000 pixels"),
+    "png-16-bit-rgba-interlaced-3500": (lambda: hostile.deep_png(3500, interlaced=True), "image/png", 413,
+                                        "count as 40833332 pixels"),
     "jpeg-6MB-of-fill-bytes": (lambda: hostile.jpeg_with_fill_bytes(), "image/jpeg", 413, "fill bytes"),
     "bmp-rle8-1300-square": (lambda: hostile.rle_bmp(1300), "image/bmp", 413, "count as 42250000 pixels"),
     "bmp-rle4-6000-square": (lambda: hostile.rle_bmp(6000, rle4=True), "image/bmp", 413, "count as 900000000"),
@@ -141,15 +142,15 @@ def test_formats_outside_the_allow_list_never_reach_their_plugin(small_model, mo
 
 
 def test_a_png_counts_what_its_decoder_inflates(small_model):
-    """20 Mpx of 16-bit RGBA (64 bits a pixel) count as 40 Mpx; 8-bit RGBA and 1-bit count as
-    their pixels; Adam7 interlacing a quarter more."""
+    """Pixels of over 24 bits count in proportion: 16-bit RGBA (64 bits) 8/3, 8-bit RGBA 4/3; 8-bit
+    RGB and 1-bit count as their pixels; Adam7 interlacing a quarter more."""
     cost = {}
     for name, body in [("rgba16", hostile.deep_png(300)), ("rgba16-adam7", hostile.deep_png(300, interlaced=True)),
                        ("rgba8", hostile.deep_png(300, 8)), ("grey1", hostile.deep_png(300, 1, 0)),
                        ("rgb16", hostile.deep_png(300, 16, 2))]:
         image, header = inference._open(body, name)
         cost[name] = inference.decode_cost(image, header, small_model.preprocessing)
-    assert cost == {"rgba16": 180_000, "rgba16-adam7": 225_000, "rgba8": 90_000, "grey1": 90_000, "rgb16": 135_000}
+    assert cost == {"rgba16": 240_000, "rgba16-adam7": 300_000, "rgba8": 120_000, "grey1": 90_000, "rgb16": 180_000}
 
 
 def test_a_camera_mpo_is_a_jpeg_drafted_to_its_first_picture(small_model):
