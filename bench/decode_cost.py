@@ -55,8 +55,12 @@ def cases(side: int, photo: bytes) -> list[tuple[str, bytes, str]]:
          encode(Image.new("RGB", (min(16383, side * side // 2420), 2420)), "WEBP", lossless=True), "image/webp"),
         (f"run-length BMP {side // 5}x{side // 5} (counts 25 times)", hostile.rle_bmp(side // 5), "image/bmp"),
         ("BMP 1400x1400 (5.9 MB: near the payload limit)", encode(Image.new("RGB", (1400, 1400)), "BMP"), "image/bmp"),
+        ("TIFF 8x8 with 131,080 numbers in its tags", hostile.amplified_exif("tiff", 16, 65_000, value_type=5),
+         "image/tiff"),
+        ("JPEG 8x8 whose EXIF tags ask 4.5 GB (kept from Pillow)", hostile.amplified_exif("jpeg"), "image/jpeg"),
+        ("JPEG 64x64 whose MPF index is 800,000 rationals (kept from Pillow)", hostile.jpeg_with_mpf(), "image/jpeg"),
         ("refused: progressive JPEG, 400,000 scans", hostile.progressive_jpeg_repeated_scans(), "image/jpeg"),
-        ("refused: JPEG whose EXIF tags ask 4.5 GB", hostile.amplified_exif("jpeg"), "image/jpeg"),
+
         ("refused: TIFF whose Exif directory asks 4.5 GB", hostile.amplified_exif("tiff"), "image/tiff"),
         ("refused: run-length BMP 6000x6000 in 24 KB", hostile.rle_bmp(), "image/bmp"),
         ("refused: JPEG with 6 MB of fill bytes", hostile.jpeg_with_fill_bytes(), "image/jpeg"),

@@ -88,9 +88,19 @@ ATTACKS = {  # name: (body, content type, status, words of the message)
     "jpeg-6MB-of-fill-bytes": (lambda: hostile.jpeg_with_fill_bytes(), "image/jpeg", 413, "fill bytes"),
     "bmp-rle8-1300-square": (lambda: hostile.rle_bmp(1300), "image/bmp", 413, "count as 42250000 pixels"),
     "bmp-rle4-6000-square": (lambda: hostile.rle_bmp(6000, rle4=True), "image/bmp", 413, "count as 900000000"),
-    **{f"{kind}-exif-4.5GB-of-tag-values": (lambda kind=kind: hostile.amplified_exif(kind), f"image/{kind}", 413,
-                                            "4500000000 bytes of values") for kind in ("jpeg", "png", "webp", "tiff")},
+    "tiff-exif-4.5GB-of-tag-values": (lambda: hostile.amplified_exif("tiff"), "image/tiff", 413,
+                                      "4500000000 bytes of values"),
+    "tiff-200000-numbers": (lambda: hostile.amplified_exif("tiff", tags=200, blob=2000, value_type=3), "image/tiff",
+                            413, "200008 numbers"),
+    "tiff-interop-outside-exif": (lambda: tiff_with_interop_in_ifd0(), "image/tiff", 400, "Interop directory"),
 }
+
+
+def tiff_with_interop_in_ifd0() -> bytes:
+    """Pillow's load fails on it with a KeyError: a 500 had it reached the decoder."""
+    body = bytearray(hostile.amplified_exif("tiff", tags=2, blob=16))
+    struct.pack_into("<HHII", body, 8 + 2 + 12 * 9, 0xA005, 4, 1, 8)  # in place of the Exif pointer
+    return bytes(body)
 
 
 @pytest.mark.parametrize("name", ATTACKS)
@@ -158,26 +168,37 @@ def test_a_camera_mpo_is_a_jpeg_drafted_to_its_first_picture(small_model):
     black = Image.new("RGB", (4000, 3000))
     Image.new("RGB", (4000, 3000), "red").save(buf, "MPO", save_all=True, append_images=[black])
     image, header = inference._open(buf.getvalue(), "body")
-    assert (image.format, header.format) == ("MPO", "JPEG")
+    assert (image.format, header.format) == ("JPEG", "JPEG")  # the MPF index is kept from the decoder
     assert inference.decode_cost(image, header, small_model.preprocessing) < 4000 * 3000 / 50  # drafted
     batch = inference.input_fn(buf.getvalue(), "image/jpeg", model=small_model)
     assert batch.sizes == [(4000, 3000)] and float(batch.images[0, 0].mean()) > 0.9  # the red one, not the black
 
 
-def test_serving_reads_no_exif_through_pillow(small_model, monkeypatch):
-    """Orientation is the header's (EXIF, else XMP), so Pillow never parses an EXIF block while
-    serving: its parser copies each tag's value out, the amplification the header's cap counts."""
+def test_serving_parses_no_embedded_exif_or_mpf_through_pillow(small_model, monkeypatch):
+    """Orientation is the header's (EXIF, else XMP) and a JPEG reaches Pillow without its EXIF and
+    MPF segments, so Pillow's tag parser (a copy, or a Python object, per value) never runs on an
+    embedded block: each attack below, hours of work or gigabytes for it, is served at once."""
+    from PIL import TiffImagePlugin
     monkeypatch.setattr(Image.Image, "getexif", lambda self: pytest.fail("getexif() was called"))
-    for kind in ("jpeg", "png", "webp"):
-        body = hostile.amplified_exif(kind, tags=3, blob=1000)
-        if kind == "jpeg":  # a JFIF density in dots per inch: Pillow's open then reads no EXIF for DPI
-            body = body[:2] + b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x01\x00\x48\x00\x48\x00\x00" + body[2:]
-        assert inference.input_fn(body, f"image/{kind}", model=small_model).sizes == [(8, 8)]
+    monkeypatch.setattr(TiffImagePlugin.ImageFileDirectory_v2, "load",
+                        lambda self, fp: pytest.fail("Pillow parsed a tag directory"))
+    for kind in ("jpeg", "png", "webp"):  # 4.5 GB of tag values each; orientation 6 of an 8x8 image
+        assert inference.input_fn(hostile.amplified_exif(kind), f"image/{kind}", model=small_model).sizes == [(8, 8)]
+    assert inference.input_fn(hostile.jpeg_with_mpf(), "image/jpeg", model=small_model).sizes == [(64, 64)]
     wide = io.BytesIO()
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.new("RGB", (60, 20), "red").save(wide, "PNG", exif=exif)
     assert inference.input_fn(wide.getvalue(), "image/png", model=small_model).sizes == [(20, 60)]
+
+
+def test_a_tiff_counts_the_numbers_pillow_unpacks_from_its_tags(small_model):
+    body = hostile.amplified_exif("tiff", tags=10, blob=8_000, value_type=5)  # 10,000 rationals
+    image, header = inference._open(body, "body")
+    assert inference.decode_cost(image, header, small_model.preprocessing) == 8 * 8 + 10_008 * 200
+    with pytest.raises(GenericInferenceToolkitError) as e:  # 20 copies: 40.03 M, over the budget
+        inference.input_fn(json_body(*[body] * 20), "application/json", model=small_model)
+    assert e.value.status_code == 413 and "count as 40033280 pixels" in e.value.message
 
 
 def test_a_small_run_length_bmp_is_served(small_model):

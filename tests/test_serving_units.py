@@ -433,3 +433,15 @@ def test_a_failed_watch_stops_serve_with_the_reason(tmp_path):
         await asyncio.wait_for(front.stopped.wait(), 5)
     asyncio.run(run())
     assert front.problem == "the front's watch failed: RuntimeError('boom')"
+
+
+def test_replaced_workers_are_counted_back_as_the_model_server_reports_them(tmp_path):
+    """Two of three workers killed: "Partial Healthy" means at least one is back (so at most two
+    still being replaced, the oldest counted back first); "Healthy" means all are."""
+    front = _front(tmp_path, workers=3)
+    front.replacing = {101: 1.0, 102: 2.0, 103: 3.0}
+    front._replaced("Partial Healthy")
+    assert front.replacing == {102: 2.0, 103: 3.0}
+    assert front._unavailable([]) is None  # one of three free
+    front._replaced("Healthy")
+    assert front.replacing == {}

@@ -7,7 +7,9 @@ once per scan (a progressive JPEG may repeat a scan header 400,000 times in 4 MB
 walked here first, marker by marker or chunk by chunk, without decompressing anything, and refused
 unless it is one of FORMATS with a size, a scan count and metadata within the caps below. Only
 then is it handed to Pillow, and only to the plugin of the format found here
-(`Image.open(..., formats=[header.format])`).
+(`Image.open(..., formats=[header.format])`), and without the parts Pillow would parse at a cost
+their size does not bound (a JPEG's EXIF and MPF segments: Header.for_decoder); the orientation
+serving needs is read here instead, as Pillow reads it.
 
 The walk costs at most one step per structural entry, and entries are capped (MAX_ENTRIES): a
 file of a few MB cannot make it slow.
@@ -63,6 +65,8 @@ class Header:
     bits_per_pixel: int = 0  # PNG: what its decoder inflates per pixel (0: not known)
     interlaced: bool = False  # PNG: Adam7, decoded in seven passes
     weight: int = 1  # what a pixel costs against a C decoder's (BMP RLE: Pillow decodes it in Python)
+    values: int = 0  # TIFF: numbers in its tags, each unpacked into a Python object while it loads
+    drop: tuple[tuple[int, int], ...] = ()  # byte spans the decoder does not get (for_decoder)
 
     @property
     def pixels(self) -> int:
@@ -72,6 +76,19 @@ class Header:
     def upright_size(self) -> tuple[int, int]:
         """(width, height) once the EXIF orientation is applied."""
         return (self.height, self.width) if self.orientation in SWAPS_AXES else (self.width, self.height)
+
+    def for_decoder(self, data: bytes) -> bytes:
+        """The file as the decoder gets it: a JPEG without its EXIF and MPF segments, which Pillow
+        would otherwise parse inside Image.open (EXIF for a DPI, MPF for the pictures of an MPO),
+        at a cost their size does not bound. The walk has read what serving needs from them."""
+        if not self.drop:
+            return data
+        kept, last = [], 0
+        for start, end in self.drop:
+            kept.append(data[last:start])
+            last = end
+        kept.append(data[last:])
+        return b"".join(kept)
 
 
 def read(data: bytes) -> Header:
@@ -108,7 +125,7 @@ MAX_JPEG_FILL_BYTES = 64 * 1024  # Pillow's Image.open skips them in Python: 6 M
 
 def _jpeg(data: bytes) -> Header:
     header, pos, entries = None, 2, 0
-    exif, xmp = b"", None
+    exif, xmp, drop = b"", None, []
     metadata = scans = fill = 0
     while pos < len(data):
         entries += 1
@@ -121,7 +138,7 @@ def _jpeg(data: bytes) -> Header:
             raise too_costly(f"the JPEG has over {MAX_JPEG_FILL_BYTES} fill bytes between its markers")
         pos = run
         marker = data[pos]
-        pos += 1
+        start, pos = pos - 1, pos + 1
         if marker == 0xD9:  # EOI
             break
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
@@ -138,9 +155,12 @@ def _jpeg(data: bytes) -> Header:
         elif 0xE0 <= marker <= 0xEF or marker == 0xFE:
             metadata += length
             if marker == 0xE1 and segment.startswith(b"Exif\0\0"):
-                exif += segment[6:]  # Pillow joins every EXIF segment into one block
-            elif marker == 0xE1 and segment.startswith(_JPEG_XMP) and xmp is None:
-                xmp = segment
+                exif += segment if not exif else segment[6:]  # Pillow joins every EXIF segment into one block
+                drop.append((start, pos))
+            elif marker == 0xE2 and segment.startswith(b"MPF\0"):
+                drop.append((start, pos))
+            elif marker == 0xE1 and segment.startswith(_JPEG_XMP):
+                xmp = segment  # Pillow keeps the last
         elif marker == 0xDA:
             scans += 1
             if scans > MAX_JPEG_SCANS:
@@ -150,8 +170,8 @@ def _jpeg(data: bytes) -> Header:
             pos = found.start() if found else len(data)
     if header is None:
         raise Refused("the JPEG has no frame header")
-    header.scans, header.metadata = max(scans, 1), metadata
-    header.orientation = _orientation(_exif_tags(exif)[0], xmp)
+    header.scans, header.metadata, header.drop = max(scans, 1), metadata, tuple(drop)
+    header.orientation = _orientation(_embedded_orientation(exif), xmp)
     return header
 
 
@@ -160,7 +180,7 @@ _PNG_METADATA = {b"tEXt", b"zTXt", b"iTXt", b"iCCP", b"eXIf"}
 
 
 def _png(data: bytes) -> Header:
-    pos, entries, metadata, exif, xmp, header = 8, 0, 0, None, None, None
+    pos, entries, metadata, exif, xmp, header, raw_exif = 8, 0, 0, None, None, None, None
     while pos + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
         body = data[pos + 8:pos + 8 + length]
@@ -176,6 +196,8 @@ def _png(data: bytes) -> Header:
                 exif = body  # Pillow keeps the last
             elif kind == b"iTXt" and body.startswith(b"XML:com.adobe.xmp\0") and xmp is None:
                 xmp = _png_text(body)
+            elif kind in (b"tEXt", b"zTXt") and body.startswith(_RAW_EXIF) and raw_exif is None:
+                raw_exif = _raw_profile(body, kind == b"zTXt")
         elif kind == b"IEND":
             break
         if kind not in (b"IDAT", b"fdAT"):  # image data may come in many chunks; Pillow streams them
@@ -184,8 +206,23 @@ def _png(data: bytes) -> Header:
         pos += 12 + length
     if header is None:
         raise Refused("the PNG has no IHDR chunk")
-    header.metadata, header.orientation = metadata, _orientation(_exif_tags(exif)[0], xmp)
+    # Pillow reads ImageMagick's hex "Raw profile type exif" text only when there is no eXIf
+    header.metadata, header.orientation = metadata, _orientation(_embedded_orientation(exif or raw_exif), xmp)
     return header
+
+
+_RAW_EXIF = b"Raw profile type exif\0"
+
+
+def _raw_profile(body: bytes, compressed: bool) -> bytes | None:
+    """ImageMagick's EXIF in a PNG text chunk: a header of three lines, then hex (as Pillow reads it)."""
+    text = body[len(_RAW_EXIF) + compressed:]
+    try:
+        if compressed:
+            text = zlib.decompressobj().decompress(text, 2 * MAX_METADATA_BYTES + 100)
+        return bytes.fromhex("".join(text.decode("latin-1").split("\n")[3:]))
+    except (zlib.error, ValueError):
+        return None
 
 
 def _png_text(body: bytes) -> bytes:
@@ -240,6 +277,7 @@ def _webp(data: bytes) -> Header:
     if data[8:12] != b"WEBP":
         raise Refused(f"not an image in a served format ({SHOWN})")
     pos, entries, metadata, exif, xmp, size = 12, 0, 0, None, None, None
+    extended = data[12:16] == b"VP8X"
     while pos + 8 <= len(data):
         entries += 1
         _entries(entries, "the WebP")
@@ -258,13 +296,15 @@ def _webp(data: bytes) -> Header:
         elif kind in (b"ICCP", b"EXIF", b"XMP "):
             metadata += length
             if kind == b"EXIF" and exif is None:
-                exif = body[6:] if body.startswith(b"Exif\0\0") else body
+                exif = body
             elif kind == b"XMP " and xmp is None:
                 xmp = body
         pos += 8 + length + (length & 1)
     if size is None:
         raise Refused("the WebP has no image")
-    return Header("WEBP", *size, orientation=_orientation(_exif_tags(exif)[0], xmp), metadata=metadata)
+    if not extended:  # libwebp reads metadata chunks only in the extended format (a VP8X chunk first)
+        exif = xmp = None
+    return Header("WEBP", *size, orientation=_orientation(_embedded_orientation(exif), xmp), metadata=metadata)
 
 
 # --- BMP ------------------------------------------------------------------------------------------
@@ -283,88 +323,104 @@ def _bmp(data: bytes) -> Header:
 
 
 # --- TIFF, and the TIFF structure inside EXIF blocks -------------------------------------------------
-_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+_NUMBERS = {3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 16, 17, 18}  # unpacked a number at a time (bytes and text are not)
 _STRIPS = (273, 279, 324, 325)  # strip/tile offsets and byte counts: image data, not metadata
-# Directories Pillow loads besides IFD0 (Exif.get_ifd, and every one a TIFF names while it loads):
-# Exif, GPS, and Interop (found inside the Exif directory).
-_SUB_IFDS = (0x8769, 0x8825, 0xA005)
+# Directories Pillow loads besides IFD0 while it loads a TIFF (TiffTags.TAGS_V2_GROUPS): Exif, GPS,
+# and Interop, which Exif.get_ifd looks up inside the Exif directory.
+EXIF_IFD, GPS_IFD, INTEROP_IFD = 0x8769, 0x8825, 0xA005
 _XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')  # the pattern Image.getexif() uses
+MAX_TIFF_VALUES = 1 << 17  # numbers in a TIFF's tags; each also counts in the request's cost
 
 
 @dataclasses.dataclass
-class _Tiff:
-    tags: dict[int, tuple[int, int, int]]  # IFD0: {tag: (type, count, first value)}
-    values: int  # bytes of out-of-line values in IFD0 and the sub-directories, image data excluded
+class _Directory:
+    tags: dict[int, tuple[int, int, int]]  # {tag: (type, count, first value or offset)}
+    value_bytes: int = 0  # bytes Pillow copies out for the values that do not fit in their entries
+    numbers: int = 0  # numbers Pillow unpacks
 
 
-def _ifd(data: bytes, order: str, offset: int) -> tuple[dict[int, tuple[int, int, int]], int]:
-    """One directory: ({tag: (type, count, first value)}, bytes Pillow copies out for its values).
-
-    Pillow reads each value that does not fit in its entry as a separate copy, so a thousand tags
-    that all point at one 500 KB blob cost 500 MB: values are counted per tag, not per byte of file.
-    A value reaching past the end is skipped by Pillow too ("Possibly corrupt EXIF data")."""
+def _ifd(data: bytes, order: str, offset: int) -> _Directory:
+    """One directory of a TIFF file, read as Pillow's ImageFileDirectory_v2 reads it: each value
+    that does not fit in its entry is a separate copy, so a thousand tags that all point at one
+    500 KB blob cost 500 MB: values are counted per tag, not per byte of file."""
     (count,) = struct.unpack_from(order + "H", data, offset)
     _entries(count, "the TIFF directory")
-    tags, values = {}, 0
+    found = _Directory({})
     for i in range(count):
         tag, kind, n = struct.unpack_from(order + "HHI", data, offset + 2 + 12 * i)
-        value = struct.unpack_from(order + ("H" if kind == 3 else "I"), data, offset + 10 + 12 * i)[0]
-        tags[tag] = (kind, n, value)
         size = _TYPE_SIZES.get(kind, 1) * n
-        if size > 4 and tag not in _STRIPS:
-            pointer = struct.unpack_from(order + "I", data, offset + 10 + 12 * i)[0]
-            values += size if pointer + size <= len(data) else 0
-    return tags, values
+        value = struct.unpack_from(order + ("H" if kind == 3 else "I"), data, offset + 10 + 12 * i)[0]
+        found.tags[tag] = (kind, n, value)
+        if tag in _STRIPS or (size > 4 and value + size > len(data)):  # Pillow skips a value past the end
+            continue
+        found.value_bytes += size if size > 4 else 0
+        found.numbers += n if kind in _NUMBERS else 0
+    return found
 
 
-def _tiff_structure(data: bytes) -> _Tiff:
-    """IFD0 of a TIFF structure (a TIFF file, or an EXIF block), with the value bytes of it and
-    of the sub-directories Pillow loads."""
-    order = {b"II": "<", b"MM": ">"}.get(data[:2])
-    if order is None or struct.unpack_from(order + "H", data, 2)[0] != 42:
-        raise Refused("the TIFF structure is not classic TIFF (BigTIFF is not served)")
-    tags, values = _ifd(data, order, struct.unpack_from(order + "I", data, 4)[0])
-    pending, seen = [tags], set()
-    while pending:
-        directory = pending.pop()
-        for tag in _SUB_IFDS:
-            if tag in directory and directory[tag][2] not in seen:
-                seen.add(directory[tag][2])
-                try:
-                    sub, more = _ifd(data, order, directory[tag][2])
-                except struct.error:
-                    continue  # Pillow skips a directory it cannot read
-                values += more
-                pending.append(sub)
-    if values > MAX_METADATA_BYTES:
-        raise too_costly(f"the image's EXIF or TIFF tags hold {values} bytes of values (each copied out once per "
-                         f"tag that points at it); the limit is {MAX_METADATA_BYTES}")
-    return _Tiff(tags, values)
+def _tiff_structure(data: bytes) -> _Directory:
+    """A TIFF file's IFD0, with the value bytes and numbers of it and of the directories Pillow
+    loads with the pixels. Those must be well-formed: Pillow would read them, or fail with a 500."""
+    order = "<" if data[:2] == b"II" else ">"
+    ifd0 = _ifd(data, order, struct.unpack_from(order + "I", data, 4)[0])
+    total = dataclasses.replace(ifd0)
+    directories = {0: ifd0}
+    for parent, tag in ((0, EXIF_IFD), (0, GPS_IFD), (EXIF_IFD, INTEROP_IFD)):
+        if parent not in directories or tag not in directories[parent].tags:
+            continue
+        kind, n, offset = directories[parent].tags[tag]
+        if kind not in (4, 13) or n != 1:
+            raise Refused(f"the TIFF's pointer to its {_NAMES[tag]} directory is malformed")
+        try:
+            directories[tag] = sub = _ifd(data, order, offset)
+        except struct.error:
+            raise Refused(f"the TIFF's {_NAMES[tag]} directory is truncated") from None
+        total.value_bytes += sub.value_bytes
+        total.numbers += sub.numbers
+    if INTEROP_IFD in ifd0.tags and INTEROP_IFD not in directories:  # Pillow fails on it with a KeyError
+        raise Refused("the TIFF names an Interop directory outside its Exif directory")
+    if total.value_bytes > MAX_METADATA_BYTES:
+        raise too_costly(f"the TIFF's tags hold {total.value_bytes} bytes of values (each copied out once per tag "
+                         f"that points at it); the limit is {MAX_METADATA_BYTES}")
+    if total.numbers > MAX_TIFF_VALUES:
+        raise too_costly(f"the TIFF's tags hold {total.numbers} numbers; the limit is {MAX_TIFF_VALUES}")
+    return total
 
 
-def _orientation(tags: dict, xmp: bytes | None = None) -> int:
-    """EXIF orientation, else XMP's tiff:Orientation (as Image.getexif()); 1 when neither says."""
-    if ORIENTATION in tags:
-        orientation = tags[ORIENTATION][2]
-    else:
-        found = _XMP_ORIENTATION.search(xmp) if xmp else None
-        orientation = int(found[2]) if found else 1
-    return orientation if 1 <= orientation <= 8 else 1
+_NAMES = {EXIF_IFD: "Exif", GPS_IFD: "GPS", INTEROP_IFD: "Interop"}
 
 
-def _exif_tags(exif: bytes | None) -> tuple[dict, int]:
-    """IFD0 tags and value bytes of an embedded EXIF block; ({}, 0) when there is none or it is unreadable."""
-    if not exif:
-        return {}, 0
+def _embedded_orientation(exif: bytes | None) -> int | None:
+    """The orientation tag of an EXIF block's IFD0, read as Pillow's Exif.load reads it (repeated
+    "Exif" prefixes, either byte order, a mis-ordered magic number); None when absent or
+    unreadable. Only this is read: Pillow parses no embedded EXIF while serving (a JPEG's is
+    taken out before it opens the file: Header.for_decoder), so its size costs a worker nothing."""
+    while exif and exif.startswith(b"Exif\0\0"):
+        exif = exif[6:]
+    if not exif or exif[:2] not in (b"II", b"MM") or exif[2:4] not in (b"*\0", b"\0*"):
+        return None  # not classic TIFF (Pillow reads BigTIFF EXIF too, but no camera writes it)
+    order = "<" if exif[:2] == b"II" else ">"
     try:
-        found = _tiff_structure(exif)
+        (offset,) = struct.unpack_from(order + "I", exif, 4)
+        (count,) = struct.unpack_from(order + "H", exif, offset)
+        for i in range(min(count, MAX_ENTRIES)):
+            tag, kind, n = struct.unpack_from(order + "HHI", exif, offset + 2 + 12 * i)
+            if tag == ORIENTATION:
+                return struct.unpack_from(order + {3: "H", 4: "I"}[kind], exif, offset + 10 + 12 * i)[0] \
+                    if kind in (3, 4) and n == 1 else 0
     except struct.error:
-        return {}, 0  # unreadable EXIF: Pillow ignores it too
-    except Refused as e:
-        if e.status == 413:
-            raise
-        return {}, 0
-    return found.tags, found.values
+        return None  # Pillow keeps the entries read before the damage; orientation was not among them
+    return None
+
+
+def _orientation(exif: int | None, xmp: bytes | None = None) -> int:
+    """EXIF's orientation if the tag is there, else XMP's tiff:Orientation (as Image.getexif()); 1
+    when neither says, or what they say is not an orientation."""
+    if exif is None:
+        found = _XMP_ORIENTATION.search(xmp) if xmp else None
+        exif = int(found[2]) if found else 1
+    return exif if 1 <= exif <= 8 else 1
 
 
 def _tiff(data: bytes) -> Header:
@@ -379,11 +435,13 @@ def _tiff(data: bytes) -> Header:
     strips = max(tags.get(273, (4, 0, 0))[1], tags.get(324, (4, 0, 0))[1])
     if strips > MAX_TIFF_STRIPS:
         raise too_costly(f"the TIFF has {strips} strips or tiles; the limit is {MAX_TIFF_STRIPS}")
+    orientation = tags[ORIENTATION][2] if ORIENTATION in tags and tags[ORIENTATION][:2] == (3, 1) else None
     xmp = None
-    if 700 in tags:
-        kind, n, pointer = tags[700]
-        xmp = data[pointer:pointer + n] if n > 4 else None
-    return Header("TIFF", tags[256][2], tags[257][2], orientation=_orientation(tags, xmp), metadata=found.values)
+    if 700 in tags and tags[700][1] > 4:
+        _, n, pointer = tags[700]
+        xmp = data[pointer:pointer + n]
+    return Header("TIFF", tags[256][2], tags[257][2], orientation=_orientation(orientation, xmp),
+                  metadata=found.value_bytes, values=found.numbers)
 
 
 _READERS = ((b"\xff\xd8\xff", _jpeg), (b"\x89PNG\r\n\x1a\n", _png), (b"GIF87a", _gif), (b"GIF89a", _gif),

@@ -160,12 +160,11 @@ class Front:
             loaded, failed = (True, None) if self.multi else model_state.read(self.run_dir)
             if failed:
                 return self.stop(failed)
+            now = time.monotonic()  # before asking MMS: a slow answer may be older than it looks
             held = self._enforce_deadlines()
             status = await self._mms_status(session)
-            now = time.monotonic()
-            if status == "Healthy" and self.replacing and now > self.settled_after:
-                log.info("the model server has replaced the %d model worker(s) stopped", len(self.replacing))
-                self.replacing.clear()
+            if self.replacing and now > self.settled_after and status in HEALTHY:
+                self._replaced(status)
             unavailable = self._unavailable(held)
             if not (status in HEALTHY and loaded and self.registered.is_set()):
                 state = health.DOWN
@@ -185,6 +184,15 @@ class Front:
                 health.reason = reason
             await asyncio.sleep(0.1 if health.state == health.STARTING else 0.25)
 
+    def _replaced(self, status: str) -> None:
+        """MMS says "Healthy" once every worker is back, "Partial Healthy" while at least one is: then
+        the killed workers still being replaced are at most all but one."""
+        left = 0 if status == "Healthy" else min(len(self.replacing), self._workers() - 1)
+        for pid in sorted(self.replacing, key=self.replacing.get)[:len(self.replacing) - left]:
+            del self.replacing[pid]
+        if not left:
+            log.info("the model server has replaced the model worker(s) stopped")
+
     def _become(self, state: str, reason: str, now: float) -> None:
         health = self.health
         if state == health.READY:
@@ -196,8 +204,9 @@ class Front:
             else:
                 log.warning("a model worker answers again after %.1f s; /ping is 200", now - health.down_since)
             health.ready.set()
-        elif state == health.BUSY:
+        elif state == health.BUSY:  # requests queue in MMS for the held workers: none waits here
             log.warning("%s; /ping is 503 until one is free", reason)
+            health.ready.set()
         else:
             health.down_since = now
             health.ready.clear()
