@@ -33,7 +33,7 @@ def test_a_body_over_6_mb_is_a_413_validation_error(gateway):
 
 def test_an_answer_slower_than_the_limit_is_a_model_error(gateway):
     buf = io.BytesIO()
-    Image.new("RGBA", (6300, 6300)).save(buf, "PNG")  # ~0.7 s of decoding: over this gateway's 0.2 s
+    Image.new("RGBA", (5400, 5400)).save(buf, "PNG")  # ~0.5 s of decoding (RGBA counts 4/3): over 0.2 s
     answer = invoke(gateway, buf.getvalue(), "image/png")
     assert answer.status_code == 424 and answer.headers["x-amzn-ErrorType"] == "ModelError:"
     assert "timed out while waiting for a response from container primary" in json.loads(answer.text)["Message"]
