@@ -217,11 +217,10 @@ _RAW_EXIF = b"Raw profile type exif\0"
 def _raw_profile(body: bytes, compressed: bool) -> bytes | None:
     """ImageMagick's EXIF in a PNG text chunk: a header of three lines, then hex (as Pillow reads it)."""
     text = body[len(_RAW_EXIF) + compressed:]
+    text = _inflated(text, 2 * MAX_METADATA_BYTES + 100) if compressed else text  # hex: two characters a byte
     try:
-        if compressed:
-            text = zlib.decompressobj().decompress(text, 2 * MAX_METADATA_BYTES + 100)
-        return bytes.fromhex("".join(text.decode("latin-1").split("\n")[3:]))
-    except (zlib.error, ValueError):
+        return bytes.fromhex("".join(text.decode("latin-1").split("\n")[3:])) if text is not None else None
+    except ValueError:
         return None
 
 
@@ -230,12 +229,15 @@ def _png_text(body: bytes) -> bytes:
     _, _, rest = body.partition(b"\0")
     compressed, rest = rest[:1] == b"\1", rest[2:]
     text = rest.split(b"\0", 2)[-1]  # after the language tag and the translated keyword
-    if not compressed:
-        return text
+    return (_inflated(text, MAX_METADATA_BYTES) or b"") if compressed else text
+
+
+def _inflated(data: bytes, limit: int) -> bytes | None:
+    """zlib data inflated to at most `limit` bytes; None when it is not zlib data."""
     try:
-        return zlib.decompressobj().decompress(text, MAX_METADATA_BYTES)
+        return zlib.decompressobj().decompress(data, limit)
     except zlib.error:
-        return b""
+        return None
 
 
 # --- GIF ------------------------------------------------------------------------------------------

@@ -189,7 +189,7 @@ def max_pixels() -> int:
 def max_request_pixels() -> int:
     """Pixels one request may decode in all, counted before any is decoded: a batch of images each
     under MAX_IMAGE_PIXELS cannot hold a worker for long. At 40 Mpx, counted as docs/SERVING.md
-    says, the costliest admitted request took 0.62 s of a worker on 2 cores (docs/PERFORMANCE.md)."""
+    says, the costliest admitted request took 0.56 s of a worker on 2 cores (docs/PERFORMANCE.md)."""
     return _count("MAX_REQUEST_PIXELS", 40_000_000)
 
 

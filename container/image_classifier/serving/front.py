@@ -49,6 +49,7 @@ RETRIES = 3
 # A request that holds its worker this long is not ordinary (the costliest admitted decode takes
 # under 1 s): when every worker is so held, /ping says 503 until one is free or killed.
 HELD_SECONDS = 2.0
+SETTLE_SECONDS = 0.5  # after a kill, before MMS's /ping reflects the dead worker
 
 
 class TooLarge(Exception):
@@ -100,7 +101,6 @@ class Front:
         self.overran: dict[str, worker_deadlines.Busy] = {}  # request id -> the killed worker's record
         self.replacing_until = 0.0  # until then, requests wait for the workers we killed to be replaced
         self.replacing: dict[int, float] = {}  # pid of a killed worker -> when, until MMS reports all back
-        self.settled_after = 0.0
         self.problem: str | None = None
         self.stopped = asyncio.Event()
 
@@ -163,7 +163,8 @@ class Front:
             now = time.monotonic()  # before asking MMS: a slow answer may be older than it looks
             held = self._enforce_deadlines()
             status = await self._mms_status(session)
-            if self.replacing and now > self.settled_after and status in HEALTHY:
+            # MMS's status is stale until it notices the dead workers: judged SETTLE_SECONDS after the last kill
+            if self.replacing and now > max(self.replacing.values()) + SETTLE_SECONDS and status in HEALTHY:
                 self._replaced(status)
             unavailable = self._unavailable(held)
             if not (status in HEALTHY and loaded and self.registered.is_set()):
@@ -255,7 +256,6 @@ class Front:
             except ProcessLookupError:
                 pass  # it ended by itself in between: MMS replaces it all the same
             self.replacing[busy.pid] = now
-            self.settled_after = now + 0.5  # MMS's status is stale until it notices the dead worker
             self.replacing_until = now + self.unhealthy_seconds
             log.error("a model worker (pid %d) spent over %.1f s on request(s) %s (%s); killed it, the model "
                       "server starts another", busy.pid, now - busy.since, ", ".join(busy.requests), busy.phase)
