@@ -59,13 +59,16 @@ def cases(side: int, photo: bytes) -> list[tuple[str, bytes, str]]:
          "image/tiff"),
         ("JPEG 8x8 whose EXIF tags ask 4.5 GB (kept from Pillow)", hostile.amplified_exif("jpeg"), "image/jpeg"),
         ("JPEG 64x64 whose MPF index is 800,000 rationals (kept from Pillow)", hostile.jpeg_with_mpf(), "image/jpeg"),
+        ("TIFF 8x8 with 990 tags", hostile.tiff_with_many_tags(990), "image/tiff"),
         ("refused: progressive JPEG, 400,000 scans", hostile.progressive_jpeg_repeated_scans(), "image/jpeg"),
 
         ("refused: TIFF whose Exif directory asks 4.5 GB", hostile.amplified_exif("tiff"), "image/tiff"),
         ("refused: run-length BMP 6000x6000 in 24 KB", hostile.rle_bmp(), "image/bmp"),
         ("refused: JPEG with 6 MB of fill bytes", hostile.jpeg_with_fill_bytes(), "image/jpeg"),
+        ("refused: TIFF with 4,000 tags", hostile.tiff_with_many_tags(), "image/tiff"),
         ("refused: GIF with a 4.4 MB comment", hostile.gif_with_huge_comment(), "image/gif"),
         ("refused: ICO holding a 60000x60000 PNG", hostile.ico_with_huge_png(), "image/x-icon"),
+        ("refused: PNG with 1,000 ICC profiles inflating to 1 GB", hostile.png_with_icc_chunks(), "image/png"),
     ]
 
 

@@ -185,3 +185,25 @@ def jpeg_with_mpf(tags: int = 400, rationals: int = 2_000) -> bytes:
     tiff += struct.pack("<II", 1, 1) * rationals
     segment = b"MPF\0" + tiff
     return jpeg[:2] + b"\xff\xe2" + struct.pack(">H", 2 + len(segment)) + segment + jpeg[2:]
+
+
+def png_with_icc_chunks(count: int = 1_000, inflated: int = 1 << 20) -> bytes:
+    """An 8x8 PNG with `count` iCCP chunks of about 1 KB that each inflate to `inflated` bytes:
+    Pillow inflates every one inside Image.open, each under its 1 MiB chunk limit and with no limit
+    on their sum (1,007 of them: 2.3 s)."""
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, "PNG")
+    png = buf.getvalue()
+    chunk = _chunk(b"iCCP", b"icc\0\0" + zlib.compress(bytes(inflated), 9))
+    return png[:33] + chunk * count + png[33:]
+
+
+def tiff_with_many_tags(tags: int = 4_000) -> bytes:
+    """An 8x8 grey Deflate TIFF (so libtiff loads it) whose IFD0 holds `tags` unknown one-number tags
+    beside its own: libtiff's directory reader is quadratic in them (4,000: 0.7 s; 900: 0.09 s),
+    though their values are a few bytes."""
+    strip = zlib.compress(bytes(64))
+    strip_at = 8 + 2 + 12 * (9 + tags) + 4
+    own = [(256, 3, 1, 8), (257, 3, 1, 8), (258, 3, 1, 8), (259, 3, 1, 8), (262, 3, 1, 1),
+           (273, 4, 1, strip_at), (277, 3, 1, 1), (278, 3, 1, 8), (279, 4, 1, len(strip))]
+    return b"II*\0" + struct.pack("<I", 8) + _ifd(own + [(0x9000 + i, 3, 1, i) for i in range(tags)]) + strip

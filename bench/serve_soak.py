@@ -227,6 +227,8 @@ ATTACKS = [  # (what, body, Content-Type, expected status)
     ("JPEG whose MPF index is 800,000 rationals (kept from Pillow)", hostile.jpeg_with_mpf, "image/jpeg", 200),
     ("run-length BMP, 36 Mpx in 24 KB", hostile.rle_bmp, "image/bmp", 413),
     ("JPEG with 6 MB of fill bytes", hostile.jpeg_with_fill_bytes, "image/jpeg", 413),
+    ("PNG with 1,000 ICC profiles inflating to 1 GB (1 MB)", hostile.png_with_icc_chunks, "image/png", 400),
+    ("TIFF with 4,000 tags (libtiff: quadratic)", hostile.tiff_with_many_tags, "image/tiff", 413),
     ("admitted: 1-bit PNG, 39.7 Mpx", lambda: hostile.one_bit_png(6300), "image/png", 200),
     ("admitted: progressive colour JPEG, 39.7 Mpx, 64 scans",
      lambda: hostile.progressive_jpeg_repeated_scans(6300, 54, "RGB"), "image/jpeg", 200),
@@ -234,6 +236,7 @@ ATTACKS = [  # (what, body, Content-Type, expected status)
     ("admitted: 8-bit RGB PNG, 39.7 Mpx", lambda: hostile.deep_png(6300, 8, 2), "image/png", 200),
     ("admitted: 16-bit RGBA PNG, 14.9 Mpx", lambda: hostile.deep_png(3857), "image/png", 200),
     ("admitted: run-length BMP, 1.6 Mpx (counts 25 times)", lambda: hostile.rle_bmp(1260), "image/bmp", 200),
+    ("admitted: TIFF with 990 tags", lambda: hostile.tiff_with_many_tags(990), "image/tiff", 200),
 ]
 
 

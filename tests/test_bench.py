@@ -98,10 +98,10 @@ def test_serving_soak_benchmark_runs(imagewoof, tmp_path):
     assert alone["p50_ms"] > 0 and beside["worst_case_ms"] > 0 and amplified["requests"] == 5
     assert (tmp_path / "soak_memory.png").stat().st_size > 0
     attacks = json.loads((tmp_path / "soak_attacks.json").read_text())["rows"]
-    assert attacks[0]["phase"] == "attack: good traffic alone" and len(attacks) == 19
+    assert attacks[0]["phase"] == "attack: good traffic alone" and len(attacks) == 22
     assert all(r["as_expected"] and r["good_errors"] == 0 and r["good"] > 0 for r in attacks[1:]), attacks
     refused = [r for r in attacks if r["expected"] and r["expected"] != 200]
-    assert len(refused) == 9 and all(r["pings_not_200"] == 0 for r in refused), attacks  # no worker held by them
+    assert len(refused) == 11 and all(r["pings_not_200"] == 0 for r in refused), attacks  # no worker held by them
 
 
 def test_distributed_scaling_benchmark_runs(imagewoof, tmp_path):
@@ -150,5 +150,5 @@ def test_decode_cost_benchmark_runs(imagewoof, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rows = json.loads((tmp_path / "decode.json").read_text())["rows"]
     assert rows[0]["vs_photo"] == 1 and all(r["ms"] > 0 for r in rows)
-    assert [r["status"] for r in rows if r["case"].startswith("refused")] == [413] * 5 + [400]
+    assert [r["status"] for r in rows if r["case"].startswith("refused")] == [413] * 6 + [400] * 2
     assert all(r["status"] == 200 for r in rows if not r["case"].startswith("refused"))

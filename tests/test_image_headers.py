@@ -3,6 +3,7 @@ generated files; each cap refuses what it is there for."""
 import io
 import random
 import struct
+import zlib
 
 import pytest
 from PIL import Image, ImageOps, PngImagePlugin
@@ -304,3 +305,167 @@ def test_a_few_fill_bytes_pass_and_a_flood_is_refused():
     with pytest.raises(Refused, match="fill bytes") as e:
         image_headers.read(hostile.jpeg_with_fill_bytes(image_headers.MAX_JPEG_FILL_BYTES + 1))
     assert e.value.status == 413
+
+
+# --- where the walk and Pillow could read different files from one set of bytes ------------------
+def _small_jpeg(**options) -> bytes:
+    return encode(Image.new("RGB", (64, 48), "red"), "JPEG", **options)
+
+
+@pytest.mark.parametrize("marker", [b"\xff\x00", b"\xff\xd8", b"\xff\xc8", b"\xff\xf0", b"\xff\xfd", b"\xff\xde",
+                                    b"\xff\x01", b"\xff\xd9", b"\xff\x02"])
+def test_a_marker_pillow_or_libjpeg_reads_without_a_length_is_refused_before_the_first_scan(marker):
+    """Pillow reads SOI, EOI, JPG and JPGn without a length and skips FF00; a walk that read a length
+    there would step over a frame header Pillow sees (or see one Pillow steps over)."""
+    jpeg = _small_jpeg()
+    hidden = jpeg[:2] + marker + struct.pack(">H", 2 + 19) + jpeg[jpeg.index(b"\xff\xc0"):][:19] + jpeg[2:]
+    with pytest.raises(Refused, match="malformed: marker") as e:
+        image_headers.read(hidden)
+    assert e.value.status == 400
+
+
+def test_a_second_frame_header_is_refused_and_a_frameless_file_too():
+    jpeg = _small_jpeg()
+    sof = jpeg.index(b"\xff\xc0")
+    frame = jpeg[sof:sof + 2 + struct.unpack_from(">H", jpeg, sof + 2)[0]]
+    big = frame[:5] + struct.pack(">HH", 6000, 6000) + frame[9:]  # Pillow sizes the image by the last
+    with pytest.raises(Refused, match="more than one frame header"):
+        image_headers.read(jpeg[:sof] + frame + big + jpeg[sof + len(frame):])
+    with pytest.raises(Refused, match="no image data"):
+        image_headers.read(jpeg[:jpeg.index(b"\xff\xda")])
+
+
+def test_exif_after_the_first_scan_is_not_read_as_pillow_does_not_read_it():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    segment = b"Exif\0\0" + exif.tobytes()
+    jpeg = _small_jpeg()
+    body = jpeg[:-2] + b"\xff\xe1" + struct.pack(">H", 2 + len(segment)) + segment + b"\xff\xd9"
+    header = image_headers.read(body)
+    assert header.orientation == Image.open(io.BytesIO(body)).getexif().get(0x0112, 1) == 1
+    assert header.for_decoder(body) == body
+    progressive = _small_jpeg(progressive=True)  # and scans after it are still counted
+    late = progressive[:-2] + b"\xff\xe1" + struct.pack(">H", 2 + len(segment)) + segment + b"\xff\xd9"
+    assert image_headers.read(late).scans == image_headers.read(progressive).scans > 1
+
+
+def _exif_block(order: str, entries: list[tuple[int, int, int, bytes]]) -> bytes:
+    o = "<" if order == "II" else ">"
+    head = order.encode() + (b"*\0" if order == "II" else b"\0*") + struct.pack(o + "I", 8)
+    body, extra = struct.pack(o + "H", len(entries)), b""
+    values_at = 8 + 2 + 12 * len(entries) + 4
+    for tag, kind, n, value in entries:
+        if len(value) > 4:
+            body += struct.pack(o + "HHII", tag, kind, n, values_at + len(extra))
+            extra += value
+        else:
+            body += struct.pack(o + "HHI", tag, kind, n) + value.ljust(4, b"\0")
+    return head + body + b"\0\0\0\0" + extra
+
+
+def _pillow_orientation(block: bytes) -> int | None:
+    exif = Image.Exif()
+    exif.load(block)
+    value = exif.get(0x0112)
+    if value is None:
+        return None
+    try:
+        return next((k for k in range(1, 9) if k == value), 0)  # as preprocessing's `in UPRIGHT` matches it
+    except TypeError:
+        return 0
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns of each truncated block
+def test_embedded_orientation_agrees_with_pillow_on_every_type_count_repeat_and_truncation():
+    """Random IFD0s of orientation tags of every TIFF type (and some Pillow skips), counts 0 to 3,
+    repeats, other tags and truncated blocks: the walk finds what Pillow's Exif finds, every time."""
+    formats = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 11: "f", 12: "d", 13: "I", 16: "Q", 5: "II", 10: "ii"}
+    rng = random.Random(23)
+    for _ in range(3000):
+        order = rng.choice(["II", "MM"])
+        o = "<" if order == "II" else ">"
+        entries = []
+        for _ in range(rng.randint(0, 3)):
+            kind, n = rng.choice(list(formats) + [2, 7, 14, 17]), rng.choice([0, 1, 1, 2, 3])
+            if kind in formats:
+                f = formats[kind]
+                values = [rng.choice([6.0, 3.0, 2.5]) if f in "fd" else rng.choice([0, 1, 2, -6, 6]) if f in "ii"
+                          else rng.choice([0, 1, 3, 6, 8, 9]) for _ in range(max(n, 1)) for _ in f]
+                values = [abs(v) if f[0].isupper() else v for v in values]
+                value = struct.pack(o + f * max(n, 1), *values)[:struct.calcsize(f) * n]
+            else:
+                value = b"6\0\0"[:n]
+            entries.append((0x0112 if rng.random() < .8 else 0x010F, kind, n, value))
+        block = _exif_block(order, entries)
+        if rng.random() < .15:
+            block = block[:rng.randint(8, len(block))]
+        found = image_headers._embedded_orientation(block)
+        assert (None if found is None else found if 1 <= found <= 8 else 0) == _pillow_orientation(block), entries
+
+
+def _png(*chunks: bytes) -> bytes:
+    png = encode(Image.new("L", (8, 8)), "PNG")
+    return png[:33] + b"".join(chunks) + png[33:]
+
+
+def _pillow_png_orientation(body: bytes) -> int:
+    return Image.open(io.BytesIO(body)).getexif().get(0x0112, 1)
+
+
+def test_png_metadata_orientation_is_read_as_pillow_keeps_it():
+    def itxt(xmp: bytes, flag=0, method=0) -> bytes:
+        text = zlib.compress(xmp) if flag else xmp
+        return hostile._chunk(b"iTXt", b"XML:com.adobe.xmp\0" + bytes([flag, method]) + b"\0\0" + text)
+
+    def xmp(n):
+        return f'<x tiff:Orientation="{n}"/>'.encode()
+
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    hexed = exif.tobytes().hex()
+    raw = hostile._chunk(b"tEXt", f"Raw profile type exif\0\nexif\n{len(hexed) // 2:8d}\n{hexed}\n".encode())
+    for body, expected in [
+        (_png(itxt(xmp(6)), itxt(xmp(3))), 3),  # the last XMP
+        (_png(itxt(xmp(6)), itxt(xmp(3), flag=1, method=1)), 6),  # an unknown method: Pillow skips it
+        (_png(itxt(xmp(6)), itxt(xmp(5), flag=1)), 5),
+        (_png(raw), 8),
+        (_png(hostile._chunk(b"eXIf", b""), raw, itxt(xmp(6))), 6),  # an empty eXIf hides the raw profile
+    ]:
+        assert image_headers.read(body).orientation == _pillow_png_orientation(body) == expected
+
+
+def test_png_compressed_metadata_is_inflated_against_one_budget():
+    with pytest.raises(Refused, match="more than one ICC profile"):
+        image_headers.read(hostile.png_with_icc_chunks(2, 1000))
+    assert image_headers.read(hostile.png_with_icc_chunks(1, 600_000)).format == "PNG"
+
+    def ztxt(size):
+        return hostile._chunk(b"zTXt", b"note\0\0" + zlib.compress(bytes(size)))
+    with pytest.raises(Refused, match="inflates past 1048576 bytes") as e:
+        image_headers.read(_png(ztxt((1 << 20) + 1)))  # Pillow refuses one chunk past 1 MiB
+    assert e.value.status == 413
+    budget = image_headers.MAX_INFLATED_METADATA
+    assert image_headers.read(_png(*[ztxt(budget // 4)] * 4)).format == "PNG"
+    with pytest.raises(Refused, match=f"inflates past {budget} bytes") as e:
+        image_headers.read(_png(*[ztxt(budget // 4)] * 4, ztxt(10)))
+    assert e.value.status == 413
+    with pytest.raises(Refused, match="unknown method"):
+        image_headers.read(_png(hostile._chunk(b"zTXt", b"note\0\1xx")))
+
+
+def test_a_tiff_with_over_a_thousand_tags_is_refused():
+    assert image_headers.read(hostile.tiff_with_many_tags(990)).format == "TIFF"
+    with pytest.raises(Refused, match="tags in its directories") as e:
+        image_headers.read(hostile.tiff_with_many_tags(1000))
+    assert e.value.status == 413
+
+
+@pytest.mark.parametrize("kind, fmt", [(8, "h"), (9, "i"), (4, "I")])
+def test_a_tiff_orientation_of_another_integer_type_turns_its_size(kind, fmt):
+    body = bytearray(hostile.amplified_exif("tiff", tags=2, blob=16))
+    entry = next(8 + 2 + 12 * i for i in range(10) if struct.unpack_from("<H", body, 8 + 2 + 12 * i)[0] == 0x0112)
+    struct.pack_into("<HHI" + fmt, body, entry, 0x0112, kind, 1, 6)
+    struct.pack_into("<HHIH", body, 8 + 2, 256, 3, 1, 16)  # 16 wide, 8 high (the walk decodes nothing)
+    header = image_headers.read(bytes(body))
+    assert header.orientation == 6 and header.upright_size == (8, 16)
+    assert Image.open(io.BytesIO(bytes(body))).getexif().get(0x0112) == 6

@@ -201,7 +201,13 @@ def test_the_workers_a_registered_model_gets(monkeypatch):
     assert mms.workers() == 3
     monkeypatch.delenv("SAGEMAKER_MODEL_SERVER_WORKERS")
     monkeypatch.setattr(mms.shutil, "which", lambda name: None)  # no GPU: one per CPU, as MMS counts them
-    assert mms.workers() == mms.os.cpu_count()
+    assert mms.workers() == len(mms.os.sched_getaffinity(0))
+
+
+def test_mms_is_told_the_workers_the_front_counts(tmp_path, monkeypatch):
+    monkeypatch.delenv("SAGEMAKER_MODEL_SERVER_WORKERS", raising=False)
+    monkeypatch.setattr(mms, "workers", lambda: 5)
+    assert "default_workers_per_model=5\n" in mms.config(tmp_path, MIB).read_text()
 
 
 def test_mms_loads_no_model_by_itself_when_serve_registers_it(tmp_path, monkeypatch):

@@ -114,10 +114,16 @@ def _entries(count: int, what: str) -> None:
         raise too_costly(f"{what} has over {MAX_ENTRIES} structural entries before its image data")
 
 
-# --- JPEG -----------------------------------------------------------------------------------------
+# --- JPEG ---------------------------------------------------------------------------------------
 _NEXT_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")  # not 0xff00 (stuffing), RSTn or fill bytes
 _SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # DHT, JPG and DAC share the range
 _PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
+_RST = set(range(0xD0, 0xD8))
+# Markers with a length that both Pillow (JpegImagePlugin.MARKER) and libjpeg (jdmarker.c) read as
+# such: frames, tables (DHT, DAC, DQT, DNL, DRI), scans, APPn and COM. Pillow reads the others as
+# length-less (a second SOI, EOI, JPG, JPGn) or fails (FF01 to FFBF, DHP, EXP), and libjpeg fails on
+# all of them; a walk that read a length for one would see other segments than Pillow does.
+_SEGMENTS = _SOF | {0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD} | set(range(0xE0, 0xF0)) | {0xFE}
 _JPEG_XMP = b"http://ns.adobe.com/xap/1.0/\0"
 _FILL = re.compile(rb"\xff+")  # 0xFF bytes before a marker: any number is allowed, encoders write none
 MAX_JPEG_FILL_BYTES = 64 * 1024  # Pillow's Image.open skips them in Python: 6 MB cost 2.7 s
@@ -139,21 +145,27 @@ def _jpeg(data: bytes) -> Header:
         pos = run
         marker = data[pos]
         start, pos = pos - 1, pos + 1
-        if marker == 0xD9:  # EOI
+        if marker == 0xD9 and scans:  # EOI; what follows (an MPO's other pictures) is not decoded
             break
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
+        if marker in _RST or (marker == 0x01 and scans):  # no length (Pillow fails on TEM before a scan)
             continue
+        if marker not in _SEGMENTS:
+            raise Refused(f"the JPEG is malformed: marker FF{marker:02X} "
+                          f"{'before its first scan' if not scans else 'between its scans'}")
         (length,) = struct.unpack_from(">H", data, pos)
         segment = data[pos + 2:pos + length]
         if length < 2 or len(segment) != length - 2:
             raise Refused("the JPEG is truncated or malformed")
         pos += length
         if marker in _SOF:
-            if header is None:
-                _, height, width = struct.unpack_from(">BHH", segment)
-                header = Header("JPEG", width, height, progressive=marker in _PROGRESSIVE)
+            if header is not None:  # Pillow sizes the image by the last, libjpeg refuses a second
+                raise Refused("the JPEG has more than one frame header")
+            _, height, width = struct.unpack_from(">BHH", segment)
+            header = Header("JPEG", width, height, progressive=marker in _PROGRESSIVE)
         elif 0xE0 <= marker <= 0xEF or marker == 0xFE:
             metadata += length
+            if scans:  # Pillow reads none after the first scan
+                continue
             if marker == 0xE1 and segment.startswith(b"Exif\0\0"):
                 exif += segment if not exif else segment[6:]  # Pillow joins every EXIF segment into one block
                 drop.append((start, pos))
@@ -162,25 +174,35 @@ def _jpeg(data: bytes) -> Header:
             elif marker == 0xE1 and segment.startswith(_JPEG_XMP):
                 xmp = segment  # Pillow keeps the last
         elif marker == 0xDA:
+            if header is None:
+                raise Refused("the JPEG has a scan before its frame header")
             scans += 1
             if scans > MAX_JPEG_SCANS:
                 raise too_costly(f"the JPEG has over {MAX_JPEG_SCANS} scans (real encoders write at most about 20; "
                                  "each costs a pass over the whole image)")
             found = _NEXT_MARKER.search(data, pos)  # skip the entropy-coded data
             pos = found.start() if found else len(data)
-    if header is None:
-        raise Refused("the JPEG has no frame header")
-    header.scans, header.metadata, header.drop = max(scans, 1), metadata, tuple(drop)
-    header.orientation = _orientation(_embedded_orientation(exif), xmp)
+    if not scans:
+        raise Refused("the JPEG has no image data (no scan)" if header else "the JPEG has no frame header")
+    header.scans, header.metadata, header.drop = scans, metadata, tuple(drop)
+    header.orientation = _orientation(_embedded_orientation(exif or None), xmp)
     return header
 
 
 # --- PNG ------------------------------------------------------------------------------------------
 _PNG_METADATA = {b"tEXt", b"zTXt", b"iTXt", b"iCCP", b"eXIf"}
+# Pillow inflates every compressed text chunk and ICC profile while it opens a PNG, each up to 1 MiB
+# and with no limit on their sum: a thousand 1 KB iCCP chunks cost it 2.3 s. The walk inflates them
+# first, against one budget for the file.
+MAX_INFLATED_METADATA = 4 * 1024 * 1024
+_PNG_CHUNK_TEXT = 1024 * 1024  # PngImagePlugin.MAX_TEXT_CHUNK: Pillow fails on a chunk that inflates past it
+_XMP_KEY = b"XML:com.adobe.xmp"
+_RAW_EXIF_KEY = b"Raw profile type exif"
 
 
 def _png(data: bytes) -> Header:
-    pos, entries, metadata, exif, xmp, header, raw_exif = 8, 0, 0, None, None, None, None
+    pos, entries, metadata, header, profiles = 8, 0, 0, None, 0
+    texts = _PngTexts()
     while pos + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
         body = data[pos + 8:pos + 8 + length]
@@ -192,12 +214,11 @@ def _png(data: bytes) -> Header:
             header = Header("PNG", width, height, bits_per_pixel=channels * depth, interlaced=interlace == 1)
         elif kind in _PNG_METADATA:
             metadata += length
-            if kind == b"eXIf":
-                exif = body  # Pillow keeps the last
-            elif kind == b"iTXt" and body.startswith(b"XML:com.adobe.xmp\0") and xmp is None:
-                xmp = _png_text(body)
-            elif kind in (b"tEXt", b"zTXt") and body.startswith(_RAW_EXIF) and raw_exif is None:
-                raw_exif = _raw_profile(body, kind == b"zTXt")
+            if kind == b"iCCP":
+                profiles += 1
+                if profiles > 1:  # the spec allows one
+                    raise Refused("the PNG has more than one ICC profile (iCCP chunk)")
+            texts.read(kind, body)
         elif kind == b"IEND":
             break
         if kind not in (b"IDAT", b"fdAT"):  # image data may come in many chunks; Pillow streams them
@@ -206,38 +227,72 @@ def _png(data: bytes) -> Header:
         pos += 12 + length
     if header is None:
         raise Refused("the PNG has no IHDR chunk")
-    # Pillow reads ImageMagick's hex "Raw profile type exif" text only when there is no eXIf
-    header.metadata, header.orientation = metadata, _orientation(_embedded_orientation(exif or raw_exif), xmp)
+    header.metadata, header.orientation = metadata, texts.orientation()
     return header
 
 
-_RAW_EXIF = b"Raw profile type exif\0"
+class _PngTexts:
+    """What Pillow's PngStream keeps of a PNG's metadata chunks (the last of each key), and the
+    compressed ones inflated against MAX_INFLATED_METADATA."""
 
+    def __init__(self):
+        self.inflated = 0
+        self.exif: bytes | None = None  # eXIf
+        self.keys: dict[bytes, bytes] = {}  # text by key, as its str in Image.info
+        self.xmp: bytes | None = None  # iTXt XMP, as Image.info["xmp"]
 
-def _raw_profile(body: bytes, compressed: bool) -> bytes | None:
-    """ImageMagick's EXIF in a PNG text chunk: a header of three lines, then hex (as Pillow reads it)."""
-    text = body[len(_RAW_EXIF) + compressed:]
-    text = _inflated(text, 2 * MAX_METADATA_BYTES + 100) if compressed else text  # hex: two characters a byte
-    try:
-        return bytes.fromhex("".join(text.decode("latin-1").split("\n")[3:])) if text is not None else None
-    except ValueError:
-        return None
+    def read(self, kind: bytes, body: bytes) -> None:
+        if kind == b"eXIf":
+            self.exif = body
+            return
+        key, _, rest = body.partition(b"\0")
+        if kind == b"iCCP":
+            self._inflate(rest[1:], rest[:1])
+        elif kind == b"tEXt":
+            self.keys[key] = rest
+        elif kind == b"zTXt":
+            self.keys[key] = self._inflate(rest[1:], rest[:1] or b"\0") or b""
+        elif len(rest) >= 2:  # iTXt: flag, method, language, translated keyword, text
+            flag, method, rest = rest[0], rest[1], rest[2:]
+            parts = rest.split(b"\0", 2)
+            if len(parts) < 3 or (flag and method):  # Pillow skips an unknown method here
+                return
+            text = parts[2] if not flag else self._inflate(parts[2], b"\0")
+            if text is None:
+                return
+            if key == _XMP_KEY:
+                self.xmp = text
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError:
+                return
+            self.keys[key] = text
 
+    def _inflate(self, data: bytes, method: bytes) -> bytes | None:
+        if method != b"\0":  # Pillow fails to open it (a SyntaxError)
+            raise Refused("the PNG has a chunk compressed by an unknown method")
+        left = MAX_INFLATED_METADATA - self.inflated
+        try:
+            inflater = zlib.decompressobj()
+            text = inflater.decompress(data, min(left, _PNG_CHUNK_TEXT) + 1)
+        except zlib.error:
+            return None  # Pillow keeps no text for it
+        self.inflated += len(text)
+        if len(text) > _PNG_CHUNK_TEXT:
+            raise too_costly(f"a PNG text or ICC chunk inflates past {_PNG_CHUNK_TEXT} bytes")
+        if self.inflated > MAX_INFLATED_METADATA:
+            raise too_costly(f"the PNG's compressed metadata inflates past {MAX_INFLATED_METADATA} bytes")
+        return text
 
-def _png_text(body: bytes) -> bytes:
-    """An iTXt chunk's text, inflated (to at most MAX_METADATA_BYTES) when compressed."""
-    _, _, rest = body.partition(b"\0")
-    compressed, rest = rest[:1] == b"\1", rest[2:]
-    text = rest.split(b"\0", 2)[-1]  # after the language tag and the translated keyword
-    return (_inflated(text, MAX_METADATA_BYTES) or b"") if compressed else text
-
-
-def _inflated(data: bytes, limit: int) -> bytes | None:
-    """zlib data inflated to at most `limit` bytes; None when it is not zlib data."""
-    try:
-        return zlib.decompressobj().decompress(data, limit)
-    except zlib.error:
-        return None
+    def orientation(self) -> int:
+        """As Image.getexif(): eXIf, else ImageMagick's hex raw profile; else XMP's."""
+        exif = self.exif
+        if exif is None and _RAW_EXIF_KEY in self.keys:
+            try:
+                exif = bytes.fromhex("".join(self.keys[_RAW_EXIF_KEY].decode("latin-1").split("\n")[3:]))
+            except ValueError:
+                exif = None  # Pillow fails on it, in getexif() only
+        return _orientation(_embedded_orientation(exif), self.keys.get(_XMP_KEY) or self.xmp)
 
 
 # --- GIF ------------------------------------------------------------------------------------------
@@ -333,6 +388,9 @@ _STRIPS = (273, 279, 324, 325)  # strip/tile offsets and byte counts: image data
 EXIF_IFD, GPS_IFD, INTEROP_IFD = 0x8769, 0x8825, 0xA005
 _XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')  # the pattern Image.getexif() uses
 MAX_TIFF_VALUES = 1 << 17  # numbers in a TIFF's tags; each also counts in the request's cost
+# Tags in the directories Pillow loads: libtiff's directory reader is quadratic in them (4,000
+# unknown tags cost it 0.6 s); cameras and scanners write tens, with EXIF under 200.
+MAX_TIFF_TAGS = 1000
 
 
 @dataclasses.dataclass
@@ -340,6 +398,7 @@ class _Directory:
     tags: dict[int, tuple[int, int, int]]  # {tag: (type, count, first value or offset)}
     value_bytes: int = 0  # bytes Pillow copies out for the values that do not fit in their entries
     numbers: int = 0  # numbers Pillow unpacks
+    entries: int = 0  # tag entries, repeats included
 
 
 def _ifd(data: bytes, order: str, offset: int) -> _Directory:
@@ -348,7 +407,7 @@ def _ifd(data: bytes, order: str, offset: int) -> _Directory:
     500 KB blob cost 500 MB: values are counted per tag, not per byte of file."""
     (count,) = struct.unpack_from(order + "H", data, offset)
     _entries(count, "the TIFF directory")
-    found = _Directory({})
+    found = _Directory({}, entries=count)
     for i in range(count):
         tag, kind, n = struct.unpack_from(order + "HHI", data, offset + 2 + 12 * i)
         size = _TYPE_SIZES.get(kind, 1) * n
@@ -380,11 +439,14 @@ def _tiff_structure(data: bytes) -> _Directory:
             raise Refused(f"the TIFF's {_NAMES[tag]} directory is truncated") from None
         total.value_bytes += sub.value_bytes
         total.numbers += sub.numbers
+        total.entries += sub.entries
     if INTEROP_IFD in ifd0.tags and INTEROP_IFD not in directories:  # Pillow fails on it with a KeyError
         raise Refused("the TIFF names an Interop directory outside its Exif directory")
     if total.value_bytes > MAX_METADATA_BYTES:
         raise too_costly(f"the TIFF's tags hold {total.value_bytes} bytes of values (each copied out once per tag "
                          f"that points at it); the limit is {MAX_METADATA_BYTES}")
+    if total.entries > MAX_TIFF_TAGS:
+        raise too_costly(f"the TIFF has {total.entries} tags in its directories; the limit is {MAX_TIFF_TAGS}")
     if total.numbers > MAX_TIFF_VALUES:
         raise too_costly(f"the TIFF's tags hold {total.numbers} numbers; the limit is {MAX_TIFF_VALUES}")
     return total
@@ -393,27 +455,51 @@ def _tiff_structure(data: bytes) -> _Directory:
 _NAMES = {EXIF_IFD: "Exif", GPS_IFD: "GPS", INTEROP_IFD: "Interop"}
 
 
+# How Pillow's ImageFileDirectory_v2 unpacks one value of each type it reads (it skips the others):
+# rationals as (numerator, denominator); bytes (BYTE, UNDEFINED) and text as no number.
+_VALUE_FORMATS = {3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 11: "f", 12: "d", 13: "I", 16: "Q",
+                  5: "II", 10: "ii", 1: None, 2: None, 7: None}
+
+
 def _embedded_orientation(exif: bytes | None) -> int | None:
     """The orientation tag of an EXIF block's IFD0, read as Pillow's Exif.load reads it (repeated
-    "Exif" prefixes, either byte order, a mis-ordered magic number); None when absent or
-    unreadable. Only this is read: Pillow parses no embedded EXIF while serving (a JPEG's is
-    taken out before it opens the file: Header.for_decoder), so its size costs a worker nothing."""
+    "Exif" prefixes, either byte order, a mis-ordered magic number; of repeated tags the last,
+    skipping those of a type it does not read or with no values, stopping at values past the end;
+    of several values the first); 0 when the tag holds no number, None when absent or unreadable.
+    Only this is read: Pillow parses no embedded EXIF while serving (a JPEG's is taken out before
+    it opens the file: Header.for_decoder), so its size costs a worker nothing."""
     while exif and exif.startswith(b"Exif\0\0"):
         exif = exif[6:]
     if not exif or exif[:2] not in (b"II", b"MM") or exif[2:4] not in (b"*\0", b"\0*"):
         return None  # not classic TIFF (Pillow reads BigTIFF EXIF too, but no camera writes it)
     order = "<" if exif[:2] == b"II" else ">"
+    found = None
     try:
         (offset,) = struct.unpack_from(order + "I", exif, 4)
         (count,) = struct.unpack_from(order + "H", exif, offset)
         for i in range(min(count, MAX_ENTRIES)):
-            tag, kind, n = struct.unpack_from(order + "HHI", exif, offset + 2 + 12 * i)
+            tag, kind, n, inline = struct.unpack_from(order + "HHI4s", exif, offset + 2 + 12 * i)
+            if kind not in _VALUE_FORMATS or n == 0:
+                continue
+            size = _TYPE_SIZES[kind]
+            if size * n > 4:
+                (at,) = struct.unpack_from(order + "I", inline)
+                if at + size * n > len(exif):
+                    break  # Pillow's read fails there, and it keeps the entries before
+                inline = exif[at:at + size]
             if tag == ORIENTATION:
-                return struct.unpack_from(order + {3: "H", 4: "I"}[kind], exif, offset + 10 + 12 * i)[0] \
-                    if kind in (3, 4) and n == 1 else 0
+                found = (kind, inline[:size])
     except struct.error:
-        return None  # Pillow keeps the entries read before the damage; orientation was not among them
-    return None
+        pass  # Pillow keeps the entries read before the damage
+    if found is None:
+        return None
+    kind, raw = found
+    if _VALUE_FORMATS[kind] is None:
+        return 0
+    value = struct.unpack(order + _VALUE_FORMATS[kind], raw)
+    if kind in (5, 10):  # Pillow's IFDRational equals an int when it divides exactly
+        return value[0] // value[1] if value[1] and value[0] % value[1] == 0 else 0
+    return int(value[0]) if float(value[0]).is_integer() else 0
 
 
 def _orientation(exif: int | None, xmp: bytes | None = None) -> int:
@@ -437,7 +523,7 @@ def _tiff(data: bytes) -> Header:
     strips = max(tags.get(273, (4, 0, 0))[1], tags.get(324, (4, 0, 0))[1])
     if strips > MAX_TIFF_STRIPS:
         raise too_costly(f"the TIFF has {strips} strips or tiles; the limit is {MAX_TIFF_STRIPS}")
-    orientation = tags[ORIENTATION][2] if ORIENTATION in tags and tags[ORIENTATION][:2] == (3, 1) else None
+    orientation = _embedded_orientation(data)  # IFD0, read as Pillow reads it
     xmp = None
     if 700 in tags and tags[700][1] > 4:
         _, n, pointer = tags[700]

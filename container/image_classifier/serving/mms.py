@@ -27,7 +27,8 @@ WORKER = "model_service_worker"  # in the command line of every MMS Python proce
 
 def workers() -> int:
     """Workers per model: SAGEMAKER_MODEL_SERVER_WORKERS, else MMS's own default (one per GPU, else
-    one per CPU), which MMS applies to models named at start-up but not to registered ones."""
+    one per CPU this process may run on). config() writes it for MMS, so that /ping (front.py)
+    counts the workers MMS starts rather than guessing how the JVM counts processors."""
     configured = environment.workers()
     if configured:
         return configured
@@ -36,7 +37,7 @@ def workers() -> int:
         gpus = listed.stdout.count("GPU ") if listed.returncode == 0 else 0
         if gpus:
             return gpus
-    return os.cpu_count() or 1
+    return len(os.sched_getaffinity(0)) or 1
 
 
 def inference_socket(run_dir: Path) -> Path:
@@ -100,7 +101,7 @@ def config(run_dir: Path, max_request_size: int, load_models: bool = True) -> Pa
     env = toolkit.Environment()
     settings = {
         "default_response_timeout": env.model_server_timeout,
-        "default_workers_per_model": env.model_server_workers,
+        "default_workers_per_model": workers(),  # always written: the front counts the same workers
         "inference_address": f"unix:{inference_socket(run_dir)}",
         "management_address": f"unix:{management_socket(run_dir)}",
         "vmargs": vmargs(env.vmargs),
