@@ -187,6 +187,29 @@ def test_sigterm_reaches_the_processes_torchrun_started(tmp_path, tiny_data):
     assert (base / "checkpoints" / "checkpoint.pt").exists() and not (base / "output" / "failure").exists()
 
 
+def test_a_stop_under_torchrun_with_loader_workers_alive_keeps_the_checkpoint_and_the_best_model(tmp_path, tiny_data):
+    """torchrun stops a rank by signalling its whole process group (os.killpg), which holds the
+    rank's DataLoader workers too: they must outlive the signal until the rank has saved its work."""
+    hp = {**HP, "epochs": 500, "num-workers": 2, "cache-features": False}
+    base = programs.make_tree(tmp_path / "ml", tiny_data, hp)
+    job = Hosts([base], TRAIN_PROCESSES_PER_HOST=2)
+    try:
+        job.wait_for(0, "epoch 2 step 1/")  # a best model exists; the loaders' workers are alive
+        job.processes[0].send_signal(signal.SIGTERM)
+        codes = job.wait(EXIT_TIMEOUT)
+    finally:
+        job.kill_all()
+    output = job.output(0)
+    assert codes == [143], output
+    assert not (base / "output" / "failure").exists(), (base / "output" / "failure").read_text()
+    assert "killed by signal" not in output and "internal error" not in output, output
+    assert (base / "checkpoints" / "checkpoint.pt").exists() and (base / "model" / "model.pt").exists()
+    saved = read_json(base / "model" / "model.json")
+    last = [line for line in output.splitlines() if "valid_acc=" in line][-1]  # the tuner's objective
+    assert last.startswith("selected epoch=") and f"valid_acc={saved['metrics']['valid_accuracy']:.4f}" in last, \
+        (last, saved["metrics"])
+
+
 def test_hosts_that_see_different_data_fail_alike(tmp_path, tiny_data):
     """As a channel that SageMaker shards by S3 key would: host 2 lacks one training image."""
     trees = programs.make_hosts(tmp_path / "job", 2, tiny_data, HP)

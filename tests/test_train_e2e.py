@@ -396,3 +396,39 @@ def test_checkpoint_per_job_keeps_a_trials_checkpoints_under_its_job_name(tmp_pa
     assert result.returncode == 0, result.stderr
     assert (base / "checkpoints" / "ic-hpo-001-abcd1234" / "checkpoint.pt").exists()
     assert not (base / "checkpoints" / "checkpoint.pt").exists()
+
+
+# `train` stopped after one given step by what can reach it: its whole process group signalled (as
+# torchrun stops a rank: the loader's workers too), or SIGTERM followed by an error the stop caused
+STOP_BY = """
+import os, runpy, signal, sys
+from image_classifier import profiling
+step_done, how = profiling.Profiling.step_done, sys.argv[2]
+def step_done_then_stop(self, epoch, step):
+    step_done(self, epoch, step)
+    if (epoch, step) == (2, 1):
+        if how == "killpg":
+            os.killpg(os.getpgrp(), signal.SIGTERM)
+        else:
+            signal.raise_signal(signal.SIGTERM)
+            raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.")
+profiling.Profiling.step_done = step_done_then_stop
+sys.argv = sys.argv[1:2]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("how", ["killpg", "error"])
+def test_a_stop_keeps_the_work_whatever_breaks_first(tmp_path, tiny_data, how):
+    base = programs.make_tree(tmp_path, tiny_data, {**FAST_HP, "epochs": 4, "batch-size": 4, "num-workers": 2,
+                                                    "cache-features": "false"})
+    stopped = subprocess.run([sys.executable, "-c", STOP_BY, str(CONTAINER / "train"), how], env=program_env(base),
+                             capture_output=True, text=True, timeout=600, start_new_session=True)
+    assert stopped.returncode == 143, stopped.stdout + stopped.stderr
+    assert not (base / "output" / "failure").exists() and "killed by signal" not in stopped.stderr.replace(
+        "RuntimeError: DataLoader worker (pid 1) is killed by signal", ""), stopped.stderr
+    progress = json.loads(torch.load(base / "checkpoints" / "checkpoint.pt", weights_only=True)["progress"])
+    assert (progress["epoch"], progress["batches_done"]) == (1, 1)  # the second epoch's first step
+    saved = read_json(base / "model" / "model.json")["metrics"]
+    last = [line for line in stopped.stdout.splitlines() if "valid_acc=" in line][-1]
+    assert last == metrics.selected_line(saved["best_epoch"], saved["valid_loss"], saved["valid_accuracy"])

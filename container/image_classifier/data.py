@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import re
+import signal
 import stat
 import warnings
 from collections import Counter
@@ -272,10 +273,14 @@ def resolve_workers(requested: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def _one_thread(worker_id: int) -> None:
+def _worker_init(worker_id: int) -> None:
     # A loader worker decodes and transforms one image at a time; torch's default of one
     # thread per core in every worker oversubscribes the CPU.
     torch.set_num_threads(1)
+    # A stop is the training process's to handle: torchrun signals a rank's whole process group
+    # (os.killpg), workers included, and a worker that died of it would fail the rank before it
+    # saved its checkpoint. Workers end with their parent (torch's watchdog), or by SIGKILL.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def loader(dataset, batch_size: int, num_workers: int, sampler=None, drop_last: bool = False):
@@ -283,5 +288,5 @@ def loader(dataset, batch_size: int, num_workers: int, sampler=None, drop_last: 
     workers = resolve_workers(num_workers)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
-        num_workers=workers, persistent_workers=workers > 0, collate_fn=collate, worker_init_fn=_one_thread,
+        num_workers=workers, persistent_workers=workers > 0, collate_fn=collate, worker_init_fn=_worker_init,
         pin_memory=torch.cuda.is_available())

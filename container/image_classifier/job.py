@@ -167,10 +167,10 @@ def _run_job(stop, where: list, environment, files, distributed, train, torch) -
         return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - the reason must reach the failure file
         traceback.print_exc()
+        if stop.requested:  # an error while a stop is under way (a peer or a loader worker gone first) is the stop
+            log.warning("%s: stopped by SIGTERM (%s while stopping)", world.describe(), described(e))
+            return stopped()
         if world.distributed and distributed.lost_peer(e):
-            if stop.requested:  # SIGTERM reached every host; another one stopped first
-                log.warning("%s: stopped by SIGTERM while the others stopped too", world.describe())
-                return stopped()
             write_failure(f"{world.describe()} lost the other processes of the job: one failed, was stopped or "
                           f"died; its log and failure file say why ({distributed.first_line(e)})")
             return EXIT_FAILED

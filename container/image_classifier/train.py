@@ -38,7 +38,7 @@ from .debugger import Debugger
 from .distributed import SINGLE, World
 from .profiling import Profiling
 from .serving import precision as serving_precision
-from .errors import TrainingError
+from .errors import TrainingError, described
 from .preprocessing import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -304,6 +304,7 @@ class Job:
     eval_features: object = None  # channel -> its cached evaluation view (frozen backbone), else None
     tally: list = dataclasses.field(default_factory=lambda: [0.0, 0, 0, 0])  # this rank's loss sum, correct,
     # seen and failed since the last sync
+    mid_step: bool = False  # inside a step: the weights and the progress may disagree
 
     def sync(self) -> None:
         """Add every rank's tally to the progress (a collective: all ranks call it at the same step)."""
@@ -350,6 +351,7 @@ def train_one_epoch(job: Job, steps, stop: StopFlag, started: float) -> bool:
     job.profiling.timer.restart()  # after the backbone's pass over the images: not a step's data wait
     for inputs, labels, n_failed in steps:
         job.profiling.timer.data_ready()
+        job.mid_step = True  # from the forward (batch-norm statistics) to the step's count
         job.tally[3] += n_failed
         filler = inputs is None and world.distributed  # every rank must take part in the gradient sum
         if filler:
@@ -383,6 +385,7 @@ def train_one_epoch(job: Job, steps, stop: StopFlag, started: float) -> bool:
                 job.tally[2] += len(labels)
         job.scheduler.step()
         p.batches_done += 1
+        job.mid_step = False
         job.profiling.step_done(epoch + 1, p.batches_done)
         if hp.log_interval and p.batches_done % hp.log_interval == 0:
             job.sync()
@@ -535,13 +538,17 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
 
     def stopped(when: str, checkpointed: bool = False) -> Stopped:
         """SIGTERM: checkpoint; SageMaker uploads /opt/ml/model when a stopped job ends (MaxRuntime,
-        StopTrainingJob, the tuner's early stopping), so the best epoch so far goes there, untested."""
-        if not checkpointed:
+        StopTrainingJob, the tuner's early stopping), so the best epoch so far goes there, untested,
+        and its valid line is printed last, as the tuner's objective for a stopped trial."""
+        if job.mid_step:  # an error inside a step: its weights may be ahead of its count
+            log.warning("stopped inside a step: the checkpoint kept is the last one saved")
+        elif not checkpointed:
             job.save_checkpoint(hp_dict, train_ch.folders)
         job.debug.close()
         if job.progress.best_epoch and world.leader:  # no collective here: the ranks may not have agreed to stop
             final = best_model(job, all_channels, share=False)
             save(final)
+            print(metrics.selected_line(final["best_epoch"], final["valid_loss"], final["valid_accuracy"]), flush=True)
             log.warning("stopped: the best model so far (epoch %d, valid accuracy %.4f) is saved to %s",
                         final["best_epoch"], final["valid_accuracy"], model_dir)
         return Stopped(f"stopped by SIGTERM {when}; checkpoint saved in {checkpoint_dir}")
@@ -555,15 +562,23 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
             epoch = job.progress.epoch
             sampler.set_epoch(epoch, skip=job.progress.batches_done * hp.batch_size)
             started = time.perf_counter() - job.progress.seconds
-            try:  # with cached features the backbone runs here, in the first feature-views epochs only
-                steps = batches.train(epoch, stop)
-            except features.Interrupted:
-                job.progress.seconds = time.perf_counter() - started
-                raise stopped(f"at epoch {epoch + 1} step {job.progress.batches_done}") from None
-            if not train_one_epoch(job, steps, stop, started):
-                raise stopped(f"at epoch {epoch + 1} step {job.progress.batches_done}")
-            end_epoch(job, batches.valid(), started)
-            job.save_checkpoint(hp_dict, train_ch.folders)
+            try:
+                try:  # with cached features the backbone runs here, in the first feature-views epochs only
+                    steps = batches.train(epoch, stop)
+                except features.Interrupted:
+                    job.progress.seconds = time.perf_counter() - started
+                    raise stopped(f"at epoch {epoch + 1} step {job.progress.batches_done}") from None
+                if not train_one_epoch(job, steps, stop, started):
+                    raise stopped(f"at epoch {epoch + 1} step {job.progress.batches_done}")
+                end_epoch(job, batches.valid(), started)
+                job.save_checkpoint(hp_dict, train_ch.folders)
+            except Exception as error:  # re-raised below unless a stop is under way
+                if isinstance(error, Stopped) or not stop.requested:
+                    raise
+                # A stop under way can break what it stops first (a loader worker, a peer's
+                # connection): that error is the stop, and the work so far is kept.
+                log.warning("stopping: %s", described(error))
+                raise stopped(f"at epoch {epoch + 1} step {job.progress.batches_done}") from error
             if distributed.anyone(world, [stop.requested], device)[0]:
                 raise stopped(f"after epoch {epoch + 1}", checkpointed=True)
 
