@@ -432,3 +432,34 @@ def test_a_stop_keeps_the_work_whatever_breaks_first(tmp_path, tiny_data, how):
     saved = read_json(base / "model" / "model.json")["metrics"]
     last = [line for line in stopped.stdout.splitlines() if "valid_acc=" in line][-1]
     assert last == metrics.selected_line(saved["best_epoch"], saved["valid_loss"], saved["valid_accuracy"])
+
+
+# `train` killed (SIGKILL: no SIGTERM, as a lost spot instance or a crash ends it) after one given step
+KILL_AFTER_STEP = """
+import os, runpy, signal, sys
+from image_classifier import profiling
+step_done, kill_after = profiling.Profiling.step_done, (int(sys.argv[2]), int(sys.argv[3]))
+def step_done_then_die(self, epoch, step):
+    step_done(self, epoch, step)
+    if (epoch, step) == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+profiling.Profiling.step_done = step_done_then_die
+sys.argv = sys.argv[1:2]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_time_based_checkpoints_bound_what_a_kill_loses_and_resume_exactly(tmp_path, tiny_data):
+    hp = {**FAST_HP, "batch-size": 4, "cache-features": "false", "num-workers": 1, "checkpoint-minutes": 1e-6}
+    whole = programs.make_tree(tmp_path / "whole", tiny_data, {**hp, "checkpoint-minutes": 0})
+    assert run_train(whole).returncode == 0
+    base = programs.make_tree(tmp_path / "killed", tiny_data, hp)
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_STEP, str(CONTAINER / "train"), "2", "3"],
+                            env=program_env(base), capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    saved = json.loads(torch.load(base / "checkpoints" / "checkpoint.pt", weights_only=True)["progress"])
+    assert (saved["epoch"], saved["batches_done"]) == (1, 2)  # checkpointed after every step: one step lost
+    result = run_train(base)
+    assert result.returncode == 0 and "resuming from" in result.stderr and "epoch 2, step 2" in result.stderr
+    for expected, got in zip(final_weights(whole), final_weights(base)):
+        assert all(torch.equal(expected[k], got[k]) for k in expected)

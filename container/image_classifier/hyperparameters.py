@@ -99,6 +99,10 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    "Keep checkpoints in a folder named after the training job ($TRAINING_JOB_NAME) inside "
                    "/opt/ml/checkpoints, so that the trials of a tuning job that share a checkpoint S3 URI "
                    "each resume from their own (launch.tune sets it)."),
+    Hyperparameter("checkpoint-minutes", float, 10.0,
+                   "Also checkpoint inside an epoch once this many minutes have passed since the last "
+                   "checkpoint, so that an end without SIGTERM (a lost spot instance, a crash) loses at most "
+                   "that much training; 0: only at the end of each epoch and on SIGTERM.", minimum=0.0),
     Hyperparameter("log-interval", int, 0,
                    "Print progress every N training steps; 0 prints once per epoch.", minimum=0),
     Hyperparameter("debug-dir", str, "",

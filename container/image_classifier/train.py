@@ -305,6 +305,9 @@ class Job:
     tally: list = dataclasses.field(default_factory=lambda: [0.0, 0, 0, 0])  # this rank's loss sum, correct,
     # seen and failed since the last sync
     mid_step: bool = False  # inside a step: the weights and the progress may disagree
+    hp_dict: dict = dataclasses.field(default_factory=dict)  # what a checkpoint is checked against on resume
+    class_folders: list = dataclasses.field(default_factory=list)
+    checkpointed_at: float = dataclasses.field(default_factory=time.monotonic)
 
     def sync(self) -> None:
         """Add every rank's tally to the progress (a collective: all ranks call it at the same step)."""
@@ -314,18 +317,23 @@ class Job:
             p.seen + int(seen), p.failed + int(failed)
         self.tally = [0.0, 0, 0, 0]
 
-    def save_checkpoint(self, hp_dict: dict, class_folders: list[str]) -> None:
+    def save_checkpoint(self) -> None:
+        self.checkpointed_at = time.monotonic()
         if not self.world.leader:
             return
         checkpoint.save(self.checkpoint_dir, {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "progress": self.progress.to_json(), "hyperparameters": json.dumps(hp_dict),
-            "class_folders": json.dumps(class_folders)})
+            "progress": self.progress.to_json(), "hyperparameters": json.dumps(self.hp_dict),
+            "class_folders": json.dumps(self.class_folders)})
 
-    def resume(self, hp_dict: dict, class_folders: list[str]) -> None:
-        saved = distributed.from_leader(self.world, lambda: checkpoint.load(self.checkpoint_dir, hp_dict,
-                                                                          class_folders))
+    def checkpoint_due(self) -> bool:
+        minutes = self.hp.checkpoint_minutes
+        return minutes > 0 and time.monotonic() - self.checkpointed_at >= minutes * 60
+
+    def resume(self) -> None:
+        saved = distributed.from_leader(self.world, lambda: checkpoint.load(self.checkpoint_dir, self.hp_dict,
+                                                                          self.class_folders))
         if saved is None:
             return
         self.model.load_state_dict(saved["model"])
@@ -393,10 +401,15 @@ def train_one_epoch(job: Job, steps, stop: StopFlag, started: float) -> bool:
                 print(f"epoch {epoch + 1} step {p.batches_done}/{job.steps_per_epoch} "
                       f"loss={p.loss_sum / max(p.seen, 1):.4f} {p.seen / (time.perf_counter() - started):.1f} "
                       "img/s", flush=True)
-        if distributed.anyone(world, [stop.requested], job.device)[0]:  # all ranks stop after the same step
+        # All ranks stop, or checkpoint (checkpoint-minutes), after the same step.
+        stop_now, save_now = distributed.anyone(world, [stop.requested, job.checkpoint_due()], job.device)
+        if stop_now or save_now:
             job.sync()
             p.seconds = time.perf_counter() - started
+        if stop_now:
             return False
+        if save_now:
+            job.save_checkpoint()
     job.sync()
     return True
 
@@ -523,7 +536,8 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
               precision.grad_scaler(amp, device), amp, device, debug, Progress(), checkpoint_dir, steps_per_epoch,
               world, batches.blank)
     job.debug.register(job.net, criterion)
-    job.resume(hp_dict, train_ch.folders)
+    job.hp_dict, job.class_folders = hp_dict, train_ch.folders
+    job.resume()
     job.scalars = tensorboard.Scalars(tensorboard.directory() if world.leader else None)
     # The final evaluation reads the evaluation view the cache holds (valid's from validation,
     # test's from the audit) instead of running the frozen backbone over those images again.
@@ -543,7 +557,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
         if job.mid_step:  # an error inside a step: its weights may be ahead of its count
             log.warning("stopped inside a step: the checkpoint kept is the last one saved")
         elif not checkpointed:
-            job.save_checkpoint(hp_dict, train_ch.folders)
+            job.save_checkpoint()
         job.debug.close()
         if job.progress.best_epoch and world.leader:  # no collective here: the ranks may not have agreed to stop
             final = best_model(job, all_channels, share=False)
@@ -571,7 +585,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
                 if not train_one_epoch(job, steps, stop, started):
                     raise stopped(f"at epoch {epoch + 1} step {job.progress.batches_done}")
                 end_epoch(job, batches.valid(), started)
-                job.save_checkpoint(hp_dict, train_ch.folders)
+                job.save_checkpoint()
             except Exception as error:  # re-raised below unless a stop is under way
                 if isinstance(error, Stopped) or not stop.requested:
                     raise
