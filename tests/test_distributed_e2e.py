@@ -3,12 +3,13 @@ torch.distributed (gloo) between them on 127.0.0.1, against 1-host runs of the s
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
-from conftest import FAST_HP, failure_reason, program_env, read_json, run_train
+from conftest import CONTAINER, FAST_HP, failure_reason, program_env, read_json, run_train
 from image_classifier import metrics
 from launch.local import programs
 
@@ -221,3 +222,24 @@ def test_hosts_that_see_different_data_fail_alike(tmp_path, tiny_data):
     assert job.wait() == [1, 1], [job.output(0), job.output(1)]
     for tree in trees:
         assert failure_reason(tree).startswith("the hosts do not see the same data")
+
+
+NO_NAMES_RESOLVE = """
+import runpy, socket, sys
+def no_name(*args, **kwargs):
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+socket.getaddrinfo = no_name  # as on a host whose peers' names are not in DNS yet
+sys.argv = sys.argv[1:2]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_leader_name_that_never_resolves_fails_the_host_naming_it_and_the_wait(tmp_path, tiny_data):
+    trees = programs.make_hosts(tmp_path / "job", 2, tiny_data, {**HP, "host-wait-seconds": 2})
+    result = subprocess.run([sys.executable, "-c", NO_NAMES_RESOLVE, str(CONTAINER / "train")],
+                            env=program_env(trees[1], **programs.hosts_env(2)), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert failure_reason(trees[1]).startswith("host name '127.0.0.1' (the leader's address) did not resolve in 2 s "
+                                               "of retries"), failure_reason(trees[1])
+    assert "does not resolve yet" in result.stderr

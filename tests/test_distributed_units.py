@@ -95,3 +95,43 @@ def test_one_process_needs_no_process_group():
     assert distributed.from_leader(single, lambda: "read") == "read"
     with pytest.raises(TrainingError, match="refused"):
         distributed.from_leader(single, lambda: (_ for _ in ()).throw(TrainingError("refused")))
+
+
+class FakeClock:
+    def __init__(self):
+        self.now, self.sleeps = 0.0, []
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_a_host_name_is_retried_until_it_resolves_with_backoff(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(distributed.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(distributed.time, "sleep", clock.sleep)
+    tries = []
+
+    def resolve(name, port):
+        tries.append(name)
+        if len(tries) < 8:
+            raise distributed.socket.gaierror(-2, "Name or service not known")
+    distributed.wait_for_address("algo-1", 900, resolve)
+    assert tries == ["algo-1"] * 8 and clock.sleeps == [0.25, 0.5, 1, 2, 4, 8, 10]
+
+
+def test_a_host_name_that_never_resolves_fails_naming_it_and_the_wait(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(distributed.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(distributed.time, "sleep", clock.sleep)
+
+    def resolve(name, port):
+        raise distributed.socket.gaierror(-2, "Name or service not known")
+    with pytest.raises(TrainingError) as e:
+        distributed.wait_for_address("algo-1", 60, resolve)
+    assert str(e.value).startswith("host name 'algo-1' (the leader's address) did not resolve in 60 s of retries "
+                                   "([Errno -2] Name or service not known); raise host-wait-seconds (now 60)")
+    assert sum(clock.sleeps) == 60 and max(clock.sleeps) == 10  # bounded: the last wait ends at the limit

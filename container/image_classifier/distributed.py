@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import socket
+import time
 from typing import Any, Callable
 
 import torch
@@ -92,6 +93,31 @@ def _port(value: str | None) -> int:
     if not value.isdigit() or not 0 < int(value) < 65536:
         raise TrainingError(f"MASTER_PORT must be a port number; got {value!r}")
     return int(value)
+
+
+def wait_for_address(address: str, seconds: float, resolve: Callable = socket.getaddrinfo) -> None:
+    """Retry resolving a host name for up to `seconds`, backing off to 10 s between tries. On
+    SageMaker a job's host names "may not be immediately available" (its distributed training
+    docs ask for a retry policy); sagemaker-training waits up to 15 minutes for each host."""
+    started, delay, told = time.monotonic(), 0.25, False
+    while True:
+        try:
+            resolve(address, None)
+            if told:
+                log.info("host name %s resolved after %.0f s", address, time.monotonic() - started)
+            return
+        except (socket.gaierror, UnicodeError) as e:
+            waited = time.monotonic() - started
+            if waited >= seconds:
+                raise TrainingError(f"host name {address!r} (the leader's address) did not resolve in {waited:.0f} s "
+                                    f"of retries ({first_line(e)}); raise host-wait-seconds (now {seconds:g}) if the "
+                                    "job's hosts take longer to appear") from None
+            if not told:
+                log.warning("host name %s does not resolve yet (%s): retrying for up to %g s", address,
+                            first_line(e), seconds)
+                told = True
+            time.sleep(min(delay, seconds - waited))
+            delay = min(delay * 2, 10.0)
 
 
 def device_for(world: World) -> torch.device:

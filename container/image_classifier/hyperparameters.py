@@ -132,6 +132,10 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("distributed-timeout", int, 600,
                    "Seconds a process of a multi-device or multi-host job waits for the others at a collective "
                    "before it fails the job (a process that dies on a live host ends the others at once).", minimum=10),
+    Hyperparameter("host-wait-seconds", int, 900,
+                   "Seconds a multi-host job retries resolving the leader's host name before it fails: SageMaker's "
+                   "host names may not resolve at once (both AWS training toolkits wait up to 15 minutes).",
+                   minimum=0),
     Hyperparameter("profile-steps", int, 0,
                    "Record a torch.profiler trace of this many training steps (output profile/trace.json); 0: none.",
                    minimum=0),

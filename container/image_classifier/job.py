@@ -132,7 +132,10 @@ def _run_job(stop, where: list, environment, files, distributed, train, torch) -
     world = distributed.SINGLE
     try:
         raw, resources = _check_config()
+        hp = hyperparameters.parse(raw)  # the raw strings: the toolkit's JSON-decoding would turn "2.5" epochs into 2
         world = where[0] = distributed.plan(resources)
+        if len(resources["hosts"]) > 1 and "LOCAL_RANK" not in os.environ:  # torchrun's workers: their launcher did
+            distributed.wait_for_address(world.leader_address, hp.host_wait_seconds)
         per_host = distributed.processes_per_host()
         # GPUs always under torchrun, even one a host: an NCCL error aborts its process, and the
         # launcher then writes the reason that process could not
@@ -146,7 +149,6 @@ def _run_job(stop, where: list, environment, files, distributed, train, torch) -
             traceback.print_exc()
             raise TrainingError(f"sagemaker-training cannot read {paths.input_config_dir()}: "
                                 f"{type(e).__name__}: {e}") from None
-        hp = hyperparameters.parse(raw)  # the raw strings: the toolkit's JSON-decoding would turn "2.5" epochs into 2
         channels = {name: Path(d) for name, d in env.channel_input_dirs.items()}
         model_dir = Path(os.environ["SM_MODEL_DIR"])
         print("hyperparameters: " + json.dumps(hyperparameters.as_dict(hp), sort_keys=True), flush=True)
