@@ -54,10 +54,24 @@ def test_sagemaker_hook_config_is_used_when_present(tmp_path, tiny_data):
         "LocalPath": str(out), "HookParameters": {"save_interval": "2"},
         "CollectionConfigurations": [{"CollectionName": "losses", "CollectionParameters": {"save_interval": "2"}}]}))
     base = programs.make_tree(tmp_path / "ml", tiny_data, FAST_HP)
-    result = run_train(base, SMDEBUG_CONFIG_FILE_PATH=str(config))
+    # What SageMaker also writes for a job with CheckpointConfig and TensorBoardOutputConfig (at fixed
+    # paths under /opt/ml/input/config, which smdebug reads unless these variables name others)
+    checkpoints, board = base / "checkpoints", base / "output" / "tensorboard"
+    (tmp_path / "checkpointconfig.json").write_text(json.dumps({"LocalPath": str(checkpoints)}))
+    (tmp_path / "tensorboardoutputconfig.json").write_text(json.dumps({"LocalPath": str(board)}))
+    result = run_train(base, SMDEBUG_CONFIG_FILE_PATH=str(config),
+                       CHECKPOINT_CONFIG_FILE_PATH=str(tmp_path / "checkpointconfig.json"),
+                       TENSORBOARD_CONFIG_FILE_PATH=str(tmp_path / "tensorboardoutputconfig.json"))
     assert result.returncode == 0, result.stderr
     assert f"SageMaker Debugger ({config})" in result.stderr
     assert LOSS in trial_of(out).tensor_names(collection="losses")
+    # smdebug neither watches nor writes the checkpoints (a next trial would resume its step counters
+    # from them), nor writes its own summaries among ours, nor logs a line a step
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best_model.pt", "checkpoint.pt"]
+    assert sorted(p.name for p in board.iterdir() if not p.name.startswith("events.out.tfevents")) == []
+    assert len(list(board.glob("events.out.tfevents*"))) == 1  # ours (tensorboard.py)
+    output = result.stdout + result.stderr
+    assert "checkpoint files" not in output and "checkpoint config file" not in output, output
 
 
 @pytest.mark.parametrize("where", ["hyperparameter", "sagemaker-config"])

@@ -7,6 +7,12 @@
   `debug-interval` steps. Local rules and the report read it (launch/report.py).
 - Otherwise: no hook.
 
+smdebug also reads SageMaker's CheckpointConfig and TensorBoardOutputConfig files when it makes a
+hook: it would then watch the checkpoint folder every step (logging each look), write its step
+counters there (a tuning job's next trial resumes them) and its own summaries into TensorBoard's
+folder. The hook is made with both pointed at an empty configuration: checkpoints and TensorBoard
+are the training loop's (checkpoint.py, tensorboard.py).
+
 Only trainable parameters are hooked and saved: a frozen backbone has no gradients, and saving
 its weights every interval would cost disk and time for tensors that never change. Any smdebug
 error is logged once and Debugger switched off; training goes on.
@@ -14,14 +20,36 @@ error is logged once and Debugger switched off; training goes on.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 SAGEMAKER_CONFIG = Path("/opt/ml/input/config/debughookconfig.json")  # fixed: ignores SAGEMAKER_BASE_DIR
 COLLECTIONS = ("losses", "weights", "biases", "gradients")
+# smdebug's variables for the files SageMaker writes at /opt/ml/input/config (state_store.py, json_config.py)
+SMDEBUG_ALSO_READS = ("CHECKPOINT_CONFIG_FILE_PATH", "TENSORBOARD_CONFIG_FILE_PATH")
+
+
+@contextlib.contextmanager
+def _own_checkpoints_and_tensorboard():
+    """While a hook is made: smdebug's checkpoint and TensorBoard configuration files are an empty one."""
+    with tempfile.TemporaryDirectory(prefix="smdebug-") as folder:
+        empty = Path(folder) / "none.json"
+        empty.write_text("{}")
+        before = {name: os.environ.get(name) for name in SMDEBUG_ALSO_READS}
+        os.environ.update({name: str(empty) for name in SMDEBUG_ALSO_READS})
+        try:
+            yield
+        finally:
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def config_file() -> Path:
@@ -56,14 +84,16 @@ class Debugger:
     def create(cls, debug_dir: Path | None, interval: int) -> "Debugger":
         try:
             if config_file().exists():
-                hook = _hook_class().create_from_json_file(json_file_path=str(config_file()))
+                with _own_checkpoints_and_tensorboard():
+                    hook = _hook_class().create_from_json_file(json_file_path=str(config_file()))
                 return cls(hook, f"SageMaker Debugger ({config_file()})")
             if not debug_dir:
                 return cls()
             import smdebug.pytorch as smd
             debug_dir.mkdir(parents=True, exist_ok=True)  # fails here, with a clear reason, if it cannot be made
-            hook = _hook_class()(out_dir=str(debug_dir), save_config=smd.SaveConfig(save_interval=interval),
-                                 include_collections=list(COLLECTIONS))
+            with _own_checkpoints_and_tensorboard():
+                hook = _hook_class()(out_dir=str(debug_dir), save_config=smd.SaveConfig(save_interval=interval),
+                                     include_collections=list(COLLECTIONS))
             return cls(hook, f"local Debugger hook in {debug_dir}, every {interval} steps")
         except Exception as e:  # noqa: BLE001 - Debugger must never stop training
             log.warning("SageMaker Debugger is off: could not create its hook: %s: %s", type(e).__name__, e)
