@@ -135,7 +135,9 @@ def main(argv=None, session=None) -> int:
     checkpoints = None
     if settings.spot:  # an interrupted spot trial resumes from its own checkpoints, not from epoch 1
         checkpoints = settings.s3("checkpoints", name)
-        settings.hyperparameters = {**settings.hyperparameters, "checkpoint-per-job": "true"}
+        # each trial in a folder of its own, removed when it ends; others' removed once past MaxWait
+        settings.hyperparameters = {**settings.hyperparameters, "checkpoint-per-job": "true",
+                                    "trial-lifetime-hours": f"{settings.max_wait_seconds / 3600:g}"}
     tuner = HyperparameterTuner(
         jobs.estimator(settings, session, checkpoint_s3_uri=checkpoints, for_tuning=True),
         objective_metric_name=settings.objective_metric,

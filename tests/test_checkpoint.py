@@ -27,7 +27,8 @@ def test_a_saved_state_comes_back(tmp_path):
     assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], torch.arange(4.0))
     checkpoint.save_best(tmp_path / "ckpt", {"w": torch.ones(2)})
     assert torch.equal(checkpoint.load_best(tmp_path / "ckpt")["w"], torch.ones(2))
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [checkpoint.BEST_FILE, checkpoint.STATE_FILE]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [checkpoint.BEST_FILE, checkpoint.STATE_FILE,
+                                                                    checkpoint.WRITTEN_FILE]
 
 
 @pytest.mark.parametrize("name", checkpoint.MUST_MATCH)
@@ -50,3 +51,25 @@ def test_a_checkpoint_holds_only_what_weights_only_loads(tmp_path):
     checkpoint.save(tmp_path, {**state(), "code": print})  # a function is not data
     with pytest.raises(TrainingError, match="cannot be read"):
         checkpoint.load(tmp_path, HP, FOLDERS)
+
+
+def test_a_trial_prunes_only_other_trials_too_old_to_resume(tmp_path):
+    import time
+    for name, age in (("old", 7200), ("new", 60), ("mine", 7200)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / checkpoint.WRITTEN_FILE).write_text(json.dumps({"unix_seconds": time.time() - age}))
+    (tmp_path / "other").mkdir()  # no WRITTEN_FILE: not a trial's
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / checkpoint.WRITTEN_FILE).write_text("{")
+    assert checkpoint.prune_trials(tmp_path, "mine", 3600) == ["old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "mine", "new", "other"]
+    checkpoint.remove_trial(tmp_path / "mine")
+    assert not (tmp_path / "mine").exists()
+    assert checkpoint.prune_trials(tmp_path / "absent", "mine", 1) == []
+
+
+def test_every_save_says_when(tmp_path):
+    import time
+    checkpoint.save(tmp_path, {"x": torch.zeros(1)})
+    written = json.loads((tmp_path / checkpoint.WRITTEN_FILE).read_text())["unix_seconds"]
+    assert abs(written - time.time()) < 60

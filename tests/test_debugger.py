@@ -67,7 +67,7 @@ def test_sagemaker_hook_config_is_used_when_present(tmp_path, tiny_data):
     assert LOSS in trial_of(out).tensor_names(collection="losses")
     # smdebug neither watches nor writes the checkpoints (a next trial would resume its step counters
     # from them), nor writes its own summaries among ours, nor logs a line a step
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["best_model.pt", "checkpoint.pt"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best_model.pt", "checkpoint.pt", "written.json"]
     assert sorted(p.name for p in board.iterdir() if not p.name.startswith("events.out.tfevents")) == []
     assert len(list(board.glob("events.out.tfevents*"))) == 1  # ours (tensorboard.py)
     output = result.stdout + result.stderr

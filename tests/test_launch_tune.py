@@ -154,6 +154,9 @@ def test_spot_trials_resume_from_their_own_checkpoints(sm):
     assert definition["CheckpointConfig"]["S3Uri"] == "s3://test-bucket/image-classifier/checkpoints/spot-hpo"
     # each trial keeps its checkpoints under its own job name inside /opt/ml/checkpoints
     assert definition["StaticHyperParameters"]["checkpoint-per-job"] == "true"
+    # and a trial removes other trials' folders once they can no longer be resumed (MaxWait: 48 h)
+    assert definition["StaticHyperParameters"]["trial-lifetime-hours"] == "48"
+    assert definition["StoppingCondition"]["MaxWaitTimeInSeconds"] == 48 * 3600
 
 
 def test_the_local_tuner_runs_hyperband_over_epochs_and_the_whole_grid():

@@ -5,12 +5,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from conftest import CONTAINER, FAST_HP, failure_reason, program_env, read_json, run_train, tensorboard_scalars
 from image_classifier import metrics
+from image_classifier.errors import TrainingError
 from launch.local import programs
 from imagegen import make_imagefolder
 
@@ -345,6 +347,22 @@ def test_internal_errors_still_write_a_one_line_reason(tmp_path, tiny_data, monk
     assert failure_reason(base) == "internal error: RuntimeError: disk on fire (traceback in the job log)"
 
 
+def test_a_failed_trial_removes_its_checkpoints(tmp_path, tiny_data, monkeypatch):
+    from image_classifier import job, train
+    base = programs.make_tree(tmp_path, tiny_data, {**FAST_HP, "checkpoint-per-job": "true"})
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
+    monkeypatch.setenv("TRAINING_JOB_NAME", "ic-hpo-002-abcd1234")
+
+    def fails(hp, channels, model_dir, checkpoints, *rest):
+        checkpoints.mkdir(parents=True)
+        (checkpoints / "checkpoint.pt").write_bytes(b"state")
+        raise TrainingError("loss became nan")
+    monkeypatch.setattr(train, "run", fails)
+    monkeypatch.setattr(signal, "signal", lambda *a: None)
+    assert job.run_job() == job.EXIT_FAILED
+    assert not (base / "checkpoints" / "ic-hpo-002-abcd1234").exists()
+
+
 def test_help_lists_hyperparameters_without_loading_torch():
     out = subprocess.run([sys.executable, str(CONTAINER / "train"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "early-stopping-patience" in out.stdout and "SAGEMAKER_BASE_DIR" in out.stdout
@@ -390,12 +408,28 @@ def test_a_run_resumed_mid_epoch_ends_with_the_uninterrupted_weights(tmp_path, t
             max((expected[k].float() - got[k].float()).abs().max().item() for k in expected)
 
 
-def test_checkpoint_per_job_keeps_a_trials_checkpoints_under_its_job_name(tmp_path, tiny_data):
-    base = programs.make_tree(tmp_path, tiny_data, {**FAST_HP, "epochs": 1, "checkpoint-per-job": "true"})
-    result = run_train(base, TRAINING_JOB_NAME="ic-hpo-001-abcd1234")  # as SageMaker sets it in a trial
-    assert result.returncode == 0, result.stderr
-    assert (base / "checkpoints" / "ic-hpo-001-abcd1234" / "checkpoint.pt").exists()
-    assert not (base / "checkpoints" / "checkpoint.pt").exists()
+def test_spot_tuning_trials_keep_their_own_checkpoints_until_they_end_and_prune_the_stale(tmp_path, tiny_data):
+    """The trials of a tuning job share one checkpoint S3 prefix, which SageMaker copies into each
+    new trial: a trial keeps its checkpoints in a folder named after its job while it may be
+    resumed, removes it when it completes, and removes other trials' folders too old to resume."""
+    hp = {**FAST_HP, "checkpoint-per-job": "true", "trial-lifetime-hours": 2}
+    base = programs.make_tree(tmp_path, tiny_data, hp)
+    root = base / "checkpoints"
+    for name, age_hours in (("ic-hpo-000-stale", 3), ("ic-hpo-000-recent", 1)):  # trials stopped earlier
+        (root / name).mkdir(parents=True)
+        (root / name / "checkpoint.pt").write_bytes(b"state")
+        (root / name / "written.json").write_text(json.dumps({"unix_seconds": time.time() - age_hours * 3600}))
+    (root / "notes").mkdir()  # not a trial's folder
+    job = {"TRAINING_JOB_NAME": "ic-hpo-001-abcd1234"}  # as SageMaker sets it in a trial
+    stopped = subprocess.run([sys.executable, "-c", STOP_AFTER_STEP, str(CONTAINER / "train"), "1", "2"],
+                             env=program_env(base, **job), capture_output=True, text=True, timeout=600)
+    assert stopped.returncode == 143, stopped.stderr
+    assert sorted(p.name for p in root.iterdir()) == ["ic-hpo-000-recent", "ic-hpo-001-abcd1234", "notes"]
+    assert {p.name for p in (root / "ic-hpo-001-abcd1234").iterdir()} >= {"checkpoint.pt", "written.json"}
+    assert not (root / "checkpoint.pt").exists()
+    resumed = run_train(base, **job)  # a spot restart of the same trial
+    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr
+    assert sorted(p.name for p in root.iterdir()) == ["ic-hpo-000-recent", "notes"]  # its own folder is gone
 
 
 # `train` stopped after one given step by what can reach it: its whole process group signalled (as

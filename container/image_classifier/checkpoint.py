@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -19,6 +21,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "checkpoint.pt"
 BEST_FILE = "best_model.pt"
+WRITTEN_FILE = "written.json"  # when the state was last saved: S3 copies do not keep file times
 # A resumed job must be the same job: these settings change what the saved state means.
 MUST_MATCH = ("backbone", "trainable", "image-size", "batch-size", "optimizer", "seed")
 
@@ -26,6 +29,41 @@ MUST_MATCH = ("backbone", "trainable", "image-size", "batch-size", "optimizer", 
 def save(directory: Path, state: dict) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     atomic_save(state, directory / STATE_FILE)
+    written = directory / (WRITTEN_FILE + ".tmp")
+    written.write_text(json.dumps({"unix_seconds": time.time()}) + "\n")
+    written.replace(directory / WRITTEN_FILE)
+
+
+# --- a tuning job's trials, which share one checkpoint S3 prefix (checkpoint-per-job) ---------------
+# SageMaker copies everything under the prefix into every new trial, and deletes in S3 what a job
+# deletes in its checkpoint folder (docs: model-checkpoints). So a trial that ends for good removes
+# its own folder, and old folders of trials that can no longer be resumed are removed by the next
+# trial: a trial downloads its own state plus the folders of trials running or stopped within
+# `lifetime` (the tuner's MaxWaitTimeInSeconds: no job outlives it).
+def remove_trial(directory: Path) -> None:
+    """A finished (or failed) trial's checkpoint folder: no run will resume from it."""
+    if directory.is_dir():
+        shutil.rmtree(directory, ignore_errors=True)
+        log.info("removed this trial's checkpoints (%s): it will not be resumed", directory)
+
+
+def prune_trials(root: Path, own: str, lifetime_seconds: float) -> list[str]:
+    """Remove the folders of other trials whose state was last saved over `lifetime_seconds` ago;
+    folders without a WRITTEN_FILE are not a trial's and are left alone. Returns their names."""
+    removed = []
+    now = time.time()
+    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and p.name != own) if root.is_dir() else []:
+        try:
+            written = json.loads((folder / WRITTEN_FILE).read_text())["unix_seconds"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if now - float(written) > lifetime_seconds:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    if removed:
+        log.info("removed the checkpoints of %d earlier trial(s) that can no longer be resumed: %s", len(removed),
+                 ", ".join(removed))
+    return removed
 
 
 def save_best(directory: Path, model_state: dict) -> None:

@@ -103,6 +103,11 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    "Also checkpoint inside an epoch once this many minutes have passed since the last "
                    "checkpoint, so that an end without SIGTERM (a lost spot instance, a crash) loses at most "
                    "that much training; 0: only at the end of each epoch and on SIGTERM.", minimum=0.0),
+    Hyperparameter("trial-lifetime-hours", float, 0.0,
+                   "With checkpoint-per-job: hours within which a tuning trial can still be resumed (the tuning "
+                   "job's MaxWaitTimeInSeconds; launch.tune sets it). A trial removes other trials' checkpoint "
+                   "folders last saved longer ago than this, so that later trials do not download them; 0 removes "
+                   "none. Every trial removes its own folder when it completes or fails.", minimum=0.0),
     Hyperparameter("log-interval", int, 0,
                    "Print progress every N training steps; 0 prints once per epoch.", minimum=0),
     Hyperparameter("debug-dir", str, "",

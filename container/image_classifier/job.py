@@ -129,6 +129,7 @@ def run_job() -> int:
 
 
 def _run_job(stop, where: list, environment, files, distributed, train, torch) -> int:
+    from . import checkpoint
     world = distributed.SINGLE
     try:
         raw, resources = _check_config()
@@ -152,12 +153,21 @@ def _run_job(stop, where: list, environment, files, distributed, train, torch) -
         channels = {name: Path(d) for name, d in env.channel_input_dirs.items()}
         model_dir = Path(os.environ["SM_MODEL_DIR"])
         print("hyperparameters: " + json.dumps(hyperparameters.as_dict(hp), sort_keys=True), flush=True)
-        checkpoints = paths.checkpoint_dir()
+        checkpoints = trial = paths.checkpoint_dir()
         if hp.checkpoint_per_job and os.environ.get("TRAINING_JOB_NAME"):  # SageMaker sets it in every job
-            checkpoints = paths.inside(checkpoints, os.environ["TRAINING_JOB_NAME"], "checkpoint-per-job")
+            checkpoints = trial = paths.inside(checkpoints, os.environ["TRAINING_JOB_NAME"], "checkpoint-per-job")
+            if hp.trial_lifetime_hours and world.leader:
+                checkpoint.prune_trials(paths.checkpoint_dir(), trial.name, hp.trial_lifetime_hours * 3600)
         distributed.start(world, hp.distributed_timeout, resources.get("network_interface_name"))
-        train.run(hp, channels, model_dir, checkpoints, Path(os.environ["SM_OUTPUT_DATA_DIR"]), stop, world)
+        try:
+            train.run(hp, channels, model_dir, checkpoints, Path(os.environ["SM_OUTPUT_DATA_DIR"]), stop, world)
+        except TrainingError:
+            if trial != paths.checkpoint_dir():  # a failed trial is not resumed
+                checkpoint.remove_trial(trial)
+            raise
         distributed.stop()
+        if trial != paths.checkpoint_dir():  # a completed trial's model is in its model.tar.gz
+            checkpoint.remove_trial(trial)
     except train.Stopped as e:
         log.warning("%s; rerun with the same checkpoint directory to resume", e)
         return stopped()
