@@ -93,6 +93,10 @@ def main(argv=None, session=None) -> int:
 
     from sagemaker.multidatamodel import MultiDataModel
     settings.require("role")
+    if settings_mod.is_gpu(settings.inference_instance_type):  # before any request
+        raise SystemExit(f"{settings.inference_instance_type} is a GPU instance type: SageMaker's multi-model "
+                         "endpoints run bring-your-own containers on CPU instances only (on GPU only NVIDIA Triton; "
+                         f"{settings_mod.MME_GPU_DOC}); use a CPU type (inference_instance_type) or launch.deploy")
     if args.add_only and not args.endpoint_name:
         raise SystemExit("--add-only needs --endpoint-name")
     session = session or aws.session(settings)

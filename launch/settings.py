@@ -72,6 +72,9 @@ class Settings:
             raise SystemExit(f"missing settings: {', '.join(missing)} (config file, IC_<NAME> or {flags})")
 
 
+MME_GPU_DOC = "https://docs.aws.amazon.com/sagemaker/latest/dg/multi-model-support.html"
+
+
 def is_gpu(instance_type: str) -> bool:
     """SageMaker's GPU families: ml.g4dn, ml.g5, ml.g6, ml.p3, ml.p4d, ml.p5, ..."""
     return re.match(r"^ml\.[gp]\d", instance_type or "") is not None

@@ -13,6 +13,7 @@ from pathlib import Path
 import boto3
 from botocore.stub import Stubber
 
+import iam_rules
 import sagemaker_rules
 
 REGION = "eu-west-1"
@@ -107,9 +108,8 @@ S3_PERMISSION = {"HeadObject": "GetObject", "ListObjectsV2": "ListBucket", "Copy
 
 
 def allowed_actions() -> set[str]:
-    statements = json.loads(LAUNCHER_POLICY.read_text())["Statement"]
-    return {a for s in statements if s["Effect"] == "Allow"
-            for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    """What the launcher policy grants, counting a grant only where IAM applies it (iam_rules)."""
+    return iam_rules.effective_actions(json.loads(LAUNCHER_POLICY.read_text()))
 
 
 def _snake(operation: str) -> str:

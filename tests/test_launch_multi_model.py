@@ -69,3 +69,11 @@ def test_add_only_never_overwrites_a_model_the_endpoint_may_serve(sm):
     with pytest.raises(SystemExit, match="dogs.tar.gz already in .* Add it under a new name"):
         sm.run("multi_model", "--add-only", "--endpoint-name", "dogs-mme", "--model", f"dogs=s3://{BUCKET}/m/model.tar.gz")
     assert sm.operations() == ["ListObjectsV2"]
+
+
+def test_a_gpu_instance_type_is_refused_before_any_request(sm):
+    """Multi-model endpoints take bring-your-own containers on CPU instances only (on GPU, Triton)."""
+    with pytest.raises(SystemExit, match="ml.g5.xlarge is a GPU instance type.*multi-model-support.html"):
+        sm.run("multi_model", "--model", f"dogs=s3://{BUCKET}/m/model.tar.gz", "--inference-instance-type",
+               "ml.g5.xlarge")
+    assert sm.operations() == []
