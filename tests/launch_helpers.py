@@ -8,6 +8,7 @@ from pathlib import Path
 
 import boto3
 
+import sagemaker_rules
 from conftest import ROOT, free_port
 
 
@@ -55,5 +56,14 @@ def cli(port, *args, **env):
 
 
 def runtime(port):
-    return boto3.client("sagemaker-runtime", region_name="eu-west-1", endpoint_url=f"http://127.0.0.1:{port}",
-                        aws_access_key_id="local", aws_secret_access_key="local")
+    """A SageMaker Runtime client of the local gateway; every request checked against the real
+    service's model first (sagemaker_rules: the body's 6 MB, CustomAttributes, TargetModel)."""
+    client = boto3.client("sagemaker-runtime", region_name="eu-west-1", endpoint_url=f"http://127.0.0.1:{port}",
+                          aws_access_key_id="local", aws_secret_access_key="local")
+
+    def check(params, model, **kwargs):
+        found = sagemaker_rules.violations(model.name, params, model.service_model)
+        if found:
+            raise sagemaker_rules.InvalidRequest(model.name, found)
+    client.meta.events.register("before-parameter-build.sagemaker-runtime.*", check)
+    return client

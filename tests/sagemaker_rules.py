@@ -359,7 +359,8 @@ class Rule:
     text: str
     source: str
     confirmed: str  # how the wording was checked offline, or "not confirmed offline"
-    check: Callable[[dict], Iterator[str]]  # yields "PATH: what is wrong"
+    check: Callable[..., Iterator[str]]  # yields "PATH: what is wrong"
+    uses_history: bool = False  # check(params, history): the requests sent before, as (operation, params)
 
 
 def _get(params: dict, dotted: str):
@@ -434,8 +435,8 @@ def _check_spot_wait(params):
         if definition.get("EnableManagedSpotTraining"):
             if wait is None:
                 yield f"{_join(path, 'StoppingCondition')}: managed spot training without MaxWaitTimeInSeconds"
-            elif run is not None and wait < run:
-                yield (f"{_join(path, 'StoppingCondition')}: MaxWaitTimeInSeconds {wait} < "
+            elif run is not None and wait <= run:
+                yield (f"{_join(path, 'StoppingCondition')}: MaxWaitTimeInSeconds {wait} is not larger than "
                        f"MaxRuntimeInSeconds {run}")
 
 
@@ -634,6 +635,27 @@ def _containers(params) -> Iterator[tuple[str, dict]]:
         yield f"Containers[{i}]", container
 
 
+def _check_transform_payload(params):
+    payload, concurrent = params.get("MaxPayloadInMB"), params.get("MaxConcurrentTransforms")
+    if isinstance(payload, int) and payload > 100:
+        yield f"MaxPayloadInMB: {payload} > 100"
+    elif isinstance(payload, int) and isinstance(concurrent, int) and concurrent * payload > 100:
+        yield f"MaxConcurrentTransforms x MaxPayloadInMB: {concurrent} x {payload} = {concurrent * payload} > 100"
+
+
+GPU_FAMILIES = re.compile(r"ml\.(g\d|p\d)")  # ml.g4dn, ml.g5, ml.g6, ml.g6e, ml.p3, ml.p4d, ml.p5, ...
+
+
+def _check_multi_model_cpu(params, history):
+    multi = {p.get("ModelName") for op, p in history if op == "CreateModel"
+             and any(c.get("Mode") == "MultiModel" for _, c in _containers(p))}
+    for i, variant in enumerate(params.get("ProductionVariants") or []):
+        kind = variant.get("InstanceType") or ""
+        if variant.get("ModelName") in multi and GPU_FAMILIES.match(kind):
+            yield (f"ProductionVariants[{i}].InstanceType: {kind} is a GPU instance type for the multi-model "
+                   f"model {variant['ModelName']!r}")
+
+
 def _check_model_data(params):
     for path, container in _containers(params):
         url = container.get("ModelDataUrl")
@@ -659,11 +681,12 @@ RULES: tuple[Rule, ...] = (
                              ("CreateModel", "ModelName", 63), ("CreateEndpointConfig", "EndpointConfigName", 63),
                              ("CreateEndpoint", "EndpointName", 63), ("CreateTransformJob", "TransformJobName", 63))),
     Rule("spot-max-wait", TRAINING,
-         "With EnableManagedSpotTraining, StoppingCondition.MaxWaitTimeInSeconds is given and is equal to or "
-         "greater than MaxRuntimeInSeconds.", f"{API}API_StoppingCondition.html",
+         "With EnableManagedSpotTraining, StoppingCondition.MaxWaitTimeInSeconds is given and is larger than "
+         "MaxRuntimeInSeconds (the managed spot training page; the API reference says 'equal to or greater', "
+         "the stricter reading is kept).", f"{DG}model-managed-spot-training.html",
          f"search: {API}API_StoppingCondition.html ('must be equal to or greater than MaxRuntimeInSeconds') "
          f"and {DG}model-managed-spot-training.html ('Set EnableManagedSpotTraining to True and specify the "
-         "MaxWaitTimeInSeconds')", _check_spot_wait),
+         "MaxWaitTimeInSeconds. MaxWaitTimeInSeconds must be larger than MaxRuntimeInSeconds')", _check_spot_wait),
     Rule("max-wait-needs-spot", TRAINING,
          "MaxWaitTimeInSeconds is only supported when EnableManagedSpotTraining is true.",
          f"{API}API_CreateTrainingJob.html",
@@ -681,10 +704,11 @@ RULES: tuple[Rule, ...] = (
          "At most 750 training jobs per tuning job (Bayesian, Hyperband, Grid; Random can be raised to 10000 "
          "by a quota increase; encoded at the default 750).", f"{DG}automatic-model-tuning-limits.html",
          f"search: {DG}automatic-model-tuning-limits.html", _check_quota("MaxNumberOfTrainingJobs", 750)),
-    Rule("quota-parallel-jobs-100", TUNING,
-         "At most 100 parallel training jobs per tuning job (default quota 10, can be increased to 100).",
+    Rule("quota-parallel-jobs-10", TUNING,
+         "At most 10 parallel training jobs per tuning job: the default quota (an account can have it raised to "
+         "100; the scripts then need --max-parallel-jobs over 10 knowingly).",
          f"{DG}automatic-model-tuning-limits.html", f"search: {DG}automatic-model-tuning-limits.html",
-         _check_quota("MaxParallelTrainingJobs", 100)),
+         _check_quota("MaxParallelTrainingJobs", 10)),
     Rule("quota-ranges-30", TUNING,
          "At most 30 hyperparameters searched: the sum of integer, continuous and categorical ranges.",
          f"{API}API_ParameterRanges.html",
@@ -743,6 +767,19 @@ RULES: tuple[Rule, ...] = (
          "the model's MetricDefinitionList max).", f"{DG}automatic-model-tuning-limits.html",
          f"search: {DG}automatic-model-tuning-limits.html and {DG}automatic-model-tuning-define-metrics.html",
          _check_tuning_metric_count),
+    Rule("transform-payload-100", ("CreateTransformJob",),
+         "MaxPayloadInMB is at most 100, and MaxConcurrentTransforms x MaxPayloadInMB is at most 100.",
+         f"{API}API_CreateTransformJob.html",
+         f"search: {API}API_CreateTransformJob.html ('The value of MaxPayloadInMB cannot be greater than 100 MB. "
+         "If you specify the MaxConcurrentTransforms parameter, the value of (MaxConcurrentTransforms * "
+         "MaxPayloadInMB) also cannot exceed 100 MB')", _check_transform_payload),
+    Rule("multi-model-cpu-only", ("CreateEndpointConfig",),
+         "A multi-model endpoint of a bring-your-own container runs on CPU instance types only (on GPU, "
+         "multi-model endpoints are served by the Triton Inference Server containers).",
+         f"{DG}multi-model-support.html",
+         f"search: {DG}multi-model-support.html ('Multi-model endpoints support all of the CPU instance types'; "
+         "'Hosting multiple GPU backed models on multi-model endpoints is supported through the SageMaker AI "
+         "Triton Inference server')", _check_multi_model_cpu, uses_history=True),
     Rule("model-data-url", ("CreateModel",),
          "A single-model container's ModelDataUrl is one .tar.gz archive; a MultiModel container's is the S3 "
          "prefix its models are under (the endpoint joins it with TargetModel), and it cannot use "
@@ -753,16 +790,17 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def rule_violations(operation_name: str, params: dict) -> list[str]:
+def rule_violations(operation_name: str, params: dict, history: tuple = ()) -> list[str]:
     return [f"[{rule.id}] {found}" for rule in RULES if operation_name in rule.operations
-            for found in rule.check(params)]
+            for found in (rule.check(params, history) if rule.uses_history else rule.check(params))]
 
 
-def violations(operation_name: str, params: dict, service_model) -> list[str]:
-    """Everything SageMaker (or S3) would refuse in this request that botocore lets through."""
+def violations(operation_name: str, params: dict, service_model, history: tuple = ()) -> list[str]:
+    """Everything SageMaker (or S3, or SageMaker Runtime) would refuse in this request that botocore
+    lets through; history: the requests sent before it, as (operation, params)."""
     found = model_violations(operation_name, params, service_model)
     if service_model.service_name == "sagemaker":
-        found += rule_violations(operation_name, params)
+        found += rule_violations(operation_name, params, history)
     return found
 
 

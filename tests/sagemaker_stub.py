@@ -36,14 +36,16 @@ class StubbedSageMaker:
         self.violations: list[sagemaker_rules.InvalidRequest] = []
         self.client.meta.events.register("before-parameter-build.sagemaker.*", self._capture)
         self.s3.meta.events.register("before-parameter-build.s3.*", self._capture)
+        self.runtime.meta.events.register("before-parameter-build.sagemaker-runtime.*", self._capture)
         self.stubber.activate()
         self.s3_stubber.activate()
 
     def _capture(self, params, model, **kwargs):
         # An upload's Body is an open file: record that one was sent, not its bytes.
         recorded = {k: "<body>" if k == "Body" else copy.deepcopy(v) for k, v in params.items()}
+        history = tuple(self.requests)
         self.requests.append((model.name, recorded))
-        found = sagemaker_rules.violations(model.name, params, model.service_model)
+        found = sagemaker_rules.violations(model.name, params, model.service_model, history)
         if found:  # kept too, so done() still fails if the launch code swallows the exception
             self.violations.append(sagemaker_rules.InvalidRequest(model.name, found))
             raise self.violations[-1]

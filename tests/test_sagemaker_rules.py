@@ -241,6 +241,14 @@ RULE_CASES = [  # (rule id, operation, bad request)
     ("name-CreateTransformJob", "CreateTransformJob", changed(TRANSFORM, "TransformJobName", "ic.batch")),
     ("spot-max-wait", "CreateTrainingJob", changed(TRAINING, "StoppingCondition.MaxWaitTimeInSeconds", 3600)),
     ("spot-max-wait", "CreateTrainingJob", changed(TRAINING, "StoppingCondition.MaxWaitTimeInSeconds", None)),
+    ("spot-max-wait", "CreateTrainingJob", changed(TRAINING, "StoppingCondition.MaxWaitTimeInSeconds",
+                                                   TRAINING["StoppingCondition"]["MaxRuntimeInSeconds"])),  # equal
+    ("transform-payload-100", "CreateTransformJob", changed(TRANSFORM, "MaxPayloadInMB", 101)),
+    ("transform-payload-100", "CreateTransformJob", changed(changed(TRANSFORM, "MaxPayloadInMB", 26),
+                                                            "MaxConcurrentTransforms", 4)),
+    ("multi-model-cpu-only", "CreateEndpointConfig", changed(changed(
+        ENDPOINT_CONFIG, "ProductionVariants.0.ModelName", "dogs-mme"), "ProductionVariants.0.InstanceType",
+        "ml.g5.xlarge")),
     ("spot-max-wait", TUNE, changed(changed(
         BAYESIAN, "TrainingJobDefinition.EnableManagedSpotTraining", True),
         "TrainingJobDefinition.StoppingCondition.MaxWaitTimeInSeconds", 60)),
@@ -252,8 +260,8 @@ RULE_CASES = [  # (rule id, operation, bad request)
         "StoppingCondition.MaxWaitTimeInSeconds", 2419201)),
     ("tuning-parallel-le-total", TUNE, changed(BAYESIAN, f"{LIMITS}.MaxParallelTrainingJobs", 9)),
     ("quota-training-jobs-750", TUNE, changed(BAYESIAN, f"{LIMITS}.MaxNumberOfTrainingJobs", 751)),
-    ("quota-parallel-jobs-100", TUNE, changed(changed(
-        BAYESIAN, f"{LIMITS}.MaxParallelTrainingJobs", 101), f"{LIMITS}.MaxNumberOfTrainingJobs", 200)),
+    ("quota-parallel-jobs-10", TUNE, changed(changed(
+        BAYESIAN, f"{LIMITS}.MaxParallelTrainingJobs", 11), f"{LIMITS}.MaxNumberOfTrainingJobs", 20)),
     ("quota-ranges-30", TUNE, changed(BAYESIAN, RANGES, {
         "ContinuousParameterRanges": many("ContinuousParameterRanges", 16),
         "IntegerParameterRanges": many("IntegerParameterRanges", 15)})),
@@ -308,8 +316,29 @@ def rule_ids(found: list[str]) -> set[str]:
 @pytest.mark.parametrize("rule_id,operation,params", RULE_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(RULE_CASES)])
 def test_each_cross_field_rule_catches_its_bad_request(rule_id, operation, params):
     assert botocore_errors(operation, params) == ""  # the model alone cannot tell
-    found = rules.violations(operation, params, SAGEMAKER)
+    found = rules.violations(operation, params, SAGEMAKER, HISTORY)
     assert rule_id in rule_ids(found), found
+
+
+HISTORY = (("CreateModel", MULTI_MODEL), ("CreateModel", SINGLE_MODEL))  # what was sent before a case
+
+
+def test_a_multi_model_endpoint_on_cpu_and_a_single_model_on_gpu_pass():
+    on_gpu = changed(ENDPOINT_CONFIG, "ProductionVariants.0.InstanceType", "ml.g5.xlarge")  # ic-model-1: single
+    assert rules.violations("CreateEndpointConfig", on_gpu, SAGEMAKER, HISTORY) == []
+    on_cpu = changed(ENDPOINT_CONFIG, "ProductionVariants.0.ModelName", "dogs-mme")
+    assert rules.violations("CreateEndpointConfig", on_cpu, SAGEMAKER, HISTORY) == []
+
+
+def test_runtime_requests_are_checked_against_the_runtime_model():
+    runtime = botocore.session.get_session().get_service_model("sagemaker-runtime")
+    found = rules.violations("InvokeEndpoint", {"EndpointName": "dogs", "Body": b"x" * (6 * 1024 * 1024 + 1),
+                                                "CustomAttributes": "top_k=3" * 200, "TargetModel": " dogs.tar.gz"},
+                             runtime)
+    assert any("Body" in f for f in found) and any("CustomAttributes" in f for f in found), found
+    assert any("TargetModel" in f for f in found), found
+    assert rules.violations("InvokeEndpoint", {"EndpointName": "dogs", "Body": b"x", "CustomAttributes": "top_k=3",
+                                               "TargetModel": "dogs.tar.gz"}, runtime) == []
 
 
 def test_messages_name_the_path_and_the_numbers():
