@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the SageMaker image and push it to Amazon ECR; prints the image URI.
 #
-#   ./build_and_push.sh [--gpu] [--tag TAG] [--region REGION] [--account ID]
+#   ./build_and_push.sh [--gpu] [--tag TAG] [--platform PLATFORM] [--region REGION] [--account ID]
 #                       [--wheelhouse DIR] [--no-push] [--dry-run] NAME
 #
 #   --gpu            the CUDA build: the same base with the registry's CUDA torch wheels, which
@@ -9,6 +9,9 @@
 #                    GPU instances); tag gpu unless --tag is given. Its URI is gpu_image_uri in
 #                    launch/config.toml, which the launch scripts use for ml.g*/ml.p* instances.
 #   --tag TAG        image tag (default: latest; gpu with --gpu)
+#   --platform P     the image's platform (default linux/amd64: SageMaker's ml.m/c/g/p instances
+#                    are x86_64, and an arm64 laptop's native build fails there with "exec format
+#                    error"); linux/arm64 for Graviton instance types (ml.c7g, ml.m7g, ...)
 #   --region REGION  ECR region (default: AWS_REGION, AWS_DEFAULT_REGION or `aws configure get region`)
 #   --account ID     AWS account (default: AWS_ACCOUNT_ID or `aws sts get-caller-identity`)
 #   --wheelhouse DIR install wheels found in DIR first (offline builds; e.g. a local torch wheel)
@@ -24,11 +27,12 @@ usage() {  # the comment block above, as help
 }
 die() { echo "build_and_push.sh: $*" >&2; exit 1; }
 
-gpu=false tag="" region="" account="${AWS_ACCOUNT_ID:-}" wheelhouse="" push=true dry=false name=""
+gpu=false tag="" platform=linux/amd64 region="" account="${AWS_ACCOUNT_ID:-}" wheelhouse="" push=true dry=false name=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --gpu) gpu=true ;;
     --tag) tag=${2:?--tag needs a value}; shift ;;
+    --platform) platform=${2:?--platform needs a value}; shift ;;
     --region) region=${2:?--region needs a value}; shift ;;
     --account) account=${2:?--account needs a value}; shift ;;
     --wheelhouse) wheelhouse=${2:?--wheelhouse needs a directory}; shift ;;
@@ -80,7 +84,7 @@ if [ -n "$wheelhouse" ]; then
   done
   $dry || trap 'rm -f "${linked[@]}"' EXIT
 fi
-run env DOCKER_BUILDKIT=1 "$docker" build --network=host -f "$here/docker/Dockerfile" \
+run env DOCKER_BUILDKIT=1 "$docker" build --network=host --platform "$platform" -f "$here/docker/Dockerfile" \
   -t "$name:$tag" "${build_args[@]}" "$here/container"
 $push || { echo "$name:$tag"; exit 0; }
 

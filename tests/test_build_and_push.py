@@ -21,7 +21,8 @@ def test_dry_run_prints_the_exact_cpu_build_and_push_commands():
     assert out.returncode == 0, out.stderr
     secret = f" --secret id=hostca\\,src={CA}" if os.path.exists(CA) else ""
     assert out.stdout.splitlines() == [
-        f"+ env DOCKER_BUILDKIT=1 docker build --network=host -f {ROOT}/docker/Dockerfile -t dog-breeds:v1 "
+        f"+ env DOCKER_BUILDKIT=1 docker build --network=host --platform linux/amd64 -f {ROOT}/docker/Dockerfile "
+        "-t dog-breeds:v1 "
         f"--build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu{secret} {ROOT}/container",
         "+ aws ecr create-repository --repository-name dog-breeds --region eu-west-1 "
         "--image-scanning-configuration scanOnPush=true",
@@ -31,6 +32,12 @@ def test_dry_run_prints_the_exact_cpu_build_and_push_commands():
         "+ docker push 123456789012.dkr.ecr.eu-west-1.amazonaws.com/dog-breeds:v1",
         "123456789012.dkr.ecr.eu-west-1.amazonaws.com/dog-breeds:v1",
     ]
+
+
+def test_the_platform_is_sagemakers_unless_told_otherwise():
+    """SageMaker's instances are x86_64 (Graviton aside): an arm64 laptop must not push its native build."""
+    assert " --platform linux/amd64 " in run("--dry-run", "--no-push", "x").stdout
+    assert " --platform linux/arm64 " in run("--dry-run", "--no-push", "--platform", "linux/arm64", "x").stdout
 
 
 def test_gpu_variant_and_china_regions():
