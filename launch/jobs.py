@@ -8,7 +8,7 @@ from image_classifier.metrics import METRIC_DEFINITIONS
 from image_classifier.tensorboard import LOCAL_PATH as TENSORBOARD_LOCAL_PATH
 
 from . import aws
-from .settings import processes
+from .settings import is_gpu, processes
 
 TAGS = [{"Key": "created-by", "Value": "image-classifier-launch"}]  # cleanup.py finds resources by it
 DEBUG_COLLECTIONS = ("losses", "weights", "biases", "gradients")
@@ -65,6 +65,28 @@ def rules(settings) -> list:
 def profiler_config(settings):
     from sagemaker.debugger import ProfilerConfig
     return ProfilerConfig(s3_output_path=settings.s3("profiler"), system_monitor_interval_millis=500)
+
+
+# Instance types with Elastic Fabric Adapter (EFA) networking that multi-node NCCL uses when the
+# image has libfabric and the AWS OFI NCCL plugin; this image has neither, so NCCL uses TCP sockets.
+EFA_TYPES = ("ml.p4d.24xlarge", "ml.p4de.24xlarge", "ml.p5.48xlarge", "ml.p5e.48xlarge", "ml.p5en.48xlarge",
+             "ml.g5.48xlarge", "ml.g6.48xlarge", "ml.g6e.48xlarge", "ml.trn1.32xlarge", "ml.trn1n.32xlarge")
+
+
+def cost_notes(settings, parallel: int = 1) -> list[str]:
+    """What a job costs or needs beyond its request, said before any request: multi-node traffic
+    over TCP on EFA instance types, and the instance quotas a new account may not have."""
+    notes = []
+    count, kind = settings.train_instance_count, settings.train_instance_type
+    if count > 1 and kind in EFA_TYPES:
+        notes.append(f"{count} x {kind}: gradients go between instances over TCP, not EFA (the image has no "
+                     "libfabric or AWS OFI NCCL plugin); expect lower multi-node scaling than EFA gives "
+                     "(docs/DISTRIBUTED.md)")
+    if count * parallel > 1 or is_gpu(kind):
+        notes.append(f"needs {count * parallel} x {kind} at once: the account's Service Quota '{kind} for training "
+                     f"job usage'{' (spot: ... for spot training job usage)' if settings.spot else ''} must allow "
+                     "it; new accounts often have 0 for GPU types, and the job fails with ResourceLimitExceeded")
+    return notes
 
 
 def check_batch_split(settings, tuning: bool) -> None:

@@ -41,6 +41,7 @@ class Settings:
     strategy: str = "Bayesian"
     max_jobs: int = 8
     max_parallel_jobs: int = 2
+    parallel_jobs_quota: int = 10  # the account's "parallel training jobs per tuning job": 10 unless raised
     early_stopping: str = "Auto"
     objective_metric: str = OBJECTIVE_METRIC
     objective_type: str = OBJECTIVE_TYPE
@@ -72,6 +73,7 @@ class Settings:
             raise SystemExit(f"missing settings: {', '.join(missing)} (config file, IC_<NAME> or {flags})")
 
 
+SPOT_DOC = "https://docs.aws.amazon.com/sagemaker/latest/dg/model-managed-spot-training.html"
 MME_GPU_DOC = "https://docs.aws.amazon.com/sagemaker/latest/dg/multi-model-support.html"
 
 
@@ -147,4 +149,8 @@ def load(args: argparse.Namespace | None = None, environ: dict | None = None) ->
             raise SystemExit(f"--hp takes NAME=VALUE, got {item!r}")
         settings.hyperparameters[name] = value
     hyperparameters.to_sagemaker(settings.hyperparameters)  # fails early on a name or value the image refuses
+    if settings.spot and settings.max_wait_seconds <= settings.max_run_seconds:
+        raise SystemExit(f"max_wait_seconds {settings.max_wait_seconds} must be larger than max_run_seconds "
+                         f"{settings.max_run_seconds} with spot: it counts the wait for capacity plus the run "
+                         f"({SPOT_DOC})")
     return settings

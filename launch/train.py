@@ -45,6 +45,8 @@ def main(argv=None, session=None) -> int:
                                              job_name=args.job_name, hosts=args.hosts)
         return 0 if result.succeeded else 1
 
+    for note in jobs.cost_notes(settings):
+        print(f"note: {note}", file=sys.stderr, flush=True)
     session = session or aws.session(settings)
     name = aws.check_name(args.job_name, "--job-name") if args.job_name else aws.job_name(settings)
     checkpoints = args.checkpoint_s3_uri or settings.s3("checkpoints", name)

@@ -124,6 +124,13 @@ def main(argv=None, session=None) -> int:
         return 0 if best is not None else 1
 
     from sagemaker.tuner import HyperparameterTuner
+    parallel = min(settings.max_parallel_jobs, max_jobs(settings, space))
+    if parallel > settings.parallel_jobs_quota:  # the service refuses the request (ResourceLimitExceeded)
+        raise SystemExit(f"max_parallel_jobs {parallel} is over the quota of {settings.parallel_jobs_quota} parallel "
+                         "training jobs per tuning job (10 by default; Service Quotas can raise it to 100): lower it, "
+                         "or set parallel_jobs_quota to your account's raised quota")
+    for note in jobs.cost_notes(settings, parallel):
+        print(f"note: {note}", file=sys.stderr, flush=True)
     session = session or aws.session(settings)
     if settings.debugger:
         settings.hyperparameters = jobs.own_hook_hyperparameters(settings)
@@ -147,7 +154,7 @@ def main(argv=None, session=None) -> int:
         strategy=settings.strategy,
         strategy_config=strategy_config(settings),
         max_jobs=max_jobs(settings, space),
-        max_parallel_jobs=min(settings.max_parallel_jobs, max_jobs(settings, space)),
+        max_parallel_jobs=parallel,
         early_stopping_type="Off" if settings.strategy == "Hyperband" else settings.early_stopping,
         tags=jobs.TAGS,
     )

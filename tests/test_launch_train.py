@@ -162,3 +162,26 @@ def test_a_job_on_several_multi_gpu_instances(sm):
                                          r"training processes \(2 x ml.g5.12xlarge\); use multiples of 8"):
         sm.run(*args, "--hp", "batch-size=36")
     assert len(sm.requests) == before
+
+
+def test_efa_instances_and_instance_quotas_are_said_before_any_request(sm, capsys):
+    gpu_image = IMAGE.replace(":test", ":gpu")
+    sm.respond("create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:123456789012:training-job/e"})
+    sm.data("train", "valid", "test")
+    assert sm.run("train", "--no-wait", "--job-name", "efa", "--instance-count", "2", "--train-instance-type",
+                  "ml.p4d.24xlarge", "--gpu-image-uri", gpu_image, "--hp", "batch-size=64") == 0
+    said = capsys.readouterr().err
+    assert "note: 2 x ml.p4d.24xlarge: gradients go between instances over TCP, not EFA" in said
+    assert "needs 2 x ml.p4d.24xlarge at once: the account's Service Quota 'ml.p4d.24xlarge for training job usage'" \
+        in said
+    assert sm.operations()[-1] == "CreateTrainingJob"
+    sm.respond("create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:123456789012:training-job/c"})
+    sm.data("train", "valid", "test")
+    assert sm.run("train", "--no-wait", "--job-name", "cpu") == 0  # one CPU instance: nothing to say
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_spot_needs_a_wait_larger_than_the_run(sm):
+    with pytest.raises(SystemExit, match="max_wait_seconds 3600 must be larger than max_run_seconds 3600 with spot"):
+        sm.run("train", "--no-wait", "--spot", "--max-run-seconds", "3600", "--max-wait-seconds", "3600")
+    assert sm.operations() == []

@@ -198,3 +198,9 @@ def test_an_integer_batch_range_is_refused_for_several_processes():
         jobs.check_batch_split(s, tuning=True)
     jobs.check_batch_split(s, tuning=False)  # a training job takes the static batch-size, 32: it splits
     assert settings_mod.processes("ml.p4d.24xlarge", 2) == 16 and settings_mod.processes("ml.m5.xlarge", 3) == 3
+
+
+def test_parallel_trials_over_the_quota_are_refused_before_any_request(sm, tmp_path):
+    with pytest.raises(SystemExit, match="max_parallel_jobs 12 is over the quota of 10 parallel training jobs"):
+        sm.run("tune", "--max-jobs", "20", "--max-parallel-jobs", "12", "--no-wait")
+    assert sm.requests == []

@@ -10,7 +10,6 @@ import logging
 import os
 import random
 import re
-import signal
 import stat
 import warnings
 from collections import Counter
@@ -278,9 +277,10 @@ def _worker_init(worker_id: int) -> None:
     # thread per core in every worker oversubscribes the CPU.
     torch.set_num_threads(1)
     # A stop is the training process's to handle: torchrun signals a rank's whole process group
-    # (os.killpg), workers included, and a worker that died of it would fail the rank before it
-    # saved its checkpoint. Workers end with their parent (torch's watchdog), or by SIGKILL.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # (os.killpg), and a worker that died of it would fail the rank before it saved its
+    # checkpoint. In a group of its own the worker is not signalled with the rank; it still ends
+    # when its parent tells it, terminates it (multiprocessing, at exit) or dies (torch's watchdog).
+    os.setpgid(0, 0)
 
 
 def loader(dataset, batch_size: int, num_workers: int, sampler=None, drop_last: bool = False):
