@@ -59,11 +59,13 @@ def webp_with_exif(size: int) -> bytes:
 
 
 def tiff_with_strips(strips: int) -> bytes:
-    """A valid little-endian TIFF header whose IFD0 lists `strips` strip offsets."""
+    """A valid little-endian TIFF header whose IFD0 lists `strips` strip offsets and byte counts
+    (the arrays in the file: 8 bytes a strip; the strips themselves are not)."""
+    arrays = 8 + 2 + 12 * 8 + 4
     entries = [(256, 4, 1, 8), (257, 4, 1, strips), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-               (273, 4, strips, 0), (278, 4, 1, 1), (279, 4, strips, 0)]
+               (273, 4, strips, arrays), (278, 4, 1, 1), (279, 4, strips, arrays + 4 * strips)]
     ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + b"\0" * 4
-    return b"II*\0" + struct.pack("<I", 8) + ifd
+    return b"II*\0" + struct.pack("<I", 8) + ifd + bytes(8 * strips)
 
 
 def bmp_header(width: int, height: int) -> bytes:
@@ -78,7 +80,7 @@ ATTACKS = {  # name: (body, content type, status, words of the message)
                           "MAX_REQUEST_PIXELS"),
     "gif-4.4MB-comment": (lambda: hostile.gif_with_huge_comment(), "image/gif", 413, "bytes of comments"),
     "webp-2MB-exif": (lambda: webp_with_exif(2_000_000), "image/webp", 413, "bytes of metadata"),
-    "tiff-1M-strips": (lambda: tiff_with_strips(1_000_000), "image/tiff", 413, "strips or tiles"),
+    "tiff-700000-strips": (lambda: tiff_with_strips(700_000), "image/tiff", 413, "strips or tiles"),
     "bmp-100000-square": (lambda: bmp_header(100_000, 100_000), "image/bmp", 413, "the limit is 40000000"),
     "png-one-bit-7000": (lambda: hostile.one_bit_png(7000), "image/png", 413, "the limit is 40000000"),
     "png-8-bit-rgba-5500": (lambda: hostile.deep_png(5500, 8), "image/png", 413, "count as 40333333 pixels"),
@@ -86,8 +88,8 @@ ATTACKS = {  # name: (body, content type, status, words of the message)
     "png-16-bit-rgba-interlaced-3500": (lambda: hostile.deep_png(3500, interlaced=True), "image/png", 413,
                                         "count as 40833332 pixels"),
     "jpeg-6MB-of-fill-bytes": (lambda: hostile.jpeg_with_fill_bytes(), "image/jpeg", 413, "fill bytes"),
-    "bmp-rle8-1300-square": (lambda: hostile.rle_bmp(1300), "image/bmp", 413, "count as 42250000 pixels"),
-    "bmp-rle4-6000-square": (lambda: hostile.rle_bmp(6000, rle4=True), "image/bmp", 413, "count as 900000000"),
+    "bmp-rle8-1300-square": (lambda: hostile.rle_bmp(1300), "image/bmp", 413, "count as 42354040 pixels"),
+    "bmp-rle4-6000-square": (lambda: hostile.rle_bmp(6000, rle4=True), "image/bmp", 413, "count as 900480040"),
     "tiff-exif-4.5GB-of-tag-values": (lambda: hostile.amplified_exif("tiff"), "image/tiff", 413,
                                       "4500000000 bytes of values"),
     "tiff-200000-numbers": (lambda: hostile.amplified_exif("tiff", tags=200, blob=2000, value_type=3), "image/tiff",
@@ -195,15 +197,16 @@ def test_serving_parses_no_embedded_exif_or_mpf_through_pillow(small_model, monk
 def test_a_tiff_counts_the_numbers_pillow_unpacks_from_its_tags(small_model):
     body = hostile.amplified_exif("tiff", tags=10, blob=8_000, value_type=5)  # 10,000 rationals
     image, header = inference._open(body, "body")
-    assert inference.decode_cost(image, header, small_model.preprocessing) == 8 * 8 + 10_008 * 200
-    with pytest.raises(GenericInferenceToolkitError) as e:  # 20 copies: 40.03 M, over the budget
+    assert inference.decode_cost(image, header, small_model.preprocessing) == 8 * 8 + 10_008 * 200 + 500  # 1 strip
+    with pytest.raises(GenericInferenceToolkitError) as e:  # 20 copies: 40.04 M, over the budget
         inference.input_fn(json_body(*[body] * 20), "application/json", model=small_model)
-    assert e.value.status_code == 413 and "count as 40033280 pixels" in e.value.message
+    assert e.value.status_code == 413 and "count as 40043280 pixels" in e.value.message
 
 
 def test_a_small_run_length_bmp_is_served(small_model):
     """The weight keeps run-length BMPs to 1.6 Mpx a request; under that they decode as Pillow decodes them."""
     body = hostile.rle_bmp(200)
     image, header = inference._open(body, "body")
-    assert inference.decode_cost(image, header, small_model.preprocessing) == 200 * 200 * 25
+    codes = (len(body) - 14 - 40 - 4 * 256) // 2  # after the file and info headers and the palette
+    assert inference.decode_cost(image, header, small_model.preprocessing) == 200 * 200 * 25 + codes * 40
     assert inference.input_fn(body, "image/bmp", model=small_model).sizes == [(200, 200)]

@@ -66,6 +66,7 @@ class Header:
     interlaced: bool = False  # PNG: Adam7, decoded in seven passes
     weight: int = 1  # what a pixel costs against a C decoder's (BMP RLE: Pillow decodes it in Python)
     values: int = 0  # TIFF: numbers in its tags, each unpacked into a Python object while it loads
+    extra: int = 0  # pixels' worth of structure a decoder walks in Python (TIFF strips, BMP run-length codes)
     drop: tuple[tuple[int, int], ...] = ()  # byte spans the decoder does not get (for_decoder)
 
     @property
@@ -118,6 +119,11 @@ def _entries(count: int, what: str) -> None:
 _NEXT_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")  # not 0xff00 (stuffing), RSTn or fill bytes
 _SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # DHT, JPG and DAC share the range
 _PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
+# Huffman-coded baseline, extended sequential and progressive frames: what cameras and encoders
+# write. Lossless (SOF3) decodes, but a drafted one leaves Pillow's heap corrupt (libjpeg-turbo
+# 3.1: the worker aborts a few requests later); arithmetic and hierarchical frames are unused.
+_SERVED_FRAMES = {0xC0: "baseline", 0xC1: "extended sequential", 0xC2: "progressive"}
+MAX_JPEG_TABLE_BYTES = 16 * 1024  # DQT before the first scan, parsed by Pillow in Python; real files: under 1 KiB
 _RST = set(range(0xD0, 0xD8))
 # Markers with a length that both Pillow (JpegImagePlugin.MARKER) and libjpeg (jdmarker.c) read as
 # such: frames, tables (DHT, DAC, DQT, DNL, DRI), scans, APPn and COM. Pillow reads the others as
@@ -130,9 +136,9 @@ MAX_JPEG_FILL_BYTES = 64 * 1024  # Pillow's Image.open skips them in Python: 6 M
 
 
 def _jpeg(data: bytes) -> Header:
-    header, pos, entries = None, 2, 0
+    header, pos, entries, components = None, 2, 0, 0
     exif, xmp, drop = b"", None, []
-    metadata = scans = fill = 0
+    metadata = scans = fill = tables = 0
     while pos < len(data):
         entries += 1
         _entries(entries, "the JPEG")
@@ -160,8 +166,15 @@ def _jpeg(data: bytes) -> Header:
         if marker in _SOF:
             if header is not None:  # Pillow sizes the image by the last, libjpeg refuses a second
                 raise Refused("the JPEG has more than one frame header")
-            _, height, width = struct.unpack_from(">BHH", segment)
+            if marker not in _SERVED_FRAMES:
+                raise Refused(f"JPEG frame type SOF{marker - 0xC0} (lossless, arithmetic-coded or hierarchical) is "
+                              "not served; send a baseline or progressive JPEG, or a PNG")
+            _, height, width, components = struct.unpack_from(">BHHB", segment)
             header = Header("JPEG", width, height, progressive=marker in _PROGRESSIVE)
+        elif marker == 0xDB and not scans:
+            tables += length
+            if tables > MAX_JPEG_TABLE_BYTES:
+                raise too_costly(f"the JPEG has over {MAX_JPEG_TABLE_BYTES} bytes of quantization tables")
         elif 0xE0 <= marker <= 0xEF or marker == 0xFE:
             metadata += length
             if scans:  # Pillow reads none after the first scan
@@ -176,6 +189,8 @@ def _jpeg(data: bytes) -> Header:
         elif marker == 0xDA:
             if header is None:
                 raise Refused("the JPEG has a scan before its frame header")
+            if not scans and segment[0] < components:  # not interleaved: libjpeg buffers the whole image,
+                scans += 1  # as for several scans, so it counts at full size (decode_cost)
             scans += 1
             if scans > MAX_JPEG_SCANS:
                 raise too_costly(f"the JPEG has over {MAX_JPEG_SCANS} scans (real encoders write at most about 20; "
@@ -196,12 +211,13 @@ _PNG_METADATA = {b"tEXt", b"zTXt", b"iTXt", b"iCCP", b"eXIf"}
 # first, against one budget for the file.
 MAX_INFLATED_METADATA = 4 * 1024 * 1024
 _PNG_CHUNK_TEXT = 1024 * 1024  # PngImagePlugin.MAX_TEXT_CHUNK: Pillow fails on a chunk that inflates past it
+MAX_PNG_DATA_CHUNKS = 20_000  # encoders write 8 to 64 KiB each: 6 MB is under 800 of them
 _XMP_KEY = b"XML:com.adobe.xmp"
 _RAW_EXIF_KEY = b"Raw profile type exif"
 
 
 def _png(data: bytes) -> Header:
-    pos, entries, metadata, header, profiles = 8, 0, 0, None, 0
+    pos, entries, metadata, header, profiles, data_chunks = 8, 0, 0, None, 0, 0
     texts = _PngTexts()
     while pos + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
@@ -224,6 +240,10 @@ def _png(data: bytes) -> Header:
         if kind not in (b"IDAT", b"fdAT"):  # image data may come in many chunks; Pillow streams them
             entries += 1
             _entries(entries, "the PNG")
+        else:
+            data_chunks += 1  # a loop step each in Pillow's Python, however small
+            if data_chunks > MAX_PNG_DATA_CHUNKS:
+                raise too_costly(f"the PNG's image data comes in over {MAX_PNG_DATA_CHUNKS} chunks")
         pos += 12 + length
     if header is None:
         raise Refused("the PNG has no IHDR chunk")
@@ -250,6 +270,8 @@ class _PngTexts:
             self._inflate(rest[1:], rest[:1])
         elif kind == b"tEXt":
             self.keys[key] = rest
+            if key == b"exif":  # Pillow keeps this one's bytes as info["exif"], as an eXIf chunk's
+                self.exif = rest
         elif kind == b"zTXt":
             self.keys[key] = self._inflate(rest[1:], rest[:1] or b"\0") or b""
         elif len(rest) >= 2:  # iTXt: flag, method, language, translated keyword, text
@@ -262,8 +284,8 @@ class _PngTexts:
                 return
             if key == _XMP_KEY:
                 self.xmp = text
-            try:
-                text.decode("utf-8")
+            try:  # Pillow keeps the text under its key only when all of it is UTF-8
+                parts[0].decode("utf-8"), parts[1].decode("utf-8"), text.decode("utf-8")
             except UnicodeDecodeError:
                 return
             self.keys[key] = text
@@ -296,13 +318,14 @@ class _PngTexts:
 
 
 # --- GIF ------------------------------------------------------------------------------------------
-def _sub_blocks(data: bytes, pos: int) -> tuple[int, int]:
-    """(position after a run of sub-blocks, bytes of data in them)."""
-    size = 0
+def _sub_blocks(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(position after a run of sub-blocks, bytes of data in them, how many)."""
+    size = count = 0
     while data[pos]:
         size += data[pos]
+        count += 1
         pos += data[pos] + 1
-    return pos + 1, size
+    return pos + 1, size, count
 
 
 def _gif(data: bytes) -> Header:
@@ -313,18 +336,20 @@ def _gif(data: bytes) -> Header:
         entries += 1
         _entries(entries, "the GIF")
         block = data[pos]
-        if block == 0x21:  # extension: label, then sub-blocks
+        if block == 0x21:  # extension: label, then sub-blocks (each a loop step in Pillow)
             label = data[pos + 1]
-            pos, size = _sub_blocks(data, pos + 2)
+            pos, size, count = _sub_blocks(data, pos + 2)
             if label == 0xFE:
                 comments += size
                 if comments > MAX_COMMENT_BYTES:
                     raise too_costly(f"the GIF carries over {MAX_COMMENT_BYTES} bytes of comments")
+            entries += count
+            _entries(entries, "the GIF")
             if label in (0xFE, 0xFF):  # comments, application data (XMP)
                 metadata += size
-        elif block == 0x2C:  # the first image descriptor: its size may exceed the screen's
-            frame_width, frame_height = struct.unpack_from("<HH", data, pos + 5)
-            return Header("GIF", max(width, frame_width), max(height, frame_height), metadata=metadata)
+        elif block == 0x2C:  # the first image descriptor: Pillow grows the screen to hold it
+            left, top, frame_width, frame_height = struct.unpack_from("<HHHH", data, pos + 1)
+            return Header("GIF", max(width, left + frame_width), max(height, top + frame_height), metadata=metadata)
         else:
             raise Refused("the GIF has no image" if block == 0x3B else "the GIF is malformed")
 
@@ -335,12 +360,13 @@ def _webp(data: bytes) -> Header:
         raise Refused(f"not an image in a served format ({SHOWN})")
     pos, entries, metadata, exif, xmp, size = 12, 0, 0, None, None, None
     extended = data[12:16] == b"VP8X"
-    while pos + 8 <= len(data):
+    end = min(len(data), 8 + struct.unpack_from("<I", data, 4)[0])  # libwebp reads no further than RIFF's size
+    while pos + 8 <= end:
         entries += 1
         _entries(entries, "the WebP")
         kind, length = struct.unpack_from("<4sI", data, pos)
         body = data[pos + 8:pos + 8 + length]
-        if kind == b"VP8X":
+        if kind == b"VP8X" and pos == 12:  # only as the first chunk
             size = (int.from_bytes(body[4:7], "little") + 1, int.from_bytes(body[7:10], "little") + 1)
         elif kind == b"VP8 " and size is None:
             if body[3:6] != b"\x9d\x01\x2a":
@@ -368,6 +394,7 @@ def _webp(data: bytes) -> Header:
 # Pillow's RLE8/RLE4 decoder is Python, a loop step a pixel where a row ends early: 0.2 us a pixel
 # (4 Mpx in 0.8 s on 2 cores) against 0.006 for an uncompressed BMP; counted at 25 times its pixels.
 BMP_RLE_WEIGHT = 25
+BMP_RLE_CODE_COST = 40  # pixels' worth a two-byte code costs it (0.44 us), whatever it draws
 
 
 def _bmp(data: bytes) -> Header:
@@ -376,7 +403,11 @@ def _bmp(data: bytes) -> Header:
         width, height = struct.unpack_from("<HH", data, 18)
         return Header("BMP", width, height)
     width, height, _, _, compression = struct.unpack_from("<iiHHI", data, 18)
-    return Header("BMP", width, abs(height), weight=BMP_RLE_WEIGHT if compression in (1, 2) else 1)
+    if compression not in (1, 2):
+        return Header("BMP", width, abs(height))
+    (offset,) = struct.unpack_from("<I", data, 10)
+    return Header("BMP", width, abs(height), weight=BMP_RLE_WEIGHT,
+                  extra=max(0, len(data) - offset) // 2 * BMP_RLE_CODE_COST)
 
 
 # --- TIFF, and the TIFF structure inside EXIF blocks -------------------------------------------------
@@ -391,6 +422,7 @@ MAX_TIFF_VALUES = 1 << 17  # numbers in a TIFF's tags; each also counts in the r
 # Tags in the directories Pillow loads: libtiff's directory reader is quadratic in them (4,000
 # unknown tags cost it 0.6 s); cameras and scanners write tens, with EXIF under 200.
 MAX_TIFF_TAGS = 1000
+TIFF_STRIP_COST = 500  # pixels' worth a strip or tile costs (Pillow and libtiff set each up in turn: 6 us)
 
 
 @dataclasses.dataclass
@@ -410,10 +442,20 @@ def _ifd(data: bytes, order: str, offset: int) -> _Directory:
     found = _Directory({}, entries=count)
     for i in range(count):
         tag, kind, n = struct.unpack_from(order + "HHI", data, offset + 2 + 12 * i)
-        size = _TYPE_SIZES.get(kind, 1) * n
+        # Where Pillow and libtiff part ways, no encoder goes: Pillow skips a tag of a type it does
+        # not read or with no values and stops at a value past the end, and of repeated tags Pillow
+        # keeps the last and libtiff the first. Either would let the walk count another file.
+        if kind not in _VALUE_FORMATS or n == 0:
+            raise Refused(f"the TIFF's tag {tag} has {f'type {kind}' if n else 'no values'}, which its readers "
+                          "treat differently")
+        if tag in found.tags:
+            raise Refused(f"the TIFF names tag {tag} twice in one directory")
+        size = _TYPE_SIZES[kind] * n
         value = struct.unpack_from(order + ("H" if kind == 3 else "I"), data, offset + 10 + 12 * i)[0]
+        if size > 4 and value + size > len(data):
+            raise Refused(f"the TIFF's tag {tag} has values past the end of the file")
         found.tags[tag] = (kind, n, value)
-        if tag in _STRIPS or (size > 4 and value + size > len(data)):  # Pillow skips a value past the end
+        if tag in _STRIPS:
             continue
         found.value_bytes += size if size > 4 else 0
         found.numbers += n if kind in _NUMBERS else 0
@@ -477,7 +519,7 @@ def _embedded_orientation(exif: bytes | None) -> int | None:
     try:
         (offset,) = struct.unpack_from(order + "I", exif, 4)
         (count,) = struct.unpack_from(order + "H", exif, offset)
-        for i in range(min(count, MAX_ENTRIES)):
+        for i in range(count):  # at most 65,535, as Pillow reads them all
             tag, kind, n, inline = struct.unpack_from(order + "HHI4s", exif, offset + 2 + 12 * i)
             if kind not in _VALUE_FORMATS or n == 0:
                 continue
@@ -529,7 +571,7 @@ def _tiff(data: bytes) -> Header:
         _, n, pointer = tags[700]
         xmp = data[pointer:pointer + n]
     return Header("TIFF", tags[256][2], tags[257][2], orientation=_orientation(orientation, xmp),
-                  metadata=found.value_bytes, values=found.numbers)
+                  metadata=found.value_bytes, values=found.numbers, extra=strips * TIFF_STRIP_COST)
 
 
 _READERS = ((b"\xff\xd8\xff", _jpeg), (b"\x89PNG\r\n\x1a\n", _png), (b"GIF87a", _gif), (b"GIF89a", _gif),

@@ -190,15 +190,16 @@ def decode_cost(image: Image.Image, header: Header, pre: Preprocessing) -> int:
     of over 24 bits a pixel counts in proportion (8-bit RGBA: 4/3, 16-bit RGBA: 8/3), an
     interlaced one a quarter more: what its decoder inflates and unpacks, then converts (a 40 Mpx
     8-bit RGBA PNG took 0.65 to 0.95 s on 2 cores, a 16-bit one 1 s).
-    A run-length BMP counts 25 times its pixels: Pillow decodes it in Python. A TIFF adds
-    TIFF_VALUE_COST for each number in its tags."""
+    A run-length BMP counts 25 times its pixels, plus BMP_RLE_CODE_COST a code: Pillow decodes
+    it in Python. A TIFF adds TIFF_VALUE_COST for each number in its tags and TIFF_STRIP_COST
+    for each strip or tile (image_headers' `extra`)."""
     if header.format == "JPEG" and header.scans > 1:
         return header.pixels
     if header.format == "PNG":  # the header's size is Pillow's (one IHDR, first); max() keeps that true regardless
         pixels = max(header.pixels, image.width * image.height)
         cost = pixels * max(24, header.bits_per_pixel) // 24
         return cost * 5 // 4 if header.interlaced else cost
-    return decoded_pixels(image, pre) * header.weight + header.values * TIFF_VALUE_COST
+    return decoded_pixels(image, pre) * header.weight + header.values * TIFF_VALUE_COST + header.extra
 
 
 def _decode_all(bodies: list[tuple[bytes, str]], model: Model) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
