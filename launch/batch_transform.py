@@ -54,15 +54,22 @@ def payload_limits(payload_mb: int, concurrent: int | None) -> tuple[int, int]:
     return payload_mb, concurrent
 
 
-def refuse_oversized(session, prefix: str, payload_mb: int) -> int:
-    """Every object under the input prefix fits the payload (each is one request); their count."""
+def refuse_oversized(session, prefix: str, payload_mb: int) -> int | None:
+    """Every object under the input prefix fits the payload (each is one request); their count,
+    or None when the launcher may not list the prefix (the job's role may still read it)."""
+    from botocore.exceptions import ClientError
     bucket, key = aws.split_uri(prefix)
     limit, count, over = payload_mb * 1024 * 1024, 0, []
-    for page in session.s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
-        for item in page.get("Contents", []):
-            count += 1
-            if item["Size"] > limit:
-                over.append(f"s3://{bucket}/{item['Key']} ({item['Size'] / 1024 / 1024:.1f} MB)")
+    try:
+        for page in session.s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+            for item in page.get("Contents", []):
+                count += 1
+                if item["Size"] > limit:
+                    over.append(f"s3://{bucket}/{item['Key']} ({item['Size'] / 1024 / 1024:.1f} MB)")
+    except ClientError as e:
+        print(f"note: cannot list {prefix} ({e.response['Error'].get('Code', 'error')}): image sizes not checked "
+              f"against --max-payload-mb {payload_mb}; an image over it fails the job", file=sys.stderr, flush=True)
+        return None
     if over:
         raise SystemExit(f"{len(over)} input file(s) exceed --max-payload-mb {payload_mb} (each image is one request "
                          f"and the job would fail on it): {', '.join(over[:3])}{' ...' if len(over) > 3 else ''}; "
@@ -98,7 +105,8 @@ def main(argv=None, session=None) -> int:
         sagemaker_session=session)
     transformer.transform(args.input, data_type="S3Prefix", content_type=args.content_type, split_type="None",
                           job_name=name, wait=not args.no_wait, logs=False)
-    print(f"transform job: {name} ({images} inputs, each up to {payload_mb} MB)\nanswers: {output}")
+    print(f"transform job: {name} ({images if images is not None else 'unlisted'} inputs, each up to {payload_mb} "
+          f"MB)\nanswers: {output}")
     return 0
 
 

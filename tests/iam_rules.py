@@ -9,7 +9,9 @@ from pathlib import Path
 # Which resources each action can be granted on. A List action takes no resource-level permission:
 # granted on an ARN pattern, it is denied, however the pattern reads.
 RESOURCE_TYPES = json.loads((Path(__file__).parent / "data" / "iam_resource_types.json").read_text())["actions"]
-ANY_SEGMENT = "\0"  # an ARN format's ${Variable}: any run of characters without ':'
+ANY_SEGMENT = "\0"  # an ARN format's ${Variable}: any run of characters without ':' or '/'
+ANY_PATH = "\1"  # a variable that may hold '/' (an object key, a path, a log group or stream)
+PATH_VARIABLES = {"ObjectName", "RoleNameWithPath", "LogGroupName", "LogStreamName", "ParameterNameWithoutLeadingSlash"}
 
 
 def globs_meet(policy: str, arn_format: str) -> bool:
@@ -21,8 +23,9 @@ def globs_meet(policy: str, arn_format: str) -> bool:
             return True
         if i < len(policy) and policy[i] == "*":
             return meet(i + 1, j) or (j < len(arn_format) and meet(i, j + 1))
-        if j < len(arn_format) and arn_format[j] == ANY_SEGMENT:
-            return meet(i, j + 1) or (i < len(policy) and policy[i] != ":" and meet(i + 1, j))
+        if j < len(arn_format) and arn_format[j] in (ANY_SEGMENT, ANY_PATH):
+            stops = ":" if arn_format[j] == ANY_PATH else ":/"
+            return meet(i, j + 1) or (i < len(policy) and policy[i] not in stops and meet(i + 1, j))
         return i < len(policy) and j < len(arn_format) and policy[i] == arn_format[j] and meet(i + 1, j + 1)
     return meet(0, 0)
 
@@ -30,7 +33,11 @@ def globs_meet(policy: str, arn_format: str) -> bool:
 def granted_on(action: str, resource: str) -> bool:
     if resource == "*":
         return True
-    return any(globs_meet(resource, re.sub(r"\$\{[^}]*\}", ANY_SEGMENT, arn)) for arn in RESOURCE_TYPES[action])
+    return any(globs_meet(resource, re.sub(r"\$\{([^}]*)\}", _variable, arn)) for arn in RESOURCE_TYPES[action])
+
+
+def _variable(found: re.Match) -> str:
+    return ANY_PATH if found[1] in PATH_VARIABLES else ANY_SEGMENT
 
 
 def effective_actions(policy: dict) -> set[str]:

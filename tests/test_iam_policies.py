@@ -59,3 +59,5 @@ def test_the_resource_check_can_fail():
     assert granted_on("sagemaker:CreateModel", "arn:aws:sagemaker:REGION:ACCOUNT:*")
     assert not granted_on("sagemaker:CreateModel", "arn:aws:sagemaker:REGION:ACCOUNT:endpoint/*")
     assert granted_on("s3:GetObject", "arn:aws:s3:::BUCKET/PREFIX/*")
+    assert not granted_on("s3:ListBucket", "arn:aws:s3:::BUCKET/PREFIX/*")  # a bucket's name holds no '/'
+    assert granted_on("s3:ListBucket", "arn:aws:s3:::BUCKET")

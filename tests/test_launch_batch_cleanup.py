@@ -48,6 +48,15 @@ def test_an_image_over_the_payload_is_refused_before_the_job_starts(sm):
     assert sm.operations() == ["ListObjectsV2"]
 
 
+def test_an_input_the_launcher_may_not_list_is_not_checked_but_said(sm, capsys):
+    sm.s3_stubber.add_client_error("list_objects_v2", "AccessDenied", http_status_code=403)
+    sm.respond("create_transform_job", {"TransformJobArn": arn("transform-job", "bt")})
+    assert sm.run("batch_transform", "--model-name", "m", "--input", "s3://other-bucket/images/", "--job-name", "bt",
+                  "--no-wait") == 0
+    assert "note: cannot list s3://other-bucket/images/ (AccessDenied): image sizes not checked" in \
+        capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, message", [(["--max-payload-mb", "101"], "SageMaker takes 1 to 100"),
                                            (["--max-payload-mb", "30", "--max-concurrent-transforms", "4"],
                                             "4 x --max-payload-mb 30 = 120 MB")])

@@ -443,16 +443,22 @@ def step_done_then_stop(self, epoch, step):
     if (epoch, step) == (2, 1):
         if how == "killpg":
             os.killpg(os.getpgrp(), signal.SIGTERM)
-        else:
+        elif how == "error":
             signal.raise_signal(signal.SIGTERM)
             raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.")
+        else:  # the disk is full: the stop's checkpoint cannot be written
+            from image_classifier import checkpoint
+            def full(*args):
+                raise OSError(28, "No space left on device")
+            checkpoint.save = full
+            signal.raise_signal(signal.SIGTERM)
 profiling.Profiling.step_done = step_done_then_stop
 sys.argv = sys.argv[1:2]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("how", ["killpg", "error"])
+@pytest.mark.parametrize("how", ["killpg", "error", "disk-full"])
 def test_a_stop_keeps_the_work_whatever_breaks_first(tmp_path, tiny_data, how):
     base = programs.make_tree(tmp_path, tiny_data, {**FAST_HP, "epochs": 4, "batch-size": 4, "num-workers": 2,
                                                     "cache-features": "false"})
@@ -462,7 +468,8 @@ def test_a_stop_keeps_the_work_whatever_breaks_first(tmp_path, tiny_data, how):
     assert not (base / "output" / "failure").exists() and "killed by signal" not in stopped.stderr.replace(
         "RuntimeError: DataLoader worker (pid 1) is killed by signal", ""), stopped.stderr
     progress = json.loads(torch.load(base / "checkpoints" / "checkpoint.pt", weights_only=True)["progress"])
-    assert (progress["epoch"], progress["batches_done"]) == (1, 1)  # the second epoch's first step
+    # the second epoch's first step; with the disk full, the first epoch's end (and the best model all the same)
+    assert (progress["epoch"], progress["batches_done"]) == ((1, 0) if how == "disk-full" else (1, 1))
     saved = read_json(base / "model" / "model.json")["metrics"]
     last = [line for line in stopped.stdout.splitlines() if "valid_acc=" in line][-1]
     assert last == metrics.selected_line(saved["best_epoch"], saved["valid_loss"], saved["valid_accuracy"])

@@ -162,7 +162,7 @@ def _run_job(stop, where: list, environment, files, distributed, train, torch) -
         try:
             train.run(hp, channels, model_dir, checkpoints, Path(os.environ["SM_OUTPUT_DATA_DIR"]), stop, world)
         except TrainingError:
-            if trial != paths.checkpoint_dir():  # a failed trial is not resumed
+            if trial != paths.checkpoint_dir() and not stop.requested:  # a failed trial is not resumed
                 checkpoint.remove_trial(trial)
             raise
         distributed.stop()
@@ -172,6 +172,9 @@ def _run_job(stop, where: list, environment, files, distributed, train, torch) -
         log.warning("%s; rerun with the same checkpoint directory to resume", e)
         return stopped()
     except TrainingError as e:
+        if stop.requested:  # raised while a stop was under way (a peer gone first, say): the stop
+            log.warning("%s: stopped by SIGTERM (%s while stopping)", world.describe(), e)
+            return stopped()
         write_failure(str(e))
         return EXIT_FAILED
     except MemoryError:

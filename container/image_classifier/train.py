@@ -421,21 +421,22 @@ def end_epoch(job: Job, valid_batches, started: float) -> None:
     train_loss, train_acc = p.loss_sum / max(p.seen, 1), p.correct / max(p.seen, 1)
     ips = p.seen / max(seconds, 1e-9)
     val = evaluate(job.net, valid_batches, job.criterion, job.device, job.debug, job.world)
-    p.failed += val.failed
     if job.world.leader:
         print(metrics.epoch_line(p.epoch + 1, hp.epochs, train_loss, train_acc, val.loss, val.acc, seconds, ips,
                                  job.scheduler.get_last_lr()[0]), flush=True)
         print(f"profile epoch={p.epoch + 1} {job.profiling.timer.summary()}", flush=True)
+    improved = val.acc > p.best_acc
+    if improved and job.world.leader:  # written before the progress says so: an error here changes nothing
+        checkpoint.save_best(job.checkpoint_dir, job.model.state_dict())
+    p.failed += val.failed
     p.history.append(dict(epoch=p.epoch + 1, train_loss=train_loss, train_acc=train_acc, valid_loss=val.loss,
                           valid_acc=val.acc, valid_images=val.seen, seconds=seconds, images_per_second=ips))
-    job.scalars.epoch(p.history[-1], job.scheduler.get_last_lr()[0])
-    if val.acc > p.best_acc:
+    if improved:
         p.best_acc, p.best_epoch, p.stale_epochs = val.acc, p.epoch + 1, 0
-        if job.world.leader:
-            checkpoint.save_best(job.checkpoint_dir, job.model.state_dict())
     else:
         p.stale_epochs += 1
     p.next_epoch()
+    job.scalars.epoch(p.history[-1], job.scheduler.get_last_lr()[0])
     if 0 < hp.early_stopping_patience <= p.stale_epochs:
         p.epoch = hp.epochs  # a rerun of a finished job does not train on
         if job.world.leader:
@@ -554,18 +555,25 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
         """SIGTERM: checkpoint; SageMaker uploads /opt/ml/model when a stopped job ends (MaxRuntime,
         StopTrainingJob, the tuner's early stopping), so the best epoch so far goes there, untested,
         and its valid line is printed last, as the tuner's objective for a stopped trial."""
+        # Each part is tried on its own: a stop has seconds, and the best model must not wait on
+        # (or be lost with) a checkpoint that cannot be written.
+        saved = checkpointed
         if job.mid_step:  # an error inside a step: its weights may be ahead of its count
             log.warning("stopped inside a step: the checkpoint kept is the last one saved")
         elif not checkpointed:
-            job.save_checkpoint()
-        job.debug.close()
+            saved = _attempt("saving the checkpoint", job.save_checkpoint)
+        _attempt("closing Debugger", job.debug.close)
         if job.progress.best_epoch and world.leader:  # no collective here: the ranks may not have agreed to stop
-            final = best_model(job, all_channels, share=False)
-            save(final)
-            print(metrics.selected_line(final["best_epoch"], final["valid_loss"], final["valid_accuracy"]), flush=True)
-            log.warning("stopped: the best model so far (epoch %d, valid accuracy %.4f) is saved to %s",
-                        final["best_epoch"], final["valid_accuracy"], model_dir)
-        return Stopped(f"stopped by SIGTERM {when}; checkpoint saved in {checkpoint_dir}")
+            _attempt("saving the best model so far", save_best_so_far)
+        kept = "checkpoint saved in" if saved else "the last checkpoint saved is kept in"
+        return Stopped(f"stopped by SIGTERM {when}; {kept} {checkpoint_dir}")
+
+    def save_best_so_far() -> None:
+        final = best_model(job, all_channels, share=False)
+        save(final)
+        print(metrics.selected_line(final["best_epoch"], final["valid_loss"], final["valid_accuracy"]), flush=True)
+        log.warning("stopped: the best model so far (epoch %d, valid accuracy %.4f) is saved to %s",
+                    final["best_epoch"], final["valid_accuracy"], model_dir)
 
     # Epochs
     with contextlib.ExitStack() as closers:  # a failed or stopped job keeps its profile too
@@ -592,6 +600,7 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
                 # A stop under way can break what it stops first (a loader worker, a peer's
                 # connection): that error is the stop, and the work so far is kept.
                 log.warning("stopping: %s", described(error))
+                job.progress.seconds = time.perf_counter() - started  # the last steps' tally is not synced: lost
                 raise stopped(f"at epoch {epoch + 1} step {job.progress.batches_done}") from error
             if distributed.anyone(world, [stop.requested], device)[0]:
                 raise stopped(f"after epoch {epoch + 1}", checkpointed=True)
@@ -608,6 +617,15 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
             write_report(Path(output_data_dir), final, [ch for ch in all_channels if ch])
     distributed.barrier(world)  # the others end once the leader has written everything
     return final
+
+
+def _attempt(what: str, action) -> bool:
+    try:
+        action()
+        return True
+    except Exception as e:  # noqa: BLE001 - while stopping, one failure must not cost the rest
+        log.error("stopping: %s failed: %s", what, described(e))
+        return False
 
 
 def test_and_save(job: Job, channels: list, pre, save) -> dict:
