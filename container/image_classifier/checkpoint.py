@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .artifact import atomic_save
+from .files import atomic_write_text
 from .errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,7 @@ MUST_MATCH = ("backbone", "trainable", "image-size", "batch-size", "optimizer", 
 def save(directory: Path, state: dict) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     atomic_save(state, directory / STATE_FILE)
-    written = directory / (WRITTEN_FILE + ".tmp")
-    written.write_text(json.dumps({"unix_seconds": time.time()}) + "\n")
-    written.replace(directory / WRITTEN_FILE)
+    atomic_write_text(directory / WRITTEN_FILE, json.dumps({"unix_seconds": time.time()}) + "\n")
 
 
 # --- a tuning job's trials, which share one checkpoint S3 prefix (checkpoint-per-job) ---------------
@@ -50,9 +49,10 @@ def remove_trial(directory: Path) -> None:
 def prune_trials(root: Path, own: str, lifetime_seconds: float) -> list[str]:
     """Remove the folders of other trials whose state was last saved over `lifetime_seconds` ago;
     folders without a WRITTEN_FILE are not a trial's and are left alone. Returns their names."""
-    removed = []
-    now = time.time()
-    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and p.name != own) if root.is_dir() else []:
+    if not root.is_dir():
+        return []
+    removed, now = [], time.time()
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != own):
         try:
             written = json.loads((folder / WRITTEN_FILE).read_text())["unix_seconds"]
         except (OSError, ValueError, KeyError, TypeError):

@@ -430,7 +430,6 @@ class _Directory:
     tags: dict[int, tuple[int, int, int]]  # {tag: (type, count, first value or offset)}
     value_bytes: int = 0  # bytes Pillow copies out for the values that do not fit in their entries
     numbers: int = 0  # numbers Pillow unpacks
-    entries: int = 0  # tag entries, repeats included
 
 
 def _ifd(data: bytes, order: str, offset: int) -> _Directory:
@@ -439,7 +438,7 @@ def _ifd(data: bytes, order: str, offset: int) -> _Directory:
     500 KB blob cost 500 MB: values are counted per tag, not per byte of file."""
     (count,) = struct.unpack_from(order + "H", data, offset)
     _entries(count, "the TIFF directory")
-    found = _Directory({}, entries=count)
+    found = _Directory({})
     for i in range(count):
         tag, kind, n = struct.unpack_from(order + "HHI", data, offset + 2 + 12 * i)
         # Where Pillow and libtiff part ways, no encoder goes: Pillow skips a tag of a type it does
@@ -481,14 +480,14 @@ def _tiff_structure(data: bytes) -> _Directory:
             raise Refused(f"the TIFF's {_NAMES[tag]} directory is truncated") from None
         total.value_bytes += sub.value_bytes
         total.numbers += sub.numbers
-        total.entries += sub.entries
     if INTEROP_IFD in ifd0.tags and INTEROP_IFD not in directories:  # Pillow fails on it with a KeyError
         raise Refused("the TIFF names an Interop directory outside its Exif directory")
     if total.value_bytes > MAX_METADATA_BYTES:
         raise too_costly(f"the TIFF's tags hold {total.value_bytes} bytes of values (each copied out once per tag "
                          f"that points at it); the limit is {MAX_METADATA_BYTES}")
-    if total.entries > MAX_TIFF_TAGS:
-        raise too_costly(f"the TIFF has {total.entries} tags in its directories; the limit is {MAX_TIFF_TAGS}")
+    tags = sum(len(d.tags) for d in directories.values())  # no tag repeats in a directory (_ifd)
+    if tags > MAX_TIFF_TAGS:
+        raise too_costly(f"the TIFF has {tags} tags in its directories; the limit is {MAX_TIFF_TAGS}")
     if total.numbers > MAX_TIFF_VALUES:
         raise too_costly(f"the TIFF's tags hold {total.numbers} numbers; the limit is {MAX_TIFF_VALUES}")
     return total

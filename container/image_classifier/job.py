@@ -153,28 +153,28 @@ def _run_job(stop, where: list, environment, files, distributed, train, torch) -
         channels = {name: Path(d) for name, d in env.channel_input_dirs.items()}
         model_dir = Path(os.environ["SM_MODEL_DIR"])
         print("hyperparameters: " + json.dumps(hyperparameters.as_dict(hp), sort_keys=True), flush=True)
-        checkpoints = trial = paths.checkpoint_dir()
-        if hp.checkpoint_per_job and os.environ.get("TRAINING_JOB_NAME"):  # SageMaker sets it in every job
-            checkpoints = trial = paths.inside(checkpoints, os.environ["TRAINING_JOB_NAME"], "checkpoint-per-job")
+        checkpoints = paths.checkpoint_dir()
+        trial = hp.checkpoint_per_job and os.environ.get("TRAINING_JOB_NAME")  # SageMaker sets it in every job
+        if trial:
+            checkpoints = paths.inside(checkpoints, trial, "checkpoint-per-job")
             if hp.trial_lifetime_hours and world.leader:
-                checkpoint.prune_trials(paths.checkpoint_dir(), trial.name, hp.trial_lifetime_hours * 3600)
+                checkpoint.prune_trials(paths.checkpoint_dir(), checkpoints.name, hp.trial_lifetime_hours * 3600)
         distributed.start(world, hp.distributed_timeout, resources.get("network_interface_name"))
         try:
             train.run(hp, channels, model_dir, checkpoints, Path(os.environ["SM_OUTPUT_DATA_DIR"]), stop, world)
         except TrainingError:
-            if trial != paths.checkpoint_dir() and not stop.requested:  # a failed trial is not resumed
-                checkpoint.remove_trial(trial)
+            if trial and not stop.requested:  # a failed trial is not resumed
+                checkpoint.remove_trial(checkpoints)
             raise
         distributed.stop()
-        if trial != paths.checkpoint_dir():  # a completed trial's model is in its model.tar.gz
-            checkpoint.remove_trial(trial)
+        if trial:  # a completed trial's model is in its model.tar.gz
+            checkpoint.remove_trial(checkpoints)
     except train.Stopped as e:
         log.warning("%s; rerun with the same checkpoint directory to resume", e)
         return stopped()
     except TrainingError as e:
-        if stop.requested:  # raised while a stop was under way (a peer gone first, say): the stop
-            log.warning("%s: stopped by SIGTERM (%s while stopping)", world.describe(), e)
-            return stopped()
+        if stop.requested:
+            return stopped_by_error(world, e)
         write_failure(str(e))
         return EXIT_FAILED
     except MemoryError:
@@ -182,9 +182,8 @@ def _run_job(stop, where: list, environment, files, distributed, train, torch) -
         return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - the reason must reach the failure file
         traceback.print_exc()
-        if stop.requested:  # an error while a stop is under way (a peer or a loader worker gone first) is the stop
-            log.warning("%s: stopped by SIGTERM (%s while stopping)", world.describe(), described(e))
-            return stopped()
+        if stop.requested:
+            return stopped_by_error(world, e)
         if world.distributed and distributed.lost_peer(e):
             write_failure(f"{world.describe()} lost the other processes of the job: one failed, was stopped or "
                           f"died; its log and failure file say why ({distributed.first_line(e)})")
@@ -204,6 +203,12 @@ def stopped() -> int:
     if os.environ.get(STOPPED_MARKER):
         Path(os.environ[STOPPED_MARKER]).touch()
     return EXIT_STOPPED
+
+
+def stopped_by_error(world, error: BaseException) -> int:
+    """An error while a stop is under way (a peer or a loader worker gone first) is the stop."""
+    log.warning("%s: stopped by SIGTERM (%s while stopping)", world.describe(), described(error))
+    return stopped()
 
 
 def launch_workers(world, resources: dict, per_host: int, stop) -> int:

@@ -535,9 +535,8 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
     debug = Debugger.create(where.debug, hp.debug_interval) if world.leader else Debugger()
     job = Job(hp, model, batches.net, distributed.wrap(batches.net, world, device), criterion, optimizer, scheduler,
               precision.grad_scaler(amp, device), amp, device, debug, Progress(), checkpoint_dir, steps_per_epoch,
-              world, batches.blank)
+              world, batches.blank, hp_dict=hp_dict, class_folders=train_ch.folders)
     job.debug.register(job.net, criterion)
-    job.hp_dict, job.class_folders = hp_dict, train_ch.folders
     job.resume()
     job.scalars = tensorboard.Scalars(tensorboard.directory() if world.leader else None)
     # The final evaluation reads the evaluation view the cache holds (valid's from validation,
@@ -585,15 +584,14 @@ def run(hp, channels: dict[str, Path], model_dir: Path, checkpoint_dir: Path, ou
             sampler.set_epoch(epoch, skip=job.progress.batches_done * hp.batch_size)
             started = time.perf_counter() - job.progress.seconds
             try:
-                try:  # with cached features the backbone runs here, in the first feature-views epochs only
-                    steps = batches.train(epoch, stop)
-                except features.Interrupted:
-                    job.progress.seconds = time.perf_counter() - started
-                    raise stopped(f"at epoch {epoch + 1} step {job.progress.batches_done}") from None
+                steps = batches.train(epoch, stop)  # with cached features the backbone runs here (first views only)
                 if not train_one_epoch(job, steps, stop, started):
                     raise stopped(f"at epoch {epoch + 1} step {job.progress.batches_done}")
                 end_epoch(job, batches.valid(), started)
                 job.save_checkpoint()
+            except features.Interrupted:  # a stop on any rank, during the backbone's pass
+                job.progress.seconds = time.perf_counter() - started
+                raise stopped(f"at epoch {epoch + 1} step {job.progress.batches_done}") from None
             except Exception as error:  # re-raised below unless a stop is under way
                 if isinstance(error, Stopped) or not stop.requested:
                     raise
