@@ -5,6 +5,7 @@ import base64
 import io
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -145,7 +146,8 @@ def test_a_worker_past_its_decode_deadline_is_killed_replaced_and_ping_says_so(t
         first_503 = statuses.index(503)
         assert 200 not in statuses[first_503:statuses.index(200, first_503)]  # 503 from held to replaced ...
         assert statuses[-1] == 200  # ... then 200 again
-        assert "replacing the 2 model worker(s) stopped for overrunning" in srv.output()
+        # 2 when both overran within one tick of the watch, else 1 and then 1 more (seen in CI)
+        assert re.search(r"replacing the [12] model worker\(s\) stopped for overrunning", srv.output())
         assert srv.output().count("killed it, the model server starts another") == 2
         assert srv.process.poll() is None
     finally:
