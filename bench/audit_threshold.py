@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from image_classifier import audit, data, features, hyperparameters, models
+from image_classifier import hyperparameters, image_folder, models
+from image_classifier.training import audit, features
 
 ALTERATIONS = {
     "shrunk to 80%, JPEG quality 70": lambda im: _jpeg(im.resize((int(im.width * 0.8), int(im.height * 0.8))), 70),
@@ -49,8 +50,9 @@ def main() -> int:
     backbone = models.get_backbone("efficientnet_lite0")
     pre = backbone.preprocessing(224)
     model, _, _ = models.build("efficientnet_lite0", "imagenet", 10)
-    cache = features.FeatureCache(None, model, backbone.head, pre, None, torch.device("cpu"),
-                                  hyperparameters.parse({}))
+    defaults = hyperparameters.parse({})
+    cache = features.FeatureCache(None, model, backbone.head, pre, None, torch.device("cpu"), seed=defaults.seed,
+                                  batch_size=defaults.batch_size, num_workers=defaults.num_workers)
     photos = sorted((args.data / "test").rglob("*.JPEG"))[:args.photos // 2] + \
         sorted((args.data / "valid").rglob("*.JPEG"))[:args.photos - args.photos // 2]
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,7 +67,7 @@ def main() -> int:
                 alter(Image.open(photo).convert("RGB")).convert("RGB").save(folder / f"{i:04d}.jpg", quality=95)
         unit = {}
         for split in ["distinct"] + [f"copy{k}" for k in range(len(ALTERATIONS))]:
-            found = cache.eval_view(data.scan(split, root / split)).features
+            found = cache.eval_view(image_folder.scan(split, root / split)).features
             unit[split] = torch.nn.functional.normalize(found, dim=1)
     similar = unit["distinct"] @ unit["distinct"].T
     similar.fill_diagonal_(-1)

@@ -4,7 +4,7 @@ and latency, in-process, one image at a time on one torch thread (as each MMS wo
     python bench/serve_graphs.py [--backbones resnet50,efficientnet_lite0] [--seconds 5]
 
 Contenders per backbone (random weights: speed does not depend on them): `fp32 eager` (today's
-fp32 `serve`), `bf16 frozen` (serving/precision.py: bf16 weights, channels_last, traced and
+fp32 `serve`), `bf16 frozen` (precision.py: bf16 weights, channels_last, traced and
 frozen), `bf16 compiled` (bf16 weights, channels_last, torch.compile with inductor's freezing).
 Start-up: seconds from the fp32 network to the first answer (tracing or compiling included).
 Also what CustomAttributes `explain=gradcam` adds per image: Grad-CAM on the fp32 network

@@ -1,4 +1,4 @@
-"""What `train`'s last step costs: the serving-precision agreement check (train.serving_checks),
+"""What `train`'s last step costs: the serving-precision agreement check (finish.serving_checks),
 one pass over the test images for all the CPU's modes (now) against one pass per mode (before:
 each pass decoded every image again and ran fp32 again). Both compute the same numbers; the
 table says they agree.
@@ -19,11 +19,11 @@ from common import DATA, OFFLINE_WEIGHTS, RESULTS, subset, write
 
 import torch
 
-from image_classifier import data, models
+from image_classifier import image_folder, models
 from image_classifier.hyperparameters import parse
 from image_classifier.preprocessing import eval_transform
-from image_classifier.serving import precision
-from image_classifier.train import make_loader
+from image_classifier import precision
+from image_classifier.training.batches import image_loader
 
 
 def timed(network, served: dict, loader) -> tuple[float, dict]:
@@ -42,13 +42,13 @@ def main() -> None:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        test = data.scan("test", subset(DATA, Path(tmp), {"test": args.per_class}) / "test")
+        test = image_folder.scan("test", subset(DATA, Path(tmp), {"test": args.per_class}) / "test")
         for backbone in args.backbones.split(","):
             network, _, _ = models.build(backbone, OFFLINE_WEIGHTS.get(backbone, "none"), len(test.folders))
             network = network.eval()
             pre = models.get_backbone(backbone).preprocessing(224)
             hp = parse({"backbone": backbone, "num-workers": 2})
-            loader = make_loader(test.samples, eval_transform(pre), pre.resize_size, hp, hp.batch_size)
+            loader = image_loader(test.samples, eval_transform(pre), pre.resize_size, hp.batch_size, hp.num_workers)
             served = {name: precision.prepare(copy.deepcopy(network), name, torch.device("cpu"), pre.image_size)
                       for name in precision.CPU_MODES}
             timed(network, served, [next(iter(loader))])  # warm-up: first forwards

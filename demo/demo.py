@@ -32,7 +32,7 @@ from pathlib import Path
 
 from image_classifier import files
 from launch.local import programs
-from image_classifier.data import IMAGE_EXTENSIONS, class_name
+from image_classifier.image_folder import IMAGE_EXTENSIONS, class_name
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from image_classifier import hyperparameters, search_space
 from image_classifier.hyperparameters import to_sagemaker
-from image_classifier.metrics import METRIC_DEFINITIONS
-from image_classifier.tensorboard import LOCAL_PATH as TENSORBOARD_LOCAL_PATH
+from image_classifier.metrics import DEBUG_COLLECTIONS, METRIC_DEFINITIONS
+from image_classifier.paths import TENSORBOARD_LOCAL_PATH
 
 from . import aws
 from .settings import is_gpu, processes
 
 TAGS = [{"Key": "created-by", "Value": "image-classifier-launch"}]  # cleanup.py finds resources by it
-DEBUG_COLLECTIONS = ("losses", "weights", "biases", "gradients")
 # SageMaker's built-in rules (rule_configs names), run in SageMaker's rule containers beside the job.
 DEBUG_RULES = ("vanishing_gradient", "exploding_tensor", "overfit", "overtraining", "poor_weight_initialization",
                "loss_not_decreasing")

@@ -221,7 +221,7 @@ def evaluation_section(files: JobFiles) -> str:
 
 
 def audit_section(files: JobFiles, shown: int = 50) -> str:
-    """The data audit `train` ran before training (image_classifier/audit.py) and its findings."""
+    """The data audit `train` ran before training (image_classifier/training/audit.py) and its findings."""
     import csv
     found = (files.metrics or {}).get("audit")
     if not found:

@@ -106,7 +106,7 @@ _KINDS = {f.name: str if f.default is None else type(f.default) for f in _SCALAR
 def _coerce(field: dataclasses.Field, value):
     kind = _KINDS[field.name]
     if kind is bool and isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes")
+        return hyperparameters.truthy(value)
     return kind(value)
 
 

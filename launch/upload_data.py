@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from image_classifier import data
+from image_classifier import image_folder
 from image_classifier.errors import TrainingError
 
 from launch import aws, settings as settings_mod
@@ -41,10 +41,10 @@ def local_files(data_dir: Path) -> dict[str, Path]:
     if not (data_dir / "train").is_dir():
         raise SystemExit(f"{data_dir} has no train/ folder (expected {data_dir}/train/<class>/<image>)")
     try:
-        channels = {name: data.scan(name, data_dir / name) for name in CHANNELS if (data_dir / name).is_dir()}
+        channels = {name: image_folder.scan(name, data_dir / name) for name in CHANNELS if (data_dir / name).is_dir()}
         for name, channel in channels.items():
             if name != "train":
-                data.check_same_classes(channels["train"], channel)
+                image_folder.check_same_classes(channels["train"], channel)
     except TrainingError as e:
         raise SystemExit(f"not uploading: {e}") from None
     files = {}

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from conftest import CLASSES, FAST_HP, IMAGEWOOF, read_json, run_train
-from image_classifier import audit, data
+from image_classifier import image_folder
+from image_classifier.training import audit
 from launch.local import programs
 from imagegen import make_splits
 from launch_helpers import launch
@@ -34,7 +35,7 @@ def test_checks_on_planted_problems(tmp_path):
     planted = plant(splits)
     for extra in sorted((splits["train"] / CLASSES[2]).iterdir())[:9]:
         extra.unlink()  # 3 left: few images, and 12 against 3 is not yet 10x
-    channels = [data.scan(n, splits[n]) for n in ("train", "valid", "test")]
+    channels = [image_folder.scan(n, splits[n]) for n in ("train", "valid", "test")]
     # Features: every image its own direction but two made alike (a near-duplicate pair across splits).
     views = [torch.nn.functional.one_hot(torch.arange(len(ch.samples)) + offset, 64).float()
              for offset, ch in zip((0, 30, 45), channels)]
@@ -58,7 +59,7 @@ def test_three_copies_are_exact_duplicates_only(tmp_path):
     first = sorted((splits["train"] / CLASSES[0]).iterdir())[0]
     for copy in ("copy_a.jpg", "copy_b.jpg"):
         shutil.copy(first, splits["test"] / CLASSES[0] / copy)
-    channels = [data.scan(n, splits[n]) for n in ("train", "test")]
+    channels = [image_folder.scan(n, splits[n]) for n in ("train", "test")]
     # Every image its own direction, but the three copies one, as a backbone makes them.
     views = [torch.eye(32)[offset: offset + len(ch.samples)].clone() for offset, ch in zip((0, 12), channels)]
     copied = channels[0].facts[str(first)].digest
@@ -74,7 +75,7 @@ def test_extreme_imbalance_is_flagged(tmp_path):
     splits = make_splits(tmp_path, CLASSES[:2], {"train": 20})
     for extra in sorted((splits["train"] / CLASSES[1]).iterdir())[:18]:
         extra.unlink()
-    rows = audit.class_checks(data.scan("train", splits["train"]))
+    rows = audit.class_checks(image_folder.scan("train", splits["train"]))
     assert ("imbalance", "train", CLASSES[0], "train", CLASSES[1], "20 against 2 training images (10x)") in rows
 
 

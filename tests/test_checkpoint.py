@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from image_classifier import checkpoint
+from image_classifier.training import checkpoint
 from image_classifier.errors import TrainingError
 
 HP = {"backbone": "resnet18", "trainable": "head", "image-size": 64, "batch-size": 8, "optimizer": "adamw",

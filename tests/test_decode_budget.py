@@ -11,7 +11,7 @@ from PIL import Image, ImageFile
 from sagemaker_inference.errors import GenericInferenceToolkitError
 
 import hostile_images as hostile
-from image_classifier import image_headers
+from image_classifier.serving import image_headers
 from image_classifier.serving import inference
 
 

@@ -2,10 +2,10 @@
 job, how a global step is split, which errors mean a lost peer."""
 import pytest
 
-from image_classifier import distributed
-from image_classifier.distributed import World
+from image_classifier.training import distributed, environment
+from image_classifier.training.distributed import World
 from image_classifier.errors import TrainingError
-from image_classifier.train import EpochSampler
+from image_classifier.training.sampler import EpochSampler
 
 RESOURCES = {"current_host": "algo-2", "hosts": ["algo-1", "algo-2", "algo-3"], "network_interface_name": "eth0"}
 
@@ -34,9 +34,9 @@ def test_a_bad_master_port_is_a_training_error(monkeypatch, port):
 
 
 def test_processes_per_host_override(monkeypatch):
-    monkeypatch.setenv(distributed.PROCESSES_PER_HOST, "3")
+    monkeypatch.setenv(environment.PROCESSES_PER_HOST, "3")
     assert distributed.processes_per_host() == 3
-    monkeypatch.setenv(distributed.PROCESSES_PER_HOST, "0")
+    monkeypatch.setenv(environment.PROCESSES_PER_HOST, "0")
     with pytest.raises(TrainingError, match="TRAIN_PROCESSES_PER_HOST must be a whole number >= 1"):
         distributed.processes_per_host()
 

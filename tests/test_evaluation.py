@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from image_classifier import evaluation, metrics
+from image_classifier import metrics
+from image_classifier.training import evaluation
 
 
 def test_wilson_interval_matches_the_textbook_values():

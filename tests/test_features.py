@@ -7,14 +7,15 @@ import shutil
 import pytest
 import torch
 
-from image_classifier import data, features, models
+from image_classifier import image_folder, models
+from image_classifier.training import data, features
 from image_classifier.preprocessing import eval_transform, train_transform
 
 pytestmark = pytest.mark.slow  # real backbones
 
 
 def hp(**kw):
-    return argparse.Namespace(**{"seed": 42, "batch_size": 4, "num_workers": 0, **kw})
+    return {"seed": 42, "batch_size": 4, "num_workers": 0, **kw}
 
 
 @pytest.fixture
@@ -24,11 +25,11 @@ def setup(tiny_data, tmp_path):
     model, backbone, _ = models.build("efficientnet_lite0", "imagenet", 3)
     models.freeze(model, backbone, "head")
     models.to_device(model, torch.device("cpu"))
-    return model, backbone, backbone.preprocessing(64), data.scan("valid", valid)
+    return model, backbone, backbone.preprocessing(64), image_folder.scan("valid", valid)
 
 
 def cache(model, backbone, pre, directory="", **kw):
-    return features.FeatureCache(directory, model, backbone.head, pre, None, torch.device("cpu"), hp(**kw))
+    return features.FeatureCache(directory, model, backbone.head, pre, None, torch.device("cpu"), **hp(**kw))
 
 
 def test_the_head_on_cached_features_gives_the_full_models_logits(setup):

@@ -3,7 +3,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from image_classifier import gallery, models
+from image_classifier import models
+from image_classifier.training import gallery
 from image_classifier.preprocessing import Preprocessing, eval_crop, eval_transform
 
 PRE = Preprocessing(32, 36, (0.5,) * 3, (0.5,) * 3, "bicubic")
@@ -36,7 +37,7 @@ def test_each_mistake_gets_a_thumbnail_and_an_overlay(tmp_path):
                 {"file": "002.B/gone.jpg", "label": "B", "predicted": "C"},  # removed since it was evaluated
                 {"file": "002.B/b.jpg", "label": "B", "predicted": "C"}]
     folder = tmp_path / "evaluation" / "test_mistakes"
-    gallery.write(net, torch.device("cpu"), PRE, root, mistakes, CLASSES, folder)
+    mistakes = gallery.write(net, torch.device("cpu"), PRE, root, mistakes, CLASSES, folder)
     assert mistakes[0]["thumbnail"] == "test_mistakes/00.jpg"
     assert mistakes[0]["overlay"] == "test_mistakes/00_gradcam.jpg"
     assert "thumbnail" not in mistakes[1]  # the row stays, without a picture

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image, ImageOps, PngImagePlugin
 import hostile_images as hostile
 
-from image_classifier import image_headers
-from image_classifier.image_headers import Refused
+from image_classifier.serving import image_headers
+from image_classifier.serving.image_headers import Refused
 
 
 def encode(image: Image.Image, fmt: str, **kw) -> bytes:

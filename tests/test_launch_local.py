@@ -7,7 +7,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from conftest import ROOT
-from image_classifier.data import class_name
+from image_classifier.image_folder import class_name
 from launch_helpers import cli, launch, local_endpoint, runtime
 
 pytestmark = pytest.mark.slow

@@ -34,3 +34,59 @@ def test_the_image_package_does_not_need_the_launch_side():
     offending = [name for name, text in tracked_python().items() if name.startswith("container/")
                  and re.search(r"^\s*(from|import) launch\b", text, re.M)]
     assert offending == []
+
+
+PACKAGE = ROOT / "container" / "image_classifier"
+
+
+def _imports(path) -> set[str]:
+    """The image_classifier modules a file imports (relative imports resolved), e.g. 'training.train'."""
+    import ast
+    inside = PACKAGE.parent in path.parents
+    package = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1] if inside else ()  # ('image_classifier',
+    # 'training') for a file of the package; launch's relative imports stay in launch
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = list(package[:len(package) - node.level + 1]) if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names = [module + "." + alias.name for alias in node.names]
+            found |= {n for n in [module, *names] if n.startswith("image_classifier")}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("image_classifier")}
+    return {name.removeprefix("image_classifier").lstrip(".") for name in found}
+
+
+def _room(module: str) -> str:
+    return module.split(".")[0] if module.split(".")[0] in ("training", "serving") else "root"
+
+
+def test_each_program_has_its_room_and_the_root_holds_what_both_share():
+    """training/ (what `train` runs) and serving/ (what `serve` runs) never import each other; the
+    package root imports neither: it is what both share."""
+    crossing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        room = _room(".".join(path.relative_to(PACKAGE).with_suffix("").parts))
+        for module in _imports(path):
+            target = _room(module) if module else "root"
+            if target != "root" and target != room:
+                crossing.append(f"{path.relative_to(ROOT)} ({room}) imports {module}")
+    assert crossing == []
+    assert {p.parent.name for p in PACKAGE.rglob("*.py")} == {"image_classifier", "training", "serving"}
+
+
+def test_the_launch_side_imports_only_the_shared_root():
+    """launch/ runs the image's programs (training.audit as a process), never imports their rooms."""
+    offending = [f"{path.relative_to(ROOT)}: {module}" for path in sorted((ROOT / "launch").rglob("*.py"))
+                 for module in _imports(path) if _room(module) != "root"]
+    assert offending == []
+
+
+def test_training_reads_the_environment_in_one_module():
+    """training/environment.py holds every variable `train` reads (and generates its --help table)."""
+    readers = sorted(str(p.relative_to(ROOT)) for p in (PACKAGE / "training").glob("*.py")
+                     if re.search(r"os\.environ|os\.getenv", p.read_text()) and p.name != "environment.py"
+                     and p.name != "job.py")
+    assert readers == []
+    job = (PACKAGE / "training" / "job.py").read_text()
+    assert re.findall(r"os\.environ\b(?!\})", job.replace("{**os.environ", "")) == []  # passed on to torchrun only

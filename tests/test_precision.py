@@ -18,7 +18,7 @@ def test_explicit_choices_and_the_gpu_only_fp16(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     assert precision.resolve("fp32", CPU) is None
     assert precision.resolve("bf16", CPU) is torch.bfloat16  # obeyed even without the instructions
-    with pytest.raises(TrainingError, match="precision 'fp16' needs a GPU; on a CPU use 'bf16' or 'auto'"):
+    with pytest.raises(TrainingError, match="precision=fp16 needs a GPU; on a CPU use bf16 or auto"):
         precision.resolve("fp16", CPU)
 
 

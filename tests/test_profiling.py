@@ -34,7 +34,7 @@ def test_a_job_shorter_than_the_interval_still_has_samples_from_its_start(tmp_pa
     import json
     import time
 
-    from image_classifier.profiling import SystemMonitor
+    from image_classifier.training.profiling import SystemMonitor
     monitor = SystemMonitor(tmp_path / "system.jsonl", interval=30)
     monitor.start()
     deadline = time.monotonic() + 30

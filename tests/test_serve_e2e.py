@@ -17,7 +17,7 @@ import requests
 from PIL import Image
 
 from conftest import CLASSES, CONTAINER, Server, program_env
-from image_classifier.data import class_name
+from image_classifier.image_folder import class_name
 from image_classifier.serving.model_state import READY_LINE
 
 pytestmark = pytest.mark.slow

@@ -3,9 +3,9 @@ reduced-precision network against fp32."""
 import pytest
 import torch
 
-from image_classifier import models
-from image_classifier.serving import precision
-from image_classifier.serving.precision import PrecisionError
+from image_classifier import models, precision
+from image_classifier.precision import PrecisionError
+from image_classifier.serving.environment import PRECISION as SETTING
 
 CPU = torch.device("cpu")
 
@@ -19,16 +19,16 @@ def manifest(agreement=None, images=250, autocast=None):
 
 def test_auto_takes_the_fastest_mode_that_agrees(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
-    assert precision.choose("auto", CPU, manifest(0.992, autocast=0.996))[0] == "bf16-autocast"
-    assert precision.choose("auto", CPU, manifest(0.996, autocast=1.0))[0] == "bf16"
-    name, why = precision.choose("auto", CPU, manifest(0.992, autocast=0.99))
+    assert precision.choose("auto", CPU, manifest(0.992, autocast=0.996), SETTING)[0] == "bf16-autocast"
+    assert precision.choose("auto", CPU, manifest(0.996, autocast=1.0), SETTING)[0] == "bf16"
+    name, why = precision.choose("auto", CPU, manifest(0.992, autocast=0.99), SETTING)
     assert name == "fp32" and why == ("auto: top-1 agreement with fp32 under 99.5% (bf16 99.20% of 250, "
                                       "bf16-autocast 99.00% of 250 images)")
 
 
 def test_fp16_needs_a_gpu():
     with pytest.raises(PrecisionError, match="SERVE_PRECISION=fp16 needs a GPU"):
-        precision.choose("fp16", CPU, manifest(1.0))
+        precision.choose("fp16", CPU, manifest(1.0), SETTING)
 
 
 @pytest.mark.parametrize("has_bf16, measured, expected, why", [
@@ -41,13 +41,13 @@ def test_fp16_needs_a_gpu():
 def test_auto_serves_bf16_only_where_the_cpu_has_it_and_training_measured_agreement(monkeypatch, has_bf16, measured,
                                                                                     expected, why):
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
-    name, reason = precision.choose("auto", CPU, manifest(measured))
+    name, reason = precision.choose("auto", CPU, manifest(measured), SETTING)
     assert name == expected and why in reason
 
 
 def test_an_explicit_precision_is_obeyed_even_without_a_measurement():
-    assert precision.choose("bf16", CPU, manifest(None)) == ("bf16", "SERVE_PRECISION=bf16")
-    assert precision.choose("fp32", CPU, manifest(1.0)) == ("fp32", "SERVE_PRECISION=fp32")
+    assert precision.choose("bf16", CPU, manifest(None), SETTING) == ("bf16", "SERVE_PRECISION=bf16")
+    assert precision.choose("fp32", CPU, manifest(1.0), SETTING) == ("fp32", "SERVE_PRECISION=fp32")
 
 
 def test_the_bf16_graph_is_close_to_fp32_and_leaves_the_network_alone():
@@ -107,3 +107,13 @@ def test_the_compiled_graph_agrees_and_is_ready_for_the_handlers_calls():
 def torch_dynamo_graphs() -> int:
     import torch._dynamo
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def test_one_vocabulary_of_precisions():
+    """SERVE_PRECISION's choices are precision.py's serving modes; the training hyperparameter's
+    are the same words (training has no bf16-autocast: autocast is how it trains in bf16)."""
+    from image_classifier import hyperparameters
+    from image_classifier.serving import environment
+    assert environment.PRECISIONS == ("auto", "fp32", *precision.DTYPES)
+    assert hyperparameters.BY_NAME["precision"].choices == ("auto", "fp32", "bf16", "fp16")
+    assert set(hyperparameters.BY_NAME["precision"].choices) < set(environment.PRECISIONS)

@@ -3,7 +3,7 @@ import json
 
 from conftest import tensorboard_scalars as scalars
 
-from image_classifier import tensorboard
+from image_classifier.training import tensorboard
 
 ROW = {"epoch": 2, "train_loss": 0.9, "valid_loss": 1.1, "train_acc": 0.6, "valid_acc": 0.5,
        "images_per_second": 40.0, "seconds": 12.5}

@@ -335,7 +335,7 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path, tiny_data, tra
 
 
 def test_internal_errors_still_write_a_one_line_reason(tmp_path, tiny_data, monkeypatch):
-    from image_classifier import job, train
+    from image_classifier.training import job, train
     base = programs.make_tree(tmp_path, tiny_data, FAST_HP)
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
 
@@ -348,14 +348,14 @@ def test_internal_errors_still_write_a_one_line_reason(tmp_path, tiny_data, monk
 
 
 def test_a_failed_trial_removes_its_checkpoints(tmp_path, tiny_data, monkeypatch):
-    from image_classifier import job, train
+    from image_classifier.training import job, train
     base = programs.make_tree(tmp_path, tiny_data, {**FAST_HP, "checkpoint-per-job": "true"})
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
     monkeypatch.setenv("TRAINING_JOB_NAME", "ic-hpo-002-abcd1234")
 
-    def fails(hp, channels, model_dir, checkpoints, *rest):
-        checkpoints.mkdir(parents=True)
-        (checkpoints / "checkpoint.pt").write_bytes(b"state")
+    def fails(hp, channels, where, *rest):
+        where.checkpoints.mkdir(parents=True)
+        (where.checkpoints / "checkpoint.pt").write_bytes(b"state")
         raise TrainingError("loss became nan")
     monkeypatch.setattr(train, "run", fails)
     monkeypatch.setattr(signal, "signal", lambda *a: None)
@@ -371,7 +371,7 @@ def test_help_lists_hyperparameters_without_loading_torch():
 # `train` with a SIGTERM raised right after one given step: mid-epoch exactly, however fast steps are
 STOP_AFTER_STEP = """
 import runpy, signal, sys
-from image_classifier import profiling
+from image_classifier.training import profiling
 step_done, stop_after = profiling.Profiling.step_done, (int(sys.argv[2]), int(sys.argv[3]))
 def step_done_then_sigterm(self, epoch, step):
     step_done(self, epoch, step)
@@ -436,7 +436,7 @@ def test_spot_tuning_trials_keep_their_own_checkpoints_until_they_end_and_prune_
 # torchrun stops a rank: the loader's workers too), or SIGTERM followed by an error the stop caused
 STOP_BY = """
 import os, runpy, signal, sys
-from image_classifier import profiling
+from image_classifier.training import profiling
 step_done, how = profiling.Profiling.step_done, sys.argv[2]
 def step_done_then_stop(self, epoch, step):
     step_done(self, epoch, step)
@@ -447,7 +447,7 @@ def step_done_then_stop(self, epoch, step):
             signal.raise_signal(signal.SIGTERM)
             raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.")
         else:  # the disk is full: the stop's checkpoint cannot be written
-            from image_classifier import checkpoint
+            from image_classifier.training import checkpoint
             def full(*args):
                 raise OSError(28, "No space left on device")
             checkpoint.save = full
@@ -478,7 +478,7 @@ def test_a_stop_keeps_the_work_whatever_breaks_first(tmp_path, tiny_data, how):
 # `train` killed (SIGKILL: no SIGTERM, as a lost spot instance or a crash ends it) after one given step
 KILL_AFTER_STEP = """
 import os, runpy, signal, sys
-from image_classifier import profiling
+from image_classifier.training import profiling
 step_done, kill_after = profiling.Profiling.step_done, (int(sys.argv[2]), int(sys.argv[3]))
 def step_done_then_die(self, epoch, step):
     step_done(self, epoch, step)

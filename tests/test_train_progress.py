@@ -1,7 +1,7 @@
 """train.Progress, the checkpoint's record of where training stands."""
 import json
 
-from image_classifier.train import Progress
+from image_classifier.training.state import Progress
 
 # The 11 keys checkpoints have always held (a checkpoint written before Progress existed resumes).
 OLD = {"epoch": 2, "batches_done": 3, "loss_sum": 1.5, "correct": 4, "seen": 6, "seconds": 2.0, "failed": 1,

@@ -5,7 +5,6 @@ string) and the tuner's search space names them. Imports nothing heavy.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -19,12 +18,20 @@ OPTIMIZERS = ("adamw", "sgd", "adam")
 WEIGHTS = ("imagenet", "none")
 
 
+YES = ("true", "1", "yes")  # how a hyperparameter, an environment variable or an option says yes (any case)
+NO = ("false", "0", "no")
+
+
+def truthy(text: str) -> bool:
+    """Lenient: anything but a yes is a no (environment variables, request options)."""
+    return str(text).strip().lower() in YES
+
+
 def _bool(text: str) -> bool:
+    """Strict: a hyperparameter that is neither yes nor no fails the job."""
     value = str(text).strip().lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no"):
-        return False
+    if value in YES + NO:
+        return value in YES
     raise ValueError(f"not a boolean: {text!r}")
 
 
@@ -147,6 +154,15 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
 )
 
 BY_NAME = {hp.name: hp for hp in HYPERPARAMETERS}
+_TYPES = {_bool: bool}  # a parser's value type, where the parser is not the type itself
+
+# The typed, frozen value `train` runs with: one field per row of HYPERPARAMETERS (named by its
+# attr, with its default), generated from the table, so there is no second definition to keep.
+Hyperparameters = dataclasses.make_dataclass(
+    "Hyperparameters", [(hp.attr, _TYPES.get(hp.type, hp.type), dataclasses.field(default=hp.default))
+                        for hp in HYPERPARAMETERS], frozen=True)
+Hyperparameters.__module__ = __name__  # pickles and prints as this module's
+Hyperparameters.__doc__ = "Every training hyperparameter, parsed and checked (hyperparameters.parse)."
 
 # Keys that SageMaker and its SDK add to hyperparameters.json; they are not ours to parse.
 _RESERVED_PREFIXES = ("sagemaker_", "_")
@@ -156,7 +172,7 @@ def defaults() -> dict[str, Any]:
     return {hp.name: hp.default for hp in HYPERPARAMETERS}
 
 
-def parse(raw: dict[str, Any]) -> argparse.Namespace:
+def parse(raw: dict[str, Any]) -> Hyperparameters:
     """Parse hyperparameters as SageMaker sends them (all strings) into typed values.
 
     Unknown names fail the job: a misspelt 'learning-rate' silently ignored would waste a run.
@@ -166,11 +182,8 @@ def parse(raw: dict[str, Any]) -> argparse.Namespace:
         raise TrainingError(
             f"unknown hyperparameter(s): {', '.join(unknown)} (known: {', '.join(BY_NAME)})"
         )
-    values = {hp.attr: hp.default for hp in HYPERPARAMETERS}
-    for name, value in raw.items():
-        if name in BY_NAME:
-            values[BY_NAME[name].attr] = BY_NAME[name].parse(value)
-    return argparse.Namespace(**values)
+    return Hyperparameters(**{BY_NAME[name].attr: BY_NAME[name].parse(value) for name, value in raw.items()
+                              if name in BY_NAME})
 
 
 def to_sagemaker(values: dict[str, Any]) -> dict[str, str]:
@@ -184,8 +197,9 @@ def to_sagemaker(values: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def as_dict(namespace: argparse.Namespace) -> dict[str, Any]:
-    return {hp.name: getattr(namespace, hp.attr) for hp in HYPERPARAMETERS}
+def as_dict(values: Hyperparameters) -> dict[str, Any]:
+    """By SageMaker's names ("batch-size"): what the log prints and a checkpoint is checked against."""
+    return {hp.name: getattr(values, hp.attr) for hp in HYPERPARAMETERS}
 
 
 def help_text() -> str:

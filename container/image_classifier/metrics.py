@@ -1,11 +1,15 @@
-"""The metric lines `train` prints and the regexes SageMaker reads them with.
+"""What `train` reports and the launch side asks for: the metric lines `train` prints and the
+regexes SageMaker reads them with, and the Debugger collections its hook saves.
 
 One source of truth: the launch side passes METRIC_DEFINITIONS to Estimator and
-HyperparameterTuner, and tests prove the printed lines match them. Imports nothing heavy.
+HyperparameterTuner (tests prove the printed lines match them) and DEBUG_COLLECTIONS to
+DebuggerHookConfig. Imports nothing heavy.
 """
 from __future__ import annotations
 
 import re
+
+DEBUG_COLLECTIONS = ("losses", "weights", "biases", "gradients")  # smdebug's built-in collections
 
 _NUM = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 

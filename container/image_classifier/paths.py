@@ -33,13 +33,10 @@ WEIGHTS_FILE = "model.pt"
 MANIFEST_FILE = "model.json"  # not manifest.json: MMS takes that for its own archive format
 
 
-def model_dir() -> Path:
-    return Path(os.environ.get("SM_MODEL_DIR", base_dir() / "model"))
-
-
-def checkpoint_dir() -> Path:
-    # SageMaker syncs /opt/ml/checkpoints with checkpoint_s3_uri (managed spot training).
-    return Path(os.environ.get("SM_CHECKPOINT_DIR", base_dir() / "checkpoints"))
+# The folder an absolute feature-cache-dir may lie in, besides /opt/ml: set by whoever runs the job
+# (the local tuner, for the cache its trials share), never by a hyperparameter.
+FEATURE_CACHE_ROOT = "FEATURE_CACHE_ROOT"
+TENSORBOARD_LOCAL_PATH = "/opt/ml/output/tensorboard"  # TensorBoardOutputConfig's default LocalPath; launch sends it
 
 
 def folder(base: Path, value: str, hyperparameter: str) -> Path:

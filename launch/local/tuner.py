@@ -15,6 +15,7 @@ from .. import aws, tuning_report
 from ..jobs import own_hook_hyperparameters
 from . import jobs
 from image_classifier import metrics
+from image_classifier.paths import FEATURE_CACHE_ROOT
 from image_classifier.search_space import Categorical, Integer, grid_points, hyperband
 
 EPOCH = "valid:accuracy"
@@ -68,7 +69,7 @@ def tune(settings, space: dict, data, channels: list[str], local_dir, runner: st
     static = own_hook_hyperparameters(settings)  # each trial saves tensors for the rules and the report
     # With a frozen backbone, the first trial's backbone features serve every later trial.
     static.setdefault("feature-cache-dir", str((root / "feature-cache").resolve()))
-    cache_root = {"FEATURE_CACHE_ROOT": static["feature-cache-dir"]}  # train accepts the folder there
+    cache_root = {FEATURE_CACHE_ROOT: static["feature-cache-dir"]}  # train accepts the folder there
     # Parallel trials share this machine's cores: give each its share of loader workers and of
     # torch's compute threads (each process would otherwise start one thread per core).
     share = max(1, len(os.sched_getaffinity(0)) // parallel)

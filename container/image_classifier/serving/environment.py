@@ -14,6 +14,8 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..hyperparameters import truthy  # the handler's options say yes as the variables do
+
 MIB = 1024 * 1024
 PRECISION = "SERVE_PRECISION"
 PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast", "fp16")
@@ -105,13 +107,8 @@ def _choice(name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def truthy(text: str) -> bool:
-    """'true', '1', 'yes' (any case): how a variable or a CustomAttributes option says yes."""
-    return text.strip().lower() in ("true", "1", "yes")
-
-
 def _flag(name: str) -> bool:
-    return truthy(_text(name, "false"))
+    return truthy(_text(name, "false"))  # as a hyperparameter says yes
 
 
 # --- `serve` ------------------------------------------------------------------------------------
@@ -133,11 +130,11 @@ def multi_model() -> bool:
 
 def batching() -> dict:
     """MMS's dynamic batching: up to SERVE_BATCH_SIZE requests (default 1: none) that arrive within
-    SERVE_MAX_BATCH_DELAY_MS (default 20) of the first go to one worker, which answers them with one
-    forward (transformer.py). It trades latency for throughput: measured on 2 CPU cores in bf16, a
-    forward of 4 images costs 0.65x (efficientnet_lite0) to 0.8x (resnet50) of 4 single ones
-    (docs/PERFORMANCE.md). MMS takes it only when a model is registered through its management API,
-    not for one named at start-up, so with batching `serve` registers its model that way (front.py)."""
+    SERVE_MAX_BATCH_DELAY_MS (default 20) of the first go to one worker, which answers them with
+    one forward (transformer.py). It trades latency for throughput: a forward of several images
+    costs less than as many single ones (docs/PERFORMANCE.md has the figures). MMS takes it only
+    when a model is registered through its management API, not for one named at start-up, so
+    with batching `serve` registers its model that way (front.py)."""
     return {"batch_size": _count("SERVE_BATCH_SIZE", 1), "max_batch_delay": _count("SERVE_MAX_BATCH_DELAY_MS", 20)}
 
 
@@ -189,7 +186,7 @@ def max_pixels() -> int:
 def max_request_pixels() -> int:
     """Pixels one request may decode in all, counted before any is decoded: a batch of images each
     under MAX_IMAGE_PIXELS cannot hold a worker for long. At 40 Mpx, counted as docs/SERVING.md
-    says, the costliest admitted request took 0.56 s of a worker on 2 cores (docs/PERFORMANCE.md)."""
+    says, the costliest admitted request takes well under a second of a worker (docs/PERFORMANCE.md)."""
     return _count("MAX_REQUEST_PIXELS", 40_000_000)
 
 
@@ -206,7 +203,7 @@ def precision() -> str:
 
 
 def graph() -> str:
-    """'frozen' unless SERVE_GRAPH asks for 'compiled' (serving/precision.py says why)."""
+    """'frozen' unless SERVE_GRAPH asks for 'compiled' (precision.py says why)."""
     return _choice("SERVE_GRAPH", GRAPHS)
 
 

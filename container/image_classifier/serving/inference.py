@@ -21,9 +21,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from sagemaker_inference.errors import GenericInferenceToolkitError
 
-from .. import artifact, gradcam, image_headers
-from . import environment, explanations, precision
-from ..image_headers import Header
+from .. import artifact, gradcam, precision
+from . import environment, explanations, image_headers
+from .image_headers import Header
 from ..models import batch_to
 from ..preprocessing import ImageTooLarge, Preprocessing, decoded_pixels, eval_transform, open_image, to_rgb
 from .environment import max_batch_images, max_decode_seconds, max_payload_bytes, max_pixels, max_request_pixels
@@ -89,7 +89,7 @@ def model_fn(model_dir: str) -> Model:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network, manifest = artifact.load(model_dir, device)
     pre = Preprocessing.from_json(manifest["preprocessing"])
-    name, why = precision.choose(environment.precision(), device, manifest)
+    name, why = precision.choose(environment.precision(), device, manifest, environment.PRECISION)
     served = precision.prepare(network, name, device, pre.image_size, environment.graph())
     log.info("loaded %s with %d classes from %s; serving in %s (%s)", manifest["backbone"], manifest["num_classes"],
              model_dir, name, why)

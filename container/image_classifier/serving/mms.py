@@ -51,12 +51,12 @@ def management_socket(run_dir: Path) -> Path:
 def preload_safe() -> bool:
     """MMS's preload_model: its worker process loads the model once and forks every worker from it,
     instead of each worker importing torch and loading the model itself, all at the same time.
-    Measured with 2 workers on 2 cores (bench/serve_latency.py): the first answer 0.6 to 4 s sooner
-    (the more other work competes for the cores, the more), and a third less memory (resnet50: 589
-    instead of 922 MiB PSS), as the workers share the weights. Only where a fork of a loaded model
-    works: without a GPU (CUDA does not survive fork) and with single-threaded torch (neither does
-    OpenMP's thread pool: a fork of a process that ran torch on 2 threads hangs at its first
-    forward). MMS's worker sets OMP_NUM_THREADS=1 itself when it is unset."""
+    With 2 workers on 2 cores (bench/serve_latency.py, docs/PERFORMANCE.md) the first answer
+    comes seconds sooner and the workers take about a third less memory, as they share the
+    weights. Only where a fork of a loaded model works: without a GPU (CUDA does not survive
+    fork) and with single-threaded torch (neither does OpenMP's thread pool: a fork of a process
+    that ran torch on 2 threads hangs at its first forward). MMS's worker sets OMP_NUM_THREADS=1
+    itself when it is unset."""
     return environment.single_threaded() and shutil.which("nvidia-smi") is None
 
 

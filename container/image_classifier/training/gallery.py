@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import gradcam
-from .preprocessing import Preprocessing, eval_crop, eval_transform, to_rgb
+from .. import gradcam
+from ..preprocessing import Preprocessing, eval_crop, eval_transform, to_rgb
 
 THUMBNAIL = 160  # px: the gallery's tiles
 
@@ -24,13 +24,16 @@ def overlay(crop: Image.Image, heatmap: np.ndarray) -> Image.Image:
 
 
 def write(model: torch.nn.Module, device: torch.device, pre: Preprocessing, root: Path, mistakes: list[dict],
-          classes: list[str], folder: Path) -> None:
-    """Adds `thumbnail` and `overlay` (paths relative to folder's parent) to each mistake."""
+          classes: list[str], folder: Path) -> list[dict]:
+    """The mistakes, each with `thumbnail` and `overlay` (paths relative to folder's parent) where
+    its picture was made."""
     folder.mkdir(parents=True, exist_ok=True)
     model.eval()
     layer = gradcam.last_spatial_layer(model, pre.image_size)
     transform, crop_of = eval_transform(pre), eval_crop(pre)
+    shown = []
     for i, mistake in enumerate(mistakes):
+        shown.append(mistake)
         try:
             with Image.open(Path(root) / mistake["file"]) as opened:
                 image = to_rgb(opened)
@@ -42,4 +45,5 @@ def write(model: torch.nn.Module, device: torch.device, pre: Preprocessing, root
         names = (f"{i:02d}.jpg", f"{i:02d}_gradcam.jpg")
         for name, picture in zip(names, (crop, overlay(crop, found.heatmap))):
             picture.resize((THUMBNAIL, THUMBNAIL), Image.BILINEAR).save(folder / name, quality=85)
-        mistake["thumbnail"], mistake["overlay"] = (f"{folder.name}/{n}" for n in names)
+        shown[-1] = {**mistake, "thumbnail": f"{folder.name}/{names[0]}", "overlay": f"{folder.name}/{names[1]}"}
+    return shown

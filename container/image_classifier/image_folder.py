@@ -1,5 +1,6 @@
-"""ImageFolder channels: class names from folders, checks across channels, a stratified split
-when there is no 'valid' channel, and a Dataset that skips images it cannot decode.
+"""ImageFolder data sets: channels scanned (class names from folders, files that are not images
+set aside with a reason), checks across channels, a stratified split when there is no 'valid'
+channel. `train` reads its channels with it; the launch side checks and uploads a data set with it.
 """
 from __future__ import annotations
 
@@ -18,8 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
-import torch
-from PIL import Image
 
 from .errors import TrainingError
 from .preprocessing import open_image, to_rgb
@@ -228,65 +227,3 @@ def stratified_split(channel: Channel, fraction: float, seed: int) -> tuple[Chan
     # Named "valid": it is the valid channel to everything downstream (metric lines, evaluation files).
     return (Channel("train", channel.root, channel.folders, sorted(train), channel.skipped, channel.facts),
             Channel("valid", channel.root, channel.folders, sorted(valid), [], channel.facts))
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """(tensor, label) pairs; an image that fails to decode yields None and is dropped by collate
-    (scan decoded it, but a file can change during a job)."""
-
-    def __init__(self, samples: list[tuple[str, int]], transform, draft_size: int | None = None):
-        self.samples = samples
-        self.transform = transform
-        self.draft_size = draft_size
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, key: int | tuple[int, int]):
-        """key: an index, or (index, seed) to fix this draw's random transform (torch's RNG)."""
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        if seed is not None:
-            torch.manual_seed(seed)
-        path, label = self.samples[index]
-        try:
-            with Image.open(path) as image:
-                return self.transform(to_rgb(image, self.draft_size)), label
-        except Exception as e:  # noqa: BLE001 - one changed file must not end the job
-            log.warning("skipping %s: %s: %s", path, type(e).__name__, e)
-            return None
-
-
-def collate(batch):
-    """Stack the decodable samples; report how many were dropped so the loop can count them."""
-    good = [b for b in batch if b is not None]
-    if not good:
-        return None, None, len(batch)
-    images, labels = torch.utils.data.default_collate(good)
-    return images, labels, len(batch) - len(good)
-
-
-def resolve_workers(requested: int) -> int:
-    """-1: this process's share of the cores (torchrun's LOCAL_WORLD_SIZE processes share a host)."""
-    if requested >= 0:
-        return requested
-    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-
-
-def _worker_init(worker_id: int) -> None:
-    # A loader worker decodes and transforms one image at a time; torch's default of one
-    # thread per core in every worker oversubscribes the CPU.
-    torch.set_num_threads(1)
-    # A stop is the training process's to handle: torchrun signals a rank's whole process group
-    # (os.killpg), and a worker that died of it would fail the rank before it saved its
-    # checkpoint. In a group of its own the worker is not signalled with the rank; it still ends
-    # when its parent tells it, terminates it (multiprocessing, at exit) or dies (torch's watchdog).
-    os.setpgid(0, 0)
-
-
-def loader(dataset, batch_size: int, num_workers: int, sampler=None, drop_last: bool = False):
-    """Worker processes sized to the cores (num_workers=-1), one torch thread each, pinned memory on a GPU."""
-    workers = resolve_workers(num_workers)
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
-        num_workers=workers, persistent_workers=workers > 0, collate_fn=collate, worker_init_fn=_worker_init,
-        pin_memory=torch.cuda.is_available())

@@ -22,14 +22,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
-import os
 import tempfile
 from pathlib import Path
 
+from ..metrics import DEBUG_COLLECTIONS
+from . import environment
+
 log = logging.getLogger(__name__)
 
-SAGEMAKER_CONFIG = Path("/opt/ml/input/config/debughookconfig.json")  # fixed: ignores SAGEMAKER_BASE_DIR
-COLLECTIONS = ("losses", "weights", "biases", "gradients")
 # smdebug's variables for the files SageMaker writes at /opt/ml/input/config (state_store.py, json_config.py)
 SMDEBUG_ALSO_READS = ("CHECKPOINT_CONFIG_FILE_PATH", "TENSORBOARD_CONFIG_FILE_PATH")
 
@@ -40,20 +40,8 @@ def _own_checkpoints_and_tensorboard():
     with tempfile.TemporaryDirectory(prefix="smdebug-") as folder:
         empty = Path(folder) / "none.json"
         empty.write_text("{}")
-        before = {name: os.environ.get(name) for name in SMDEBUG_ALSO_READS}
-        os.environ.update({name: str(empty) for name in SMDEBUG_ALSO_READS})
-        try:
+        with environment.exported({name: str(empty) for name in SMDEBUG_ALSO_READS}):
             yield
-        finally:
-            for name, value in before.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-
-
-def config_file() -> Path:
-    return Path(os.environ.get("SMDEBUG_CONFIG_FILE_PATH") or SAGEMAKER_CONFIG)
 
 
 def _hook_class():
@@ -83,17 +71,17 @@ class Debugger:
     @classmethod
     def create(cls, debug_dir: Path | None, interval: int) -> "Debugger":
         try:
-            if config_file().exists():
+            if environment.debugger_config().exists():
                 with _own_checkpoints_and_tensorboard():
-                    hook = _hook_class().create_from_json_file(json_file_path=str(config_file()))
-                return cls(hook, f"SageMaker Debugger ({config_file()})")
+                    hook = _hook_class().create_from_json_file(json_file_path=str(environment.debugger_config()))
+                return cls(hook, f"SageMaker Debugger ({environment.debugger_config()})")
             if not debug_dir:
                 return cls()
             import smdebug.pytorch as smd
             debug_dir.mkdir(parents=True, exist_ok=True)  # fails here, with a clear reason, if it cannot be made
             with _own_checkpoints_and_tensorboard():
                 hook = _hook_class()(out_dir=str(debug_dir), save_config=smd.SaveConfig(save_interval=interval),
-                                     include_collections=list(COLLECTIONS))
+                                     include_collections=list(DEBUG_COLLECTIONS))
             return cls(hook, f"local Debugger hook in {debug_dir}, every {interval} steps")
         except Exception as e:  # noqa: BLE001 - Debugger must never stop training
             log.warning("SageMaker Debugger is off: could not create its hook: %s: %s", type(e).__name__, e)

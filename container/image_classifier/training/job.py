@@ -17,8 +17,9 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import hyperparameters, paths
-from .errors import TrainingError, described
+from .. import hyperparameters, paths
+from ..errors import TrainingError, described
+from . import environment
 
 log = logging.getLogger("image_classifier")
 
@@ -111,14 +112,12 @@ def _describe(value) -> str:
 
 def run_job() -> int:
     # Imported here so that `train --help` answers without loading torch.
-    import torch
-    from sagemaker_training import environment, files
-    from . import distributed, train
+    from . import distributed, stopping
 
-    stop = train.StopFlag().install()
+    stop = stopping.StopFlag().install()
     paths.output_dir().mkdir(parents=True, exist_ok=True)  # without it the toolkit cannot report
     world = [distributed.SINGLE]  # set by _run_job once it knows
-    code = _run_job(stop, world, environment, files, distributed, train, torch)
+    code = _run_job(stop, world)
     if world[0].distributed:
         # A process group torch did not tear down (a peer gone, a stop) can abort the
         # interpreter's exit in C++ ("terminate called"), turning exit 143 or 1 into -6.
@@ -128,48 +127,22 @@ def run_job() -> int:
     return code
 
 
-def _run_job(stop, where: list, environment, files, distributed, train, torch) -> int:
-    from . import checkpoint
+def _run_job(stop, where: list) -> int:
+    """The job, its outcome as an exit code: 0 with the success file, or a reason in the failure file."""
+    from sagemaker_training import files
+
+    from . import distributed, stopping
     world = distributed.SINGLE
     try:
         raw, resources = _check_config()
         hp = hyperparameters.parse(raw)  # the raw strings: the toolkit's JSON-decoding would turn "2.5" epochs into 2
         world = where[0] = distributed.plan(resources)
-        if len(resources["hosts"]) > 1 and "LOCAL_RANK" not in os.environ:  # torchrun's workers: their launcher did
+        if len(resources["hosts"]) > 1 and not environment.under_torchrun():  # torchrun's workers: their launcher did
             distributed.wait_for_address(world.leader_address, hp.host_wait_seconds)
-        per_host = distributed.processes_per_host()
-        # GPUs always under torchrun, even one a host: an NCCL error aborts its process, and the
-        # launcher then writes the reason that process could not
-        under_launcher = per_host > 1 or (world.distributed and torch.cuda.is_available())
-        if under_launcher and "LOCAL_RANK" not in os.environ:
-            return launch_workers(world, resources, per_host, stop)
-        try:
-            env = environment.Environment()
-            os.environ.update(env.to_env_vars())  # SM_CHANNEL_*, SM_MODEL_DIR, SM_HPS, ... as in script mode
-        except (KeyError, TypeError, ValueError, AttributeError) as e:  # a config shape not checked above
-            traceback.print_exc()
-            raise TrainingError(f"sagemaker-training cannot read {paths.input_config_dir()}: "
-                                f"{type(e).__name__}: {e}") from None
-        channels = {name: Path(d) for name, d in env.channel_input_dirs.items()}
-        model_dir = Path(os.environ["SM_MODEL_DIR"])
-        print("hyperparameters: " + json.dumps(hyperparameters.as_dict(hp), sort_keys=True), flush=True)
-        checkpoints = paths.checkpoint_dir()
-        trial = hp.checkpoint_per_job and os.environ.get("TRAINING_JOB_NAME")  # SageMaker sets it in every job
-        if trial:
-            checkpoints = paths.inside(checkpoints, trial, "checkpoint-per-job")
-            if hp.trial_lifetime_hours and world.leader:
-                checkpoint.prune_trials(paths.checkpoint_dir(), checkpoints.name, hp.trial_lifetime_hours * 3600)
-        distributed.start(world, hp.distributed_timeout, resources.get("network_interface_name"))
-        try:
-            train.run(hp, channels, model_dir, checkpoints, Path(os.environ["SM_OUTPUT_DATA_DIR"]), stop, world)
-        except TrainingError:
-            if trial and not stop.requested:  # a failed trial is not resumed
-                checkpoint.remove_trial(checkpoints)
-            raise
-        distributed.stop()
-        if trial:  # a completed trial's model is in its model.tar.gz
-            checkpoint.remove_trial(checkpoints)
-    except train.Stopped as e:
+        if _needs_launcher(world) and not environment.under_torchrun():
+            return launch_workers(world, resources, distributed.processes_per_host(), stop)
+        _train(hp, resources, world, stop)
+    except stopping.Stopped as e:
         log.warning("%s; rerun with the same checkpoint directory to resume", e)
         return stopped()
     except TrainingError as e:
@@ -194,14 +167,53 @@ def _run_job(stop, where: list, environment, files, distributed, train, torch) -
     return 0
 
 
-STOPPED_MARKER = "TRAIN_STOPPED_MARKER"  # a file torchrun's workers create when they stop on SIGTERM
+def _needs_launcher(world) -> bool:
+    """Several processes on this host, or GPUs in a multi-host job: torchrun starts them. GPUs
+    always under torchrun, even one a host: an NCCL error aborts its process, and the launcher
+    then writes the reason that process could not."""
+    import torch
+
+    from . import distributed
+    return distributed.processes_per_host() > 1 or (world.distributed and torch.cuda.is_available())
+
+
+def _train(hp, resources: dict, world, stop) -> None:
+    """This process's part of the job: the toolkit's view of the channels, the folders, the run;
+    a trial's checkpoints removed once it completes or fails."""
+    from sagemaker_training import environment as toolkit
+
+    from . import checkpoint, distributed, train
+    try:
+        env = toolkit.Environment()
+        environment.export(env.to_env_vars())  # SM_CHANNEL_*, SM_MODEL_DIR, SM_HPS, ... as in script mode
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a config shape not checked above
+        traceback.print_exc()
+        raise TrainingError(f"sagemaker-training cannot read {paths.input_config_dir()}: "
+                            f"{type(e).__name__}: {e}") from None
+    channels = {name: Path(d) for name, d in env.channel_input_dirs.items()}
+    print("hyperparameters: " + json.dumps(hyperparameters.as_dict(hp), sort_keys=True), flush=True)
+    where = environment.locations(env.model_dir, env.output_data_dir, hp.checkpoint_per_job, hp.debug_dir,
+                                  hp.feature_cache_dir)
+    if where.trial and hp.trial_lifetime_hours and world.leader:
+        checkpoint.prune_trials(where.checkpoints.parent, where.trial, hp.trial_lifetime_hours * 3600)
+    distributed.start(world, hp.distributed_timeout, resources.get("network_interface_name"))
+    try:
+        train.run(hp, channels, where, stop, world)
+    except TrainingError:
+        if where.trial and not stop.requested:  # a failed trial is not resumed
+            checkpoint.remove_trial(where.checkpoints)
+        raise
+    distributed.stop()
+    if where.trial:  # a completed trial's model is in its model.tar.gz
+        checkpoint.remove_trial(where.checkpoints)
 
 
 def stopped() -> int:
     """Exit code 143; a worker under torchrun also says so to its launcher, for which any exit
     but 0 is a failure."""
-    if os.environ.get(STOPPED_MARKER):
-        Path(os.environ[STOPPED_MARKER]).touch()
+    marker = environment.stopped_marker()
+    if marker:
+        marker.touch()
     return EXIT_STOPPED
 
 
@@ -219,11 +231,11 @@ def launch_workers(world, resources: dict, per_host: int, stop) -> int:
     command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(hosts)}",
                f"--node-rank={hosts.index(resources['current_host'])}", f"--nproc-per-node={per_host}",
                f"--master-addr={world.leader_address}", f"--master-port={world.port}",
-               str(Path(__file__).resolve().parents[1] / "train")]
+               str(Path(__file__).resolve().parents[2] / "train")]
     log.info("starting %d training processes on host %s (%d hosts): %s", per_host, resources["current_host"],
              len(hosts), " ".join(command))
     marker = Path(tempfile.mkdtemp(prefix="train-")) / "stopped"
-    runner = subprocess.Popen(command, env={**os.environ, STOPPED_MARKER: str(marker)})
+    runner = subprocess.Popen(command, env={**os.environ, environment.STOPPED_MARKER: str(marker)})
     signal.signal(signal.SIGTERM, lambda signum, frame: (stop._handler(signum, frame), runner.terminate()))
     code = runner.wait()
     if stop.requested or marker.exists():  # this host's SIGTERM, or every rank agreed to stop for another's
@@ -246,13 +258,13 @@ def main(argv: list[str] | None = None) -> int:
             "inputdataconfig.json and resourceconfig.json; channels in input/data/<channel>/<class>/<image>:\n"
             "  train (required), valid (optional; else a stratified split of train),\n"
             "  test (optional; evaluated once at the end), pretrained (optional weights file).\n"
-            "Writes the model to model/ (model.pt + model.json), checkpoints to checkpoints/\n"
-            "($SM_CHECKPOINT_DIR overrides), output/data/metrics.json, and on failure a one-line reason\n"
-            "to output/failure. Exit codes: 0 done, 1 failed (reason in output/failure), 2 internal\n"
-            "error, 143 stopped by SIGTERM after saving a checkpoint (a rerun resumes).\n"
-            "Several GPUs or hosts (resourceconfig.json): data-parallel, one process per GPU (torchrun;\n"
-            "$TRAIN_PROCESSES_PER_HOST overrides the count) or per CPU host; the first host leads\n"
-            "(MASTER_ADDR/MASTER_PORT override its address and port 7777); batch-size is the global batch.\n\n"
+            "Writes the model to model/ (model.pt + model.json), checkpoints to checkpoints/,\n"
+            "output/data/metrics.json, and on failure a one-line reason to output/failure.\n"
+            "Exit codes: 0 done, 1 failed (reason in output/failure), 2 internal error, 143 stopped\n"
+            "by SIGTERM after saving a checkpoint (a rerun resumes).\n"
+            "Several GPUs or hosts (resourceconfig.json): data-parallel, one process per GPU (torchrun)\n"
+            "or per CPU host; the first host leads; batch-size is the global batch.\n\n"
+            "Environment:\n" + environment.help_text() + "\n\n"
             "Hyperparameters (all passed as strings):\n" + hyperparameters.help_text()))
     parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -25,10 +25,12 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from . import data, distributed, models, precision
-from .artifact import atomic_save
+from .. import models, precision
+from ..artifact import atomic_save
+from . import data, distributed
 from .distributed import SINGLE, World
-from .preprocessing import eval_transform
+from ..image_folder import Channel
+from ..preprocessing import eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -94,20 +96,21 @@ def samples_digest(samples: list[tuple[str, int]], root: Path) -> str:
 class FeatureCache:
     """Features for one model and one channel: in memory, and in `directory` when one is given."""
 
-    def __init__(self, directory: str | Path | None, model: nn.Module, head_attr: str, pre, amp, device, hp,
-                 world: World = SINGLE):
+    def __init__(self, directory: str | Path | None, model: nn.Module, head_attr: str, pre, amp, device, *,
+                 seed: int, batch_size: int, num_workers: int, world: World = SINGLE):
         self.directory = Path(directory) if directory else None
         self.world = world
-        self.model, self.head_attr, self.pre, self.amp, self.device, self.hp = model, head_attr, pre, amp, device, hp
+        self.model, self.head_attr, self.pre, self.amp, self.device = model, head_attr, pre, amp, device
+        self.seed, self.batch_size, self.num_workers = seed, batch_size, num_workers
         self.weights = weights_digest(model, head_attr)
         self.memory: dict[tuple[str, str], Features] = {}
 
-    def train_view(self, channel: data.Channel, view: int, transform, stop=None) -> Features:
-        seed = ((self.hp.seed * 1_000_003 + view) * 1_000_003) % 2**62  # + image index, per image
+    def train_view(self, channel: Channel, view: int, transform, stop=None) -> Features:
+        seed = data.mixed_seed(self.seed, view)  # + image index, per image
         return self._get(channel, dict(view=view, seed=seed, precision=precision.name(self.amp)),
                          transform, self.pre.image_size, seed, self.amp, stop)
 
-    def eval_view(self, channel: data.Channel, stop=None) -> Features:
+    def eval_view(self, channel: Channel, stop=None) -> Features:
         """Features of the evaluation transform: the key names the preprocessing, the transform follows it."""
         return self._get(channel, dict(view="eval", precision="fp32"), eval_transform(self.pre), self.pre.resize_size,
                          None, None, stop)
@@ -144,8 +147,8 @@ class FeatureCache:
         """Run the backbone in eval mode, as evaluation and serving do, and keep what the head receives
         (this rank's shard of the images; the rows are then shared)."""
         mine = distributed.shard(self.world, list(range(len(samples))))
-        batch = self.hp.batch_size // self.world.size
-        loader = data.loader(_IndexedViews(samples, transform, draft_size, seed), batch, self.hp.num_workers,
+        batch = self.batch_size // self.world.size
+        loader = data.loader(_IndexedViews(samples, transform, draft_size, seed), batch, self.num_workers,
                              sampler=mine)
         # Every rank takes the same number of turns (shards differ by one image at most), and at each
         # all agree whether a SIGTERM reached any of them, so that all stop at the same point.
@@ -199,8 +202,7 @@ def batches(found: Features, order: list[int], batch_size: int, drop_last: bool)
     """(features, labels, n_failed) per step, in `order`, as the image loader would batch them.
 
     The caller's loop runs with one torch thread until the last batch: a head step is a few small
-    matmuls, where a second thread only waits at barriers. Measured on 2 busy cores: 41 ms a step
-    with 2 threads, 0.6 to 2 ms with 1."""
+    matmuls, where a second thread only waits at barriers (docs/PERFORMANCE.md has the figures)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -13,13 +13,12 @@ import json
 import logging
 from pathlib import Path
 
-from . import paths
+from .. import paths
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "tensorboardoutputconfig.json"
-LOCAL_PATH = "/opt/ml/output/tensorboard"  # SageMaker's default LocalPath; launch.train sends it
-EPOCH_SCALARS = {  # tag -> key of a history row (train.end_epoch)
+EPOCH_SCALARS = {  # tag -> key of a history row (epochs.end_epoch)
     "loss/train": "train_loss", "loss/valid": "valid_loss",
     "accuracy/train": "train_acc", "accuracy/valid": "valid_acc",
     "throughput/train_images_per_second": "images_per_second", "time/epoch_seconds": "seconds",
@@ -31,7 +30,8 @@ FINAL_SCALARS = {  # tag suffix -> key of evaluation.summarize's result
 
 
 def directory() -> Path:
-    """TensorBoardOutputConfig's LocalPath, else SageMaker's default for it (under SAGEMAKER_BASE_DIR)."""
+    """TensorBoardOutputConfig's LocalPath, else SageMaker's default for it (paths.TENSORBOARD_LOCAL_PATH, under
+    SAGEMAKER_BASE_DIR)."""
     config = paths.input_config_dir() / CONFIG_FILE
     try:
         local = json.loads(config.read_text()).get("LocalPath")

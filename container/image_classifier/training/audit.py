@@ -2,40 +2,43 @@
 (same bytes) and near-duplicates (cosine similarity of the frozen backbone's features: resized,
 recompressed or lightly cropped copies) within and across train/valid/test, classes with too few
 images, extreme class imbalance, and images smaller than the crop the model sees. It warns; it
-never fails a job. `train` runs it on its channels (`audit` hyperparameter), `python -m
-launch.audit DATA` on a folder.
+never fails a job. `train` runs it on its channels (`audit` hyperparameter); `main` is the same
+checks on a local folder (`python -m launch.audit DATA` runs it: see `--help`).
 """
 from __future__ import annotations
 
+import argparse
 import collections
 import csv
 import logging
 import os
+import sys
 from pathlib import Path
 
 import torch
 
-from . import data
+from ..image_folder import Channel
 
 log = logging.getLogger(__name__)
 
-# Cosine of eval-view features: distinct photos reached 0.87, altered copies 0.90 and up (docs/PERFORMANCE.md).
+# Cosine of eval-view features; bench/audit_threshold.py measured where distinct photos end and altered
+# copies begin (docs/PERFORMANCE.md).
 NEAR_DUPLICATE = 0.90
 FEW_IMAGES = 10  # a class with fewer training images than this is flagged
 IMBALANCE = 10.0  # largest class / smallest class in train
 COLUMNS = ("check", "split", "file", "other_split", "other_file", "detail")
 
 
-def _rel(channel: data.Channel, path: str) -> str:
+def _rel(channel: Channel, path: str) -> str:
     return os.path.relpath(path, channel.root)
 
 
-def exact_duplicates(channels: list[data.Channel]) -> list[tuple]:
+def exact_duplicates(channels: list[Channel]) -> list[tuple]:
     """Every pair of files with the same bytes (the first of each group against each other)."""
     groups = collections.defaultdict(list)
     for ch in channels:
         for path, _ in ch.samples:
-            groups[ch.facts[path].digest].append((ch, path))  # data.scan hashed it
+            groups[ch.facts[path].digest].append((ch, path))  # image_folder.scan hashed it
     rows = []
     for found in groups.values():
         (ch, path), *others = found
@@ -44,7 +47,7 @@ def exact_duplicates(channels: list[data.Channel]) -> list[tuple]:
     return rows
 
 
-def near_duplicates(channels: list[data.Channel], features: list[torch.Tensor], threshold: float = NEAR_DUPLICATE,
+def near_duplicates(channels: list[Channel], features: list[torch.Tensor], threshold: float = NEAR_DUPLICATE,
                     block: int = 1024) -> list[tuple]:
     """Pairs whose features' cosine similarity is at least threshold (exact copies, which
     exact_duplicates reports, left out: any two files of the same bytes)."""
@@ -65,7 +68,7 @@ def near_duplicates(channels: list[data.Channel], features: list[torch.Tensor], 
     return rows
 
 
-def class_checks(train: data.Channel) -> list[tuple]:
+def class_checks(train: Channel) -> list[tuple]:
     counts = train.counts()
     rows = [("few_images", train.name, train.folders[label], "", "", f"{n} training images (under {FEW_IMAGES})")
             for label, n in sorted(counts.items()) if n < FEW_IMAGES]
@@ -76,7 +79,7 @@ def class_checks(train: data.Channel) -> list[tuple]:
     return rows
 
 
-def small_images(channels: list[data.Channel], image_size: int) -> list[tuple]:
+def small_images(channels: list[Channel], image_size: int) -> list[tuple]:
     """Images whose shorter side is under the crop: the eval transform upsamples them."""
     rows = []
     for ch in channels:
@@ -96,7 +99,7 @@ def summary(rows: list[tuple], near_checked: bool) -> dict:
             "too_small_images": kinds["too_small"]}
 
 
-def run(channels: list[data.Channel], image_size: int, features: list[torch.Tensor] | None = None,
+def run(channels: list[Channel], image_size: int, features: list[torch.Tensor] | None = None,
         threshold: float = NEAR_DUPLICATE) -> tuple[dict, list[tuple]]:
     """channels: train first; features: each channel's eval-view features (None: no near-duplicates)."""
     rows = exact_duplicates(channels)
@@ -122,3 +125,69 @@ def write(path: Path, rows: list[tuple]) -> None:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         writer.writerow(COLUMNS)
         writer.writerows(rows)
+
+
+USAGE = """Audit a local ImageFolder data set before training on it: exact and near-duplicate images within
+and across train/valid/test (a copy of a test photo in train inflates test accuracy), classes with
+too few images, extreme class imbalance, images smaller than the crop. The checks `train` runs with
+audit=full, on this machine.
+
+DATA_DIR holds train/ and optionally valid/ and test/, one folder per class. Near-duplicates
+compare the backbone's features of each image (evaluation transform; EfficientNet-Lite0's
+ImageNet weights ship with the image); a feature cache folder keeps them for the next run.
+Exits 0 with warnings, whatever it finds; 1 only when the data cannot be read at all.
+"""
+
+
+def parse_args(argv=None, prog: str = "python -m launch.audit") -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", type=Path, help="folder with train/ (and valid/, test/)")
+    parser.add_argument("--backbone", default="efficientnet_lite0", help="whose features compare images")
+    parser.add_argument("--weights", default="imagenet", help="the backbone's weights (imagenet or none)")
+    parser.add_argument("--threshold", type=float, default=NEAR_DUPLICATE,
+                        help="cosine similarity from which two images count as near-duplicates")
+    parser.add_argument("--no-near-duplicates", action="store_true", help="only the checks without a backbone")
+    parser.add_argument("--out", type=Path, help="the findings as TSV (default DATA/audit.tsv)")
+    parser.add_argument("--feature-cache-dir", type=Path, help="keep the features here for the next run")
+    parser.add_argument("--batch-size", type=int, default=32)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from .. import hyperparameters, image_folder, models
+    from ..errors import TrainingError
+    from . import features
+    args = parse_args(argv)
+    try:
+        channels = [image_folder.scan(name, args.data / name) for name in ("train", "valid", "test")
+                    if name == "train" or (args.data / name).is_dir()]
+    except TrainingError as e:
+        print(f"audit: {e}", file=sys.stderr)
+        return 1
+    backbone = models.get_backbone(args.backbone)
+    pre = backbone.preprocessing(224)
+    views = None
+    if not args.no_near_duplicates:
+        model, _, source = models.build(args.backbone, args.weights, len(channels[0].folders))
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        models.to_device(model, device)
+        defaults = hyperparameters.parse({})
+        cache = features.FeatureCache(args.feature_cache_dir, model, backbone.head, pre, None, device,
+                                      seed=defaults.seed, batch_size=args.batch_size, num_workers=defaults.num_workers)
+        print(f"features of {sum(len(ch.samples) for ch in channels)} images from {args.backbone} ({source})",
+              flush=True)
+        views = [cache.eval_view(ch).features for ch in channels]
+    found, rows = run(channels, pre.image_size, views, args.threshold)
+    out = args.out or args.data / "audit.tsv"
+    write(out, rows)
+    print(describe(found))
+    for row in rows[:20]:
+        print("  " + "  ".join(str(c) for c in row if c))
+    if len(rows) > 20:
+        print(f"  ... {len(rows) - 20} more")
+    print(f"findings: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .artifact import atomic_save
-from .files import atomic_write_text
-from .errors import TrainingError
+from ..artifact import atomic_save
+from ..files import atomic_write_text
+from ..errors import TrainingError
 
 log = logging.getLogger(__name__)
 

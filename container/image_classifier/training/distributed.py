@@ -19,7 +19,6 @@ import dataclasses
 import datetime
 import errno
 import logging
-import os
 import re
 import socket
 import time
@@ -29,13 +28,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import errors
-from .errors import TrainingError
+from .. import errors
+from . import environment
+from ..errors import TrainingError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 7777  # SageMaker's PyTorch containers use the same
-PROCESSES_PER_HOST = "TRAIN_PROCESSES_PER_HOST"  # default: the host's GPUs, or 1 on a CPU host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,36 +61,19 @@ SINGLE = World()
 
 
 def processes_per_host() -> int:
-    value = os.environ.get(PROCESSES_PER_HOST)
-    if value:
-        try:
-            count = int(value)
-        except ValueError:
-            count = 0
-        if count < 1:
-            raise TrainingError(f"{PROCESSES_PER_HOST} must be a whole number >= 1; got {value!r}")
-        return count
-    return max(1, torch.cuda.device_count())
+    """$TRAIN_PROCESSES_PER_HOST, else one per GPU, else 1."""
+    return environment.processes_per_host(torch.cuda.device_count())
 
 
 def plan(resources: dict) -> World:
     """This process's place in the job: from torchrun's variables in a worker it started (several
     processes per host), else from resourceconfig.json (one process per host)."""
     hosts, host = resources["hosts"], resources["current_host"]
-    address = os.environ.get("MASTER_ADDR") or hosts[0]
-    port = _port(os.environ.get("MASTER_PORT"))
-    if "RANK" in os.environ and "LOCAL_RANK" in os.environ:  # a worker torchrun started
-        return World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]), host,
-                     address, port)
+    address, port = environment.leader(hosts[0])
+    place = environment.torchrun_place()
+    if place:  # a worker torchrun started
+        return World(*place, host, address, port)
     return World(hosts.index(host), len(hosts), 0, host, address, port)
-
-
-def _port(value: str | None) -> int:
-    if not value:
-        return DEFAULT_PORT
-    if not value.isdigit() or not 0 < int(value) < 65536:
-        raise TrainingError(f"MASTER_PORT must be a port number; got {value!r}")
-    return int(value)
 
 
 def wait_for_address(address: str, seconds: float, resolve: Callable = socket.getaddrinfo) -> None:
@@ -133,14 +114,14 @@ def start(world: World, timeout_seconds: float, interface: str | None) -> None:
         return
     device = device_for(world)
     if interface:  # resourceconfig's network_interface_name: eth0 on SageMaker
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
-        os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
+        environment.export_default("GLOO_SOCKET_IFNAME", interface)
+        environment.export_default("NCCL_SOCKET_IFNAME", interface)
     timeout = datetime.timedelta(seconds=timeout_seconds)
     backend = "nccl" if device.type == "cuda" else "gloo"
     log.info("%s: joining %s at %s:%d (%s, timeout %ds)", world.describe(), "the leader" if not world.leader
              else "as leader", world.leader_address, world.port, backend, timeout_seconds)
     try:
-        if "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun's agent holds the store
+        if environment.torchrun_agent():  # torchrun's agent holds the store
             dist.init_process_group(backend, init_method="env://", timeout=timeout,
                                     device_id=device if device.type == "cuda" else None)
             return
