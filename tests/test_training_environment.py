@@ -96,3 +96,13 @@ def test_every_variable_the_training_code_reads_is_in_the_table():
     read |= {getattr(environment, name) for name in ("PROCESSES_PER_HOST", "STOPPED_MARKER", "FEATURE_CACHE_ROOT")}
     documented = {name.strip() for v in environment.VARIABLES for name in v.name.split(",")}
     assert read and read <= documented, read - documented
+
+
+def test_the_program_and_its_environment_load_without_torch():
+    """`train --help` answers at once, and the launch side's imports stay light: neither the job's
+    module nor the shared modules the launch side reads import torch."""
+    code = ("import sys, image_classifier.training.job, image_classifier.hyperparameters, image_classifier.metrics, "
+            "image_classifier.search_space, image_classifier.paths; "
+            "print(sorted({'torch', 'torchvision'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -10,11 +10,11 @@ VARIABLES documents them: `serve --help` lists it and docs/SERVING.md carries it
 from __future__ import annotations
 
 import os
-import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..hyperparameters import truthy  # the handler's options say yes as the variables do
+from .. import variables
+from ..hyperparameters import truthy
+from ..variables import Variable  # the handler's options say yes as the variables do
 
 MIB = 1024 * 1024
 PRECISION = "SERVE_PRECISION"
@@ -25,13 +25,6 @@ STATE_DIR = "SERVE_STATE_DIR"  # set by `serve` for its workers: where they repo
 
 class SettingError(ValueError):
     """An environment variable's value `serve` cannot use."""
-
-
-@dataclass(frozen=True)
-class Variable:
-    name: str
-    default: str  # as the docs show it
-    meaning: str
 
 
 VARIABLES = (
@@ -224,19 +217,16 @@ def check() -> None:
 
 
 def markdown_table() -> str:
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
-    rows += [f"| `{v.name}` | {v.default} | {v.meaning} |" for v in VARIABLES]
-    return "\n".join(rows) + "\n"
+    return variables.markdown_table(VARIABLES)
 
 
 def help_text() -> str:
-    """The variables for `serve --help`, without the docs' markup."""
+    """The variables for `serve --help`, without the docs' markup (links point to docs/SERVING.md)."""
     def plain(text: str) -> str:
-        return text.replace("`", "").replace(" ([Precision](#precision))", " (docs/SERVING.md)") \
+        return text.replace(" ([Precision](#precision))", " (docs/SERVING.md)") \
             .replace("; [Deadlines](#deadlines))", "; docs/SERVING.md)") \
             .replace("; [Requests](#requests) says how others count)", "; docs/SERVING.md says how others count)")
-    return "\n".join(textwrap.fill(f"{v.name} (default {plain(v.default)}): {plain(v.meaning)}", 100,
-                                   initial_indent="  ", subsequent_indent="      ") for v in VARIABLES)
+    return variables.help_text(VARIABLES, plain)
 
 
 if __name__ == "__main__":

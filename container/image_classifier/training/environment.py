@@ -10,26 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import paths
+from .. import paths, variables
 from ..paths import FEATURE_CACHE_ROOT
 from ..errors import TrainingError
+from ..variables import Variable
 from .tensorboard import directory as tensorboard_directory
 
 PROCESSES_PER_HOST = "TRAIN_PROCESSES_PER_HOST"
 STOPPED_MARKER = "TRAIN_STOPPED_MARKER"  # set by the launcher for torchrun's workers, never by a user
 DEFAULT_PORT = 7777  # SageMaker's PyTorch containers use the same
 DEBUGGER_CONFIG = Path("/opt/ml/input/config/debughookconfig.json")  # fixed: ignores SAGEMAKER_BASE_DIR
-
-
-@dataclass(frozen=True)
-class Variable:
-    name: str
-    default: str  # as the docs show it
-    meaning: str
 
 
 VARIABLES = (
@@ -177,17 +170,11 @@ def exported(values: dict[str, str]):
 
 # --- documentation ----------------------------------------------------------------------------------
 def help_text() -> str:
-    lines = []
-    for v in VARIABLES:
-        lines.append(f"  {v.name}  (default {v.default.replace('`', '')})")
-        lines += textwrap.wrap(v.meaning.replace("`", ""), 92, initial_indent="      ", subsequent_indent="      ")
-    return "\n".join(lines)
+    return variables.help_text(VARIABLES)
 
 
 def markdown_table() -> str:
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
-    rows += [f"| `{v.name}` | {v.default} | {v.meaning} |" for v in VARIABLES]
-    return "\n".join(rows) + "\n"
+    return variables.markdown_table(VARIABLES)
 
 
 if __name__ == "__main__":
