@@ -24,7 +24,8 @@ import torch
 
 from image_classifier import gradcam, models
 from image_classifier.preprocessing import Preprocessing
-from image_classifier.serving import explanations, precision
+from image_classifier import precision
+from image_classifier.serving import explanations
 
 CPU = torch.device("cpu")
 

@@ -35,7 +35,8 @@ import torch
 from launch.local import programs
 from image_classifier.models import batch_to
 from image_classifier.preprocessing import decode
-from image_classifier.serving import inference, precision
+from image_classifier import precision
+from image_classifier.serving import inference
 from image_classifier.serving.environment import PRECISIONS, max_pixels
 from image_classifier.serving.model_state import READY_LINE
 

@@ -139,6 +139,12 @@ Exits 0 with warnings, whatever it finds; 1 only when the data cannot be read at
 """
 
 
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def parse_args(argv=None, prog: str = "python -m launch.audit") -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog, description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="folder with train/ (and valid/, test/)")
@@ -149,7 +155,7 @@ def parse_args(argv=None, prog: str = "python -m launch.audit") -> argparse.Name
     parser.add_argument("--no-near-duplicates", action="store_true", help="only the checks without a backbone")
     parser.add_argument("--out", type=Path, help="the findings as TSV (default DATA/audit.tsv)")
     parser.add_argument("--feature-cache-dir", type=Path, help="keep the features here for the next run")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=_positive, default=32, help="images per backbone forward")
     return parser.parse_args(argv)
 
 

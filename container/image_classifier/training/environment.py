@@ -82,22 +82,26 @@ class Locations:
     tensorboard: Path | None = None  # TensorBoard's scalars (the leader's)
 
 
+def checkpoints(checkpoint_per_job: bool) -> tuple[Path, str | None]:
+    """This job's checkpoint folder, and the trial it is named after with checkpoint-per-job."""
+    root, trial = checkpoint_root(), checkpoint_per_job and job_name() or None
+    return (paths.inside(root, trial, "checkpoint-per-job") if trial else root), trial
+
+
 def locations(model: Path, output_data: Path, checkpoint_per_job: bool, debug_dir: str,
               feature_cache_dir: str) -> Locations:
     """The folders the path hyperparameters name, checked before anything is written. debug-dir is
     inside /opt/ml/output; so is a relative feature-cache-dir, while an absolute one is a folder kept
     across jobs: inside /opt/ml (e.g. /opt/ml/checkpoints/features, which SageMaker syncs to S3) or
     inside $FEATURE_CACHE_ROOT."""
-    checkpoints, trial = checkpoint_root(), checkpoint_per_job and job_name() or None
-    if trial:
-        checkpoints = paths.inside(checkpoints, trial, "checkpoint-per-job")
+    folder, trial = checkpoints(checkpoint_per_job)
     debug = paths.inside(paths.output_dir(), debug_dir, "debug-dir") if debug_dir else None
     cache = None
     if Path(feature_cache_dir).is_absolute():
         cache = paths.inside(feature_cache_root(), feature_cache_dir, "feature-cache-dir")
     elif feature_cache_dir:
         cache = paths.inside(paths.output_dir(), feature_cache_dir, "feature-cache-dir")
-    return Locations(model=Path(model), output_data=Path(output_data), checkpoints=checkpoints, trial=trial,
+    return Locations(model=Path(model), output_data=Path(output_data), checkpoints=folder, trial=trial,
                      debug=debug, feature_cache=cache, tensorboard=tensorboard_directory())
 
 
@@ -106,9 +110,13 @@ def processes_per_host(gpus: int) -> int:
     value = _get(PROCESSES_PER_HOST)
     if not value:
         return max(1, gpus)
-    if not value.strip().isdigit() or int(value) < 1:
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
         raise TrainingError(f"{PROCESSES_PER_HOST} must be a whole number >= 1; got {value!r}")
-    return int(value)
+    return count
 
 
 def leader(first_host: str) -> tuple[str, int]:

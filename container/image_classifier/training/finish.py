@@ -38,10 +38,15 @@ class Result:
     audit: dict | None = None  # the data audit's summary
 
     def metrics(self) -> dict:
-        """metrics.json: everything."""
-        found = {k: v for k, v in dataclasses.asdict(self).items() if k != "test"}
-        found.update(self.test or {})
-        return {k: v for k, v in found.items() if v is not None or k in ("valid_loss", "valid_accuracy")}
+        """metrics.json: everything. A run stopped before its test has the best epoch's figures only."""
+        found = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                 if f.name not in ("evaluation", "test", "serving", "audit")}
+        if self.evaluation is None:
+            return found
+        found.update(evaluation=self.evaluation, **(self.test or {}))
+        if self.serving is not None:  # the leader's
+            found["serving"] = self.serving
+        return {**found, "audit": self.audit}
 
     def manifest(self) -> dict:
         """model.json's metrics: the evaluation's headline figures, no audit."""

@@ -192,20 +192,21 @@ def _train(hp, resources: dict, world, stop) -> None:
                             f"{type(e).__name__}: {e}") from None
     channels = {name: Path(d) for name, d in env.channel_input_dirs.items()}
     print("hyperparameters: " + json.dumps(hyperparameters.as_dict(hp), sort_keys=True), flush=True)
-    where = environment.locations(env.model_dir, env.output_data_dir, hp.checkpoint_per_job, hp.debug_dir,
-                                  hp.feature_cache_dir)
-    if where.trial and hp.trial_lifetime_hours and world.leader:
-        checkpoint.prune_trials(where.checkpoints.parent, where.trial, hp.trial_lifetime_hours * 3600)
+    checkpoints, trial = environment.checkpoints(hp.checkpoint_per_job)
+    if trial and hp.trial_lifetime_hours and world.leader:
+        checkpoint.prune_trials(checkpoints.parent, trial, hp.trial_lifetime_hours * 3600)
     distributed.start(world, hp.distributed_timeout, resources.get("network_interface_name"))
     try:
+        where = environment.locations(env.model_dir, env.output_data_dir, hp.checkpoint_per_job, hp.debug_dir,
+                                      hp.feature_cache_dir)
         train.run(hp, channels, where, stop, world)
     except TrainingError:
-        if where.trial and not stop.requested:  # a failed trial is not resumed
-            checkpoint.remove_trial(where.checkpoints)
+        if trial and not stop.requested:  # a failed trial is not resumed
+            checkpoint.remove_trial(checkpoints)
         raise
     distributed.stop()
-    if where.trial:  # a completed trial's model is in its model.tar.gz
-        checkpoint.remove_trial(where.checkpoints)
+    if trial:  # a completed trial's model is in its model.tar.gz
+        checkpoint.remove_trial(checkpoints)
 
 
 def stopped() -> int:
