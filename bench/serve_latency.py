@@ -35,9 +35,8 @@ import torch
 from launch.local import programs
 from image_classifier.models import batch_to
 from image_classifier.preprocessing import decode
-from image_classifier import precision
 from image_classifier.serving import inference
-from image_classifier.serving.environment import PRECISIONS, max_pixels
+from image_classifier.serving.environment import PRECISION, PRECISIONS, max_pixels
 from image_classifier.serving.model_state import READY_LINE
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -70,11 +69,11 @@ class InProcess:
     with the handler's functions and its model loading, on THREADS torch threads."""
 
     def __init__(self, model_dir: Path, threads: int, serve_precision: str = "auto"):
-        os.environ[precision.ENV] = serve_precision  # what model_fn reads, as `serve` would
+        os.environ[PRECISION] = serve_precision  # what model_fn reads, as `serve` would
         try:
             self.model = inference.model_fn(str(model_dir))
         finally:
-            os.environ.pop(precision.ENV)
+            os.environ.pop(PRECISION)
         self.threads = threads
 
     @torch.inference_mode()
@@ -228,7 +227,7 @@ def parse_server(spec: str) -> tuple[dict, int | None, int, str]:
         elif part.startswith("batch"):
             env["SERVE_BATCH_SIZE"] = int(part[len("batch"):])
         elif part in PRECISIONS:
-            env[precision.ENV] = wanted = part
+            env[PRECISION] = wanted = part
         elif part != "default":
             workers, threads = (int(x) for x in part.split("x"))
             env.update(SAGEMAKER_MODEL_SERVER_WORKERS=workers, OMP_NUM_THREADS=threads)
