@@ -77,3 +77,16 @@ def test_untrained_pretrained_file_is_flagged(tmp_path, caplog):
     torch.save(fresh.state_dict(), path)
     models.build("resnet18", "imagenet", 4, pretrained_file=path)
     assert "look untrained" in caplog.text
+
+
+def test_a_safetensors_file_loads_and_a_damaged_one_is_refused(tmp_path):
+    from safetensors.torch import save_file
+    source, _, _ = models.build("resnet18", "none", 1000)
+    torch.nn.init.constant_(source.conv1.weight, 0.25)
+    path = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, path)
+    model, _, where = models.build("resnet18", "imagenet", 4, pretrained_file=path)
+    assert "resnet18.safetensors" in where and torch.all(model.conv1.weight == 0.25) and model.fc.out_features == 4
+    path.write_bytes(path.read_bytes()[:1000])  # truncated
+    with pytest.raises(TrainingError, match="resnet18.safetensors cannot be read as safetensors"):
+        models.build("resnet18", "imagenet", 4, pretrained_file=path)

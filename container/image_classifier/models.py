@@ -129,6 +129,15 @@ def build(backbone_name: str, weights: str, num_classes: int, pretrained_file: P
 
 
 def _read_weights_file(path: Path) -> dict:
+    """A state_dict from a .safetensors file (tensors only, nothing to unpickle), or from a PyTorch
+    file read with weights_only (no pickled objects run)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            return {k.removeprefix("module."): v for k, v in load_file(path, device="cpu").items()}
+        except Exception as e:  # noqa: BLE001 - a damaged or foreign file fails in many ways
+            raise TrainingError(f"pretrained weights file {path.name} cannot be read as safetensors "
+                                f"({described(e)})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load fails in many ways on a foreign file

@@ -16,6 +16,7 @@ from .distributed import World
 log = logging.getLogger(__name__)
 
 CHANNELS = ("train", "valid", "test", "pretrained")
+WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")  # a state_dict, as models.build reads it
 
 
 def load(channels: dict[str, Path], valid_fraction: float, seed: int) -> tuple[Channel, Channel, Channel | None]:
@@ -48,12 +49,13 @@ def pretrained_file(channels: dict[str, Path], backbone: str) -> Path | None:
     if "pretrained" not in channels:
         return None
     root = Path(channels["pretrained"])
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".pt", ".pth", ".bin"))
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in WEIGHTS_SUFFIXES)
     named = [p for p in files if p.stem == backbone]
     if len(files) == 1 or len(named) == 1:
         return (named or files)[0]
     if not files:
-        raise TrainingError(f"channel 'pretrained' has no .pt/.pth weights file (looked in {root})")
+        raise TrainingError(f"channel 'pretrained' has no weights file ({', '.join(WEIGHTS_SUFFIXES)}; looked in "
+                            f"{root})")
     raise TrainingError(f"channel 'pretrained' has {len(files)} weights files; name one {backbone}.pt")
 
 
