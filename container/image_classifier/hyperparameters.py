@@ -12,7 +12,8 @@ from typing import Any, Callable
 
 from .errors import TrainingError
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_lite0")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_lite0", "efficientnet_lite1",
+             "efficientnet_lite2")
 TRAINABLE = ("all", "last-stage", "head")
 OPTIMIZERS = ("adamw", "sgd", "adam")
 WEIGHTS = ("imagenet", "none")

