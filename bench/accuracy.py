@@ -3,7 +3,7 @@ backbone and never used for selection), with its 95% interval: the demo's config
 backbone that has ImageNet weights offline, with and without cached features, so that the
 cache's effect on accuracy is measured beside its speed.
 
-    python bench/accuracy.py [--configs demo,head,head-4-views,head-no-cache] [--epochs N]
+    python bench/accuracy.py [--configs demo,head,head-4-views,head-no-cache,lite1-head,lite2-head] [--epochs N]
 
 Each configuration is a real `train` run (the image's program, natively) on imagewoof10's train
 and valid folders (or the demo's slice of them), tested on the whole test folder.
@@ -19,8 +19,8 @@ from common import DATA, RESULTS, run_train, subset, write
 
 from image_classifier import metrics
 
-# Only EfficientNet-Lite0 has ImageNet weights offline (../shared/NOTES.md): the ResNets would
-# start from random weights, and their accuracy here would say nothing about the product.
+# Only EfficientNet-Lite0/1/2 have ImageNet weights offline (bundled; ../shared/NOTES.md): the ResNets
+# would start from random weights, and their accuracy here would say nothing about the product.
 HEAD = {"backbone": "efficientnet_lite0", "trainable": "head", "batch-size": 32, "epochs": 10}
 CONFIGS = {
     # demo/demo.py: its slice of the data (100 train, 50 valid images per class), its fixed
@@ -30,6 +30,9 @@ CONFIGS = {
     "head": (HEAD, None),
     "head-4-views": ({**HEAD, "feature-views": 4}, None),
     "head-no-cache": ({**HEAD, "cache-features": False}, None),
+    # The larger bundled backbones, each at its own input size (timm's pretrained configuration).
+    "lite1-head": ({**HEAD, "backbone": "efficientnet_lite1", "image-size": 240}, None),
+    "lite2-head": ({**HEAD, "backbone": "efficientnet_lite2", "image-size": 260}, None),
 }
 
 
