@@ -47,9 +47,8 @@ def main() -> int:
     parser.add_argument("--name", default="audit_threshold")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where NAME.json and NAME.md go")
     args = parser.parse_args()
-    backbone = models.get_backbone("efficientnet_lite0")
-    pre = backbone.preprocessing(224)
-    model, _, _ = models.build("efficientnet_lite0", "imagenet", 10)
+    model, backbone, _ = models.build("efficientnet_lite0", "imagenet", 10)
+    pre = backbone.preprocessing()
     defaults = hyperparameters.parse({})
     cache = features.FeatureCache(None, model, backbone.head, pre, None, torch.device("cpu"), seed=defaults.seed,
                                   batch_size=defaults.batch_size, num_workers=defaults.num_workers)

@@ -46,7 +46,7 @@ def main() -> None:
         for backbone in args.backbones.split(","):
             network, _, _ = models.build(backbone, OFFLINE_WEIGHTS.get(backbone, "none"), len(test.folders))
             network = network.eval()
-            pre = models.get_backbone(backbone).preprocessing(224)
+            pre = models.preprocessing(models.pretrained_cfg(backbone))
             hp = parse({"backbone": backbone, "num-workers": 2})
             loader = image_loader(test.samples, eval_transform(pre), pre.resize_size, hp.batch_size, hp.num_workers)
             served = {name: precision.prepare(copy.deepcopy(network), name, torch.device("cpu"), pre.image_size)

@@ -4,6 +4,8 @@
                             [--endpoint-name NAME] [--test-image dog.jpg]
     python -m launch.deploy --local --model-dir DIR | --local-job DIR | --tuning-results DIR [--port 8080]
 Then invoke it with launch/invoke.sh (the AWS CLI), locally with ENDPOINT_URL=http://127.0.0.1:PORT.
+--network-isolation, --subnets/--security-group-ids and --volume-kms-key apply to the model and
+its endpoint (launch/security.py); serving never downloads, so isolation costs it nothing.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import sys
 from pathlib import Path
 
 from launch import local as local_args
-from launch import aws, jobs, settings as settings_mod
+from launch import aws, jobs, security, settings as settings_mod
 from launch.predictor import image_predictor_class
 
 
@@ -69,14 +71,16 @@ def main(argv=None, session=None) -> int:
 
     from sagemaker.model import Model
     settings.require("role")
+    placement = security.model_kwargs(settings)  # refused before any request
+    encryption = security.deploy_kwargs(settings, settings.inference_instance_type)
     session = session or aws.session(settings)
     data = model_data(session, args)
     name = aws.check_name(args.endpoint_name, "--endpoint-name") if args.endpoint_name else aws.job_name(settings)
     image = settings.image_for(settings.inference_instance_type)
     model = Model(image_uri=image, model_data=data, role=settings.role, name=name,
-                  predictor_cls=image_predictor_class(), sagemaker_session=session)
+                  predictor_cls=image_predictor_class(), sagemaker_session=session, **placement)
     predictor = model.deploy(initial_instance_count=1, instance_type=settings.inference_instance_type,
-                             endpoint_name=name, tags=jobs.TAGS, wait=not args.no_wait)
+                             endpoint_name=name, tags=jobs.TAGS, wait=not args.no_wait, **encryption)
     print(f"endpoint: {name} ({settings.inference_instance_type}, model {data})")
     if args.test_image and predictor is not None:
         answer = predictor.predict(Path(args.test_image).read_bytes())

@@ -7,7 +7,7 @@ from image_classifier.hyperparameters import to_sagemaker
 from image_classifier.metrics import DEBUG_COLLECTIONS, METRIC_DEFINITIONS
 from image_classifier.paths import TENSORBOARD_LOCAL_PATH
 
-from . import aws
+from . import aws, security
 from .settings import is_gpu, processes
 
 TAGS = [{"Key": "created-by", "Value": "image-classifier-launch"}]  # cleanup.py finds resources by it
@@ -142,16 +142,19 @@ def estimator(settings, session, checkpoint_s3_uri: str | None = None, for_tunin
         tensorboard_output_config=tensorboard_config(tensorboard_s3_uri) if tensorboard_s3_uri else None,
         tags=TAGS,
         sagemaker_session=session,
+        **security.estimator_kwargs(settings),
     )
 
 
 REQUIRED_CHANNELS = ("train",)
 
 
-def inputs(settings, session, data: str | None, channels: list[str], explicit: bool) -> dict:
+def inputs(settings, session, data: str | None, channels: list[str], explicit: bool,
+           pretrained: str | None = None) -> dict:
     """Channels for the S3 prefixes that hold objects. SageMaker fails CreateTrainingJob ("No S3
     objects found") for an empty one, so a default channel without data is left out with a line
-    saying so; a channel asked for by name (explicit) that has none is an error before any job."""
+    saying so; a channel asked for by name (explicit) that has none is an error before any job.
+    pretrained: staged backbone weights (launch/backbones.py), the 'pretrained' channel."""
     from sagemaker.inputs import TrainingInput
     root = (data or settings.s3("data")).rstrip("/")
     bucket, prefix = aws.split_uri(root)
@@ -169,7 +172,15 @@ def inputs(settings, session, data: str | None, channels: list[str], explicit: b
                          "CLASS/IMAGE); upload it with python -m launch.upload_data, or leave the channel out")
     for name in missing:
         print(f"channel {name}: no objects under {root}/{name}/; the job runs without it", flush=True)
+    if pretrained:
+        found["pretrained"] = TrainingInput(pretrained, distribution="FullyReplicated")
+        print(f"channel pretrained: the staged backbone weights {pretrained}", flush=True)
     return found
+
+
+def ec2_client(session):
+    """EC2, for the VPC's security groups (tests give a stubbed one as session.ec2_client)."""
+    return getattr(session, "ec2_client", None) or session.boto_session.client("ec2")
 
 
 def model_artifact(session, job_name: str) -> str:

@@ -45,6 +45,14 @@ class Settings:
     early_stopping: str = "Auto"
     objective_metric: str = OBJECTIVE_METRIC
     objective_type: str = OBJECTIVE_TYPE
+    # Security (launch/security.py): every job and endpoint.
+    network_isolation: bool = False  # no network in the containers: the backbone's weights bundled or staged
+    subnets: str | None = None  # comma-separated subnet ids: jobs and endpoints in your VPC
+    security_group_ids: str | None = None  # comma-separated, with subnets
+    volume_kms_key: str | None = None  # KMS key of the instances' storage volumes (training, endpoints)
+    output_kms_key: str | None = None  # KMS key of the model artifact and output in S3
+    encrypt_inter_container_traffic: bool = False  # between the instances of a multi-instance job
+    pretrained: str | None = None  # S3 URI of staged backbone weights (default: launch/backbones.py stage's record)
     hyperparameters: dict = dataclasses.field(default_factory=dict)  # static, for every job
     search_space: dict = dataclasses.field(default_factory=lambda: dict(search_space.SEARCH_SPACE))
 
@@ -149,6 +157,13 @@ def load(args: argparse.Namespace | None = None, environ: dict | None = None) ->
             raise SystemExit(f"--hp takes NAME=VALUE, got {item!r}")
         settings.hyperparameters[name] = value
     hyperparameters.to_sagemaker(settings.hyperparameters)  # fails early on a name or value the image refuses
+    if "backbone" in settings.hyperparameters:  # a name timm does not know, as the image would refuse it
+        from image_classifier import models
+        from image_classifier.errors import TrainingError
+        try:
+            models.timm_name(str(settings.hyperparameters["backbone"]))
+        except TrainingError as e:
+            raise SystemExit(str(e)) from None
     if settings.spot and settings.max_wait_seconds <= settings.max_run_seconds:
         raise SystemExit(f"max_wait_seconds {settings.max_wait_seconds} must be larger than max_run_seconds "
                          f"{settings.max_run_seconds} with spot: it counts the wait for capacity plus the run "

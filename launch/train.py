@@ -4,6 +4,9 @@
                            [--instance-count N] [--train-instance-type ml.g5.12xlarge]
     python -m launch.train --local --data DIR [--local-runner native|docker] [--hosts N]
 
+--network-isolation, --subnets/--security-group-ids and the KMS keys: launch/security.py; the
+backbone's staged weights (python launch/backbones.py stage NAME) go in as the 'pretrained' channel.
+
 A job on several instances (or GPUs) trains data-parallel: batch-size is the global batch.
 """
 from __future__ import annotations
@@ -12,7 +15,7 @@ import argparse
 import sys
 
 from launch import local as local_args
-from launch import aws, jobs, settings as settings_mod
+from launch import aws, backbones, jobs, security, settings as settings_mod
 
 
 def parse_args(argv=None):
@@ -41,18 +44,22 @@ def main(argv=None, session=None) -> int:
     if args.local:
         from launch.local import jobs as local_jobs
         channels = local_jobs.present(args.data, channels, explicit=bool(args.channels))
+        pretrained = backbones.check_isolation(settings, local=True)
         result = local_jobs.run_training_job(settings, args.data, channels, args.local_dir, args.local_runner,
-                                             job_name=args.job_name, hosts=args.hosts)
+                                             job_name=args.job_name, hosts=args.hosts, pretrained=pretrained)
         return 0 if result.succeeded else 1
 
+    pretrained = backbones.check_isolation(settings)  # before any request
+    security.vpc(settings)
     for note in jobs.cost_notes(settings):
         print(f"note: {note}", file=sys.stderr, flush=True)
     session = session or aws.session(settings)
+    security.check_distributed_vpc(settings, jobs.ec2_client(session), settings.train_instance_count)
     name = aws.check_name(args.job_name, "--job-name") if args.job_name else aws.job_name(settings)
     checkpoints = args.checkpoint_s3_uri or settings.s3("checkpoints", name)
     tensorboard = settings.s3("tensorboard", name)
     estimator = jobs.estimator(settings, session, checkpoint_s3_uri=checkpoints, tensorboard_s3_uri=tensorboard)
-    data = jobs.inputs(settings, session, args.data, channels, explicit=bool(args.channels))
+    data = jobs.inputs(settings, session, args.data, channels, explicit=bool(args.channels), pretrained=pretrained)
     estimator.fit(data, job_name=name, wait=not args.no_wait, logs="All")
     print(f"training job: {name}")
     print(f"checkpoints: {checkpoints}")

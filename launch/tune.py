@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from launch import local as local_args
-from launch import aws, jobs, settings as settings_mod, tuning_report
+from launch import aws, backbones, jobs, security, settings as settings_mod, tuning_report
 from image_classifier.metrics import METRIC_DEFINITIONS
 from image_classifier.search_space import (GRID_LIMIT, RESOURCE, Categorical, Continuous, Integer, as_grid,
                                            grid_points, hyperband)
@@ -129,9 +129,15 @@ def main(argv=None, session=None) -> int:
         raise SystemExit(f"max_parallel_jobs {parallel} is over the quota of {settings.parallel_jobs_quota} parallel "
                          "training jobs per tuning job (10 by default; Service Quotas can raise it to 100): lower it, "
                          "or set parallel_jobs_quota to your account's raised quota")
+    if "backbone" in space and settings.network_isolation:
+        raise SystemExit("--network-isolation with a tuned backbone: a job has one 'pretrained' channel; tune the "
+                         "backbone without isolation, or fix it (--hp backbone=NAME) and stage its weights")
+    pretrained = backbones.check_isolation(settings)  # before any request
+    security.vpc(settings)
     for note in jobs.cost_notes(settings, parallel):
         print(f"note: {note}", file=sys.stderr, flush=True)
     session = session or aws.session(settings)
+    security.check_distributed_vpc(settings, jobs.ec2_client(session), settings.train_instance_count)
     if settings.debugger:
         settings.hyperparameters = jobs.own_hook_hyperparameters(settings)
         print("Debugger: tuning jobs take no hook or rules; each trial saves its tensors into its "
@@ -158,8 +164,8 @@ def main(argv=None, session=None) -> int:
         early_stopping_type="Off" if settings.strategy == "Hyperband" else settings.early_stopping,
         tags=jobs.TAGS,
     )
-    tuner.fit(jobs.inputs(settings, session, args.data, channels, explicit=bool(args.channels)), job_name=name,
-              wait=False)
+    tuner.fit(jobs.inputs(settings, session, args.data, channels, explicit=bool(args.channels), pretrained=pretrained),
+              job_name=name, wait=False)
     print(f"tuning job: {name} ({settings.strategy}, {max_jobs(settings, space)} jobs, "
           f"{settings.max_parallel_jobs} at a time, objective {settings.objective_metric} maximized)", flush=True)
     if args.no_wait:

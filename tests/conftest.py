@@ -137,8 +137,8 @@ def small_model_dir(tmp_path_factory) -> Path:
     from image_classifier import artifact, models
     from image_classifier.preprocessing import Preprocessing
     d = tmp_path_factory.mktemp("small-model")
-    net, _, source = models.build("resnet18", "none", 3)
-    artifact.save(d, net, "resnet18", ["A", "B", "C"], ["001.A", "002.B", "003.C"],
+    net, built, source = models.build("resnet18", "none", 3)
+    artifact.save(d, net, "resnet18", built.architecture, ["A", "B", "C"], ["001.A", "002.B", "003.C"],
                   Preprocessing(32, 36, (0.5,) * 3, (0.5,) * 3, "bilinear"), {}, {}, source)
     return d
 

@@ -670,6 +670,44 @@ def _check_model_data(params):
             yield f"{path}.ModelDataUrl: {url!r} is not a .tar.gz archive"
 
 
+def _has_local_storage(instance_type: str) -> bool:
+    """The SageMaker SDK's rule (sagemaker/utils.py volume_size_supported): a family with a "d" in
+    it (c5d, p4d, g4dn, ...), and g5, g6, p5 and trn1, have local NVMe storage."""
+    family = (instance_type or "").removeprefix("ml.").split(".")[0]
+    return "d" in family or family.startswith(("g5", "g6", "p5", "trn1"))
+
+
+def _check_volume_key_local_storage(params):
+    for path, definition in _definitions(params):
+        for key in ("ResourceConfig", "HyperParameterTuningResourceConfig"):
+            config = definition.get(key) or {}
+            if config.get("VolumeKmsKeyId") and _has_local_storage(config.get("InstanceType")):
+                yield (f"{_join(path, key)}.VolumeKmsKeyId: {config['InstanceType']} has local instance storage, "
+                       "which takes no KMS key")
+    if params.get("KmsKeyId"):  # CreateEndpointConfig
+        for i, variant in enumerate(params.get("ProductionVariants") or []):
+            if _has_local_storage(variant.get("InstanceType")):
+                yield (f"KmsKeyId: ProductionVariants[{i}].InstanceType {variant['InstanceType']} has local instance "
+                       "storage, which takes no KMS key")
+
+
+BUNDLED_BACKBONES = {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", *(
+    f"tf_efficientnet_lite{n}{tag}" for n in (0, 1, 2) for tag in ("", ".in1k"))}  # the image's own weights
+
+
+def _check_isolation_has_weights(params):
+    for path, definition in _definitions(params):
+        if not definition.get("EnableNetworkIsolation"):
+            continue
+        hp = definition.get("HyperParameters") or definition.get("StaticHyperParameters") or {}
+        backbone = str(hp.get("backbone", "resnet50")).strip('"')
+        channels = [c.get("ChannelName") for c in definition.get("InputDataConfig") or []]
+        if str(hp.get("weights", "imagenet")).strip('"') != "none" and backbone not in BUNDLED_BACKBONES \
+                and "pretrained" not in channels:
+            yield (f"{_join(path, 'EnableNetworkIsolation')}: the container cannot download {backbone}'s weights and "
+                   f"the job has no 'pretrained' channel (channels: {', '.join(map(str, channels))})")
+
+
 RULES: tuple[Rule, ...] = (
     *(Rule(f"name-{op}", (op,), f"{key}: 1-{limit} characters, pattern ^[a-zA-Z0-9](-*[a-zA-Z0-9]){{0,{limit - 1}}} "
            "(no underscores, no leading or trailing hyphen)", f"{API}API_{op}.html",
@@ -780,6 +818,22 @@ RULES: tuple[Rule, ...] = (
          f"search: {DG}multi-model-support.html ('Multi-model endpoints support all of the CPU instance types'; "
          "'Hosting multiple GPU backed models on multi-model endpoints is supported through the SageMaker AI "
          "Triton Inference server')", _check_multi_model_cpu, uses_history=True),
+    Rule("volume-kms-key-local-storage", (*TRAINING, "CreateEndpointConfig"),
+         "An instance type with local storage (encrypted by a hardware module) takes no VolumeKmsKeyId (training, "
+         "tuning) and an endpoint config whose variants use one takes no KmsKeyId; which types have it: the "
+         "SageMaker SDK's sagemaker/utils.py volume_size_supported (a 'd' in the family, g5, g6, p5, trn1).",
+         f"{API}API_ResourceConfig.html",
+         f"search: {API}API_ResourceConfig.html ('You can't request a VolumeKmsKeyId when using an instance type "
+         f"with local storage') and {API}API_CreateEndpointConfig.html ('If you specify a value for KmsKeyId when "
+         "using any nitro-based instances with local storage, the call to CreateEndpointConfig fails'); neither "
+         "lists the types", _check_volume_key_local_storage),
+    Rule("isolated-job-has-its-weights", TRAINING,
+         "A job with EnableNetworkIsolation makes no outbound call, even to S3: a backbone whose weights are not "
+         "bundled in the image comes in a 'pretrained' channel (SageMaker still downloads the channels).",
+         f"{DG}mkt-algo-model-internet-free.html",
+         f"search: {DG}mkt-algo-model-internet-free.html ('the containers can't make any outbound network calls, "
+         "even to other AWS services such as Amazon S3 ... SageMaker still performs download and upload "
+         "operations against Amazon S3 using your SageMaker execution role')", _check_isolation_has_weights),
     Rule("model-data-url", ("CreateModel",),
          "A single-model container's ModelDataUrl is one .tar.gz archive; a MultiModel container's is the S3 "
          "prefix its models are under (the endpoint joins it with TargetModel), and it cannot use "

@@ -31,14 +31,17 @@ class StubbedSageMaker:
         self.client = self.boto.client("sagemaker")
         self.runtime = self.boto.client("sagemaker-runtime")
         self.s3 = self.boto.client("s3")
-        self.stubber, self.s3_stubber = Stubber(self.client), Stubber(self.s3)
+        self.ec2 = self.boto.client("ec2")  # the VPC's security groups (launch/security.py)
+        self.stubber, self.s3_stubber, self.ec2_stubber = Stubber(self.client), Stubber(self.s3), Stubber(self.ec2)
         self.requests: list[tuple[str, dict]] = []
         self.violations: list[sagemaker_rules.InvalidRequest] = []
         self.client.meta.events.register("before-parameter-build.sagemaker.*", self._capture)
         self.s3.meta.events.register("before-parameter-build.s3.*", self._capture)
         self.runtime.meta.events.register("before-parameter-build.sagemaker-runtime.*", self._capture)
+        self.ec2.meta.events.register("before-parameter-build.ec2.*", self._capture)
         self.stubber.activate()
         self.s3_stubber.activate()
+        self.ec2_stubber.activate()
 
     def _capture(self, params, model, **kwargs):
         # An upload's Body is an open file: record that one was sent, not its bytes.
@@ -56,6 +59,9 @@ class StubbedSageMaker:
     def respond_s3(self, operation: str, response: dict | None = None, params: dict | None = None) -> None:
         self.s3_stubber.add_response(operation, response or {}, params)
 
+    def respond_ec2(self, operation: str, response: dict | None = None, params: dict | None = None) -> None:
+        self.ec2_stubber.add_response(operation, response or {}, params)
+
     def data(self, *channels: str, missing: tuple = (), root: str = "image-classifier/data",
              bucket: str = BUCKET) -> None:
         """S3's answers to the launch scripts' look at each channel's prefix (train, tune), in order."""
@@ -67,8 +73,10 @@ class StubbedSageMaker:
 
     def session(self, settings):
         from launch import aws
-        return aws.session(settings, boto_session=self.boto, sagemaker_client=self.client,
-                           runtime_client=self.runtime, s3_client=self.s3)
+        found = aws.session(settings, boto_session=self.boto, sagemaker_client=self.client,
+                            runtime_client=self.runtime, s3_client=self.s3)
+        found.ec2_client = self.ec2  # launch.jobs.ec2_client takes it
+        return found
 
     def run(self, script: str, *args: str) -> int:
         """launch/SCRIPT.py's main() with the test settings and this stubbed session."""
@@ -93,6 +101,7 @@ class StubbedSageMaker:
         assert not self.violations, "\n".join(str(v) for v in self.violations)
         self.stubber.assert_no_pending_responses()
         self.s3_stubber.assert_no_pending_responses()
+        self.ec2_stubber.assert_no_pending_responses()
         # The IAM policy README gives the launching user covers every request the scripts sent.
         denied = sorted({f"{service}:{op}" for service, op in self.requests_by_service()} - allowed_actions())
         assert not denied, f"launch/iam/launcher-policy.json does not allow {denied}"
@@ -101,6 +110,8 @@ class StubbedSageMaker:
         for op, _ in self.requests:
             if hasattr(self.client, _snake(op)):
                 yield "sagemaker", op
+            elif hasattr(self.ec2, _snake(op)) and not hasattr(self.s3, _snake(op)):
+                yield "ec2", op
             else:  # S3 authorizes some operations under another action's name
                 yield "s3", S3_PERMISSION.get(op, op)
 

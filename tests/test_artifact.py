@@ -10,8 +10,8 @@ PRE = Preprocessing(64, 73, (0.5,) * 3, (0.5,) * 3, "bicubic")
 
 
 def save_small(model_dir, backbone="resnet18"):
-    model, _, source = models.build(backbone, "none", 3)
-    artifact.save(model_dir, model, backbone, ["A", "B", "C"], ["001.A", "002.B", "003.C"], PRE,
+    model, built, source = models.build(backbone, "none", 3)
+    artifact.save(model_dir, model, backbone, built.architecture, ["A", "B", "C"], ["001.A", "002.B", "003.C"], PRE,
                   {"epochs": 1}, {"valid_accuracy": 0.5}, source)
     return model
 
@@ -57,6 +57,19 @@ def test_damaged_artifacts_give_reasons(tmp_path, damage, message):
     save_small(tmp_path)
     damage(tmp_path)
     with pytest.raises(artifact.ArtifactError, match=message):
+        artifact.load(tmp_path)
+
+
+def test_the_manifest_names_the_architecture_serving_builds(tmp_path):
+    save_small(tmp_path)
+    manifest = json.loads((tmp_path / "model.json").read_text())
+    assert manifest["architecture"] == {"timm": "resnet18.tv_in1k", "kwargs": {}}
+    del manifest["architecture"]  # a model.json from before it was recorded: its backbone's alias
+    (tmp_path / "model.json").write_text(json.dumps(manifest))
+    assert artifact.load(tmp_path)[0].fc.out_features == 3
+    manifest["architecture"] = {"timm": "resnet_from_the_future", "kwargs": {}}
+    (tmp_path / "model.json").write_text(json.dumps(manifest))
+    with pytest.raises(artifact.ArtifactError, match="names an architecture this image cannot build"):
         artifact.load(tmp_path)
 
 

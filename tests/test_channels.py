@@ -10,15 +10,16 @@ def test_the_pretrained_channel_takes_one_weights_file_or_the_one_named_after_th
     (folder / "sub").mkdir(parents=True)
     (folder / "README.txt").write_text("not weights")
     (folder / "sub" / "model.safetensors").write_bytes(b"x")
-    assert channels.pretrained_file({"pretrained": folder}, "resnet50") == folder / "sub" / "model.safetensors"
+    assert channels.pretrained({"pretrained": folder}, "resnet50") == folder / "sub" / "model.safetensors"
     (folder / "resnet50.pt").write_bytes(b"x")
-    assert channels.pretrained_file({"pretrained": folder}, "resnet50") == folder / "resnet50.pt"
-    with pytest.raises(TrainingError, match="has 2 weights files; name one efficientnet_lite0.pt"):
-        channels.pretrained_file({"pretrained": folder}, "efficientnet_lite0")
-    assert channels.pretrained_file({}, "resnet50") is None
+    assert channels.pretrained({"pretrained": folder}, "resnet50") == folder / "resnet50.pt"
+    with pytest.raises(TrainingError, match="has 2 weights files; name one efficientnet_lite0.safetensors"):
+        channels.pretrained({"pretrained": folder}, "efficientnet_lite0")
+    assert channels.pretrained({}, "resnet50") is None
 
 
 def test_a_pretrained_channel_without_weights_says_which_files_count(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(TrainingError, match=r"no weights file \(.safetensors, .pt, .pth, .bin; looked in"):
-        channels.pretrained_file({"pretrained": tmp_path}, "resnet50")
+    with pytest.raises(TrainingError, match=r"no weights file \(.safetensors, .pt, .pth, .bin\) and no timm "
+                                            r"local-dir folder \(config.json "):
+        channels.pretrained({"pretrained": tmp_path}, "resnet50")

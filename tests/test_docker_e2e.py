@@ -227,3 +227,27 @@ def test_launch_local_on_two_hosts_in_containers(docker_env, tiny_data, tmp_path
     assert (tmp_path / "jobs" / "pair" / "algo-1" / "model" / "model.json").exists()
     assert not list((tmp_path / "jobs" / "pair" / "algo-2" / "model").iterdir())
     assert "rank 1 of 2 (host algo-2" in (tmp_path / "jobs" / "pair" / "algo-2" / "job.log").read_text()
+
+
+def test_a_network_isolated_job_trains_a_timm_backbone_from_its_staged_weights(docker_env, tiny_data, tmp_path):
+    """--network-isolation --local-runner docker: the container has no network at all (--network=none);
+    a ConvNeXt it could never download trains from the timm local-dir given as --pretrained."""
+    import torch
+    from image_classifier.vision import timm
+    staged = tmp_path / "staged" / "convnext_atto.d2_in1k"
+    torch.manual_seed(0)
+    timm.models.save_for_hf(timm.create_model("convnext_atto.d2_in1k"), staged, safe_serialization=True)
+    (tmp_path / "config.toml").write_text(f'image_uri = "{IMAGE}"\n')
+    env = {"DOCKER": DOCKER, "DOCKER_HOST": docker_env["DOCKER_HOST"]}
+    common = ["train", "--local", "--local-runner", "docker", "--network-isolation", "--no-debugger",
+              "--data", str(tiny_data["train"].parent), "--local-dir", str(tmp_path / "jobs"),
+              *[a for hp in {**FAST_HP, "backbone": "convnext_atto", "epochs": 1}.items()
+                for a in ("--hp", "=".join(map(str, hp)))]]
+    refused = launch(*common, "--job-name", "no-weights", cwd=tmp_path, env=env, timeout=120)
+    assert refused.returncode != 0 and "neither bundled in the image nor staged" in refused.stderr
+    assert not (tmp_path / "jobs" / "no-weights").exists()  # refused before any container started
+    train = launch(*common, "--job-name", "isolated", "--pretrained", str(staged), cwd=tmp_path, env=env, timeout=600)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    assert "timm local-dir" in train.stdout and "valid_acc=" in train.stdout
+    manifest = json.loads((tmp_path / "jobs" / "isolated" / "model" / "model.json").read_text())
+    assert manifest["architecture"]["timm"] == "convnext_atto.d2_in1k"

@@ -25,7 +25,7 @@ def setup(tiny_data, tmp_path):
     model, backbone, _ = models.build("efficientnet_lite0", "imagenet", 3)
     models.freeze(model, backbone, "head")
     models.to_device(model, torch.device("cpu"))
-    return model, backbone, backbone.preprocessing(64), image_folder.scan("valid", valid)
+    return model, backbone, models.preprocessing(backbone.cfg, 64), image_folder.scan("valid", valid)
 
 
 def cache(model, backbone, pre, directory="", **kw):
@@ -56,6 +56,18 @@ def test_augmented_views_are_fixed_per_image_whatever_the_batch_size(setup):
     assert not torch.allclose(view.features, other.features)  # another view is another crop
     reseeded = cache(model, backbone, pre, seed=7).train_view(channel, 0, train_transform(pre))
     assert not torch.allclose(view.features, reseeded.features)
+
+
+def test_an_augmentation_recipe_is_its_own_cached_view(setup, tmp_path):
+    from image_classifier.preprocessing import Augmentation
+    model, backbone, pre, channel = setup
+    folder = tmp_path / "cache"
+    plain = cache(model, backbone, pre, folder).train_view(channel, 0, train_transform(pre))
+    aug = Augmentation("trivialaugment", 0.25)
+    augmented = cache(model, backbone, pre, folder).train_view(channel, 0, train_transform(pre, aug), aug=aug)
+    assert len(list(folder.glob("*.pt"))) == 2 and not torch.allclose(plain.features, augmented.features)
+    again = cache(model, backbone, pre, folder).train_view(channel, 0, train_transform(pre, aug), aug=aug)
+    assert torch.equal(again.features, augmented.features) and len(list(folder.glob("*.pt"))) == 2
 
 
 def test_disk_cache_is_reused_and_keyed_by_weights_and_files(setup, tmp_path, monkeypatch):

@@ -56,3 +56,15 @@ def test_overlay_is_red_in_proportion_to_the_map():
     heatmap[0, 0] = 1.0
     out = np.asarray(gallery.overlay(crop, heatmap))
     assert out[0, 0, 0] > 100 and out[3, 3].tolist() == [0, 0, 0]
+
+
+def test_a_transformer_s_mistakes_are_shown_without_a_heat_map(tmp_path):
+    """A ViT has tokens, no feature map for Grad-CAM: the crop alone, and the report says nothing false."""
+    net = models.create({"timm": "vit_tiny_patch16_224", "kwargs": {"img_size": 32}}, len(CLASSES))
+    root = tmp_path / "test"
+    photo(root / "001.A" / "a.jpg")
+    folder = tmp_path / "evaluation" / "test_mistakes"
+    mistake = {"file": "001.A/a.jpg", "label": "A", "predicted": "B"}
+    [shown] = gallery.write(net, torch.device("cpu"), PRE, root, [mistake], CLASSES, folder)
+    assert shown["thumbnail"] == "test_mistakes/00.jpg" and "overlay" not in shown
+    assert sorted(p.name for p in folder.iterdir()) == ["00.jpg"]

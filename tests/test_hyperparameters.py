@@ -21,7 +21,7 @@ def test_strings_as_sagemaker_sends_them_parse_to_types():
 @pytest.mark.parametrize("raw, message", [
     ({"epochs": "2.5"}, "hyperparameter 'epochs' must be int, got '2.5'"),
     ({"lr": "fast"}, "hyperparameter 'lr' must be float"),
-    ({"backbone": "vgg16"}, "hyperparameter 'backbone' must be one of resnet18"),
+    ({"trainable": "everything"}, "hyperparameter 'trainable' must be one of all, last-stage, head"),
     ({"batch-size": "0"}, "hyperparameter 'batch-size' must be >= 1"),
     ({"learning-rate": "0.1"}, "unknown hyperparameter(s): learning-rate"),
     ({"lr": "nan"}, "hyperparameter 'lr' must be a finite number, got 'nan'"),

@@ -12,7 +12,7 @@ from iam_rules import RESOURCE_TYPES, granted_on
 IAM = Path(__file__).resolve().parents[1] / "launch" / "iam"
 # IAM prefix -> botocore services whose operations it authorizes
 SERVICES = {"sagemaker": ["sagemaker", "sagemaker-runtime"], "s3": ["s3"], "ecr": ["ecr"], "logs": ["logs"],
-            "cloudwatch": ["cloudwatch"], "sts": ["sts"], "iam": ["iam"]}
+            "cloudwatch": ["cloudwatch"], "sts": ["sts"], "iam": ["iam"], "ec2": ["ec2"], "kms": ["kms"]}
 PERMISSION_ONLY = {"s3:ListBucket", "iam:PassRole"}  # actions that authorize, not API operations
 
 

@@ -18,6 +18,7 @@ DATA = [{"ChannelName": "train", "DataSource": {"S3DataSource": {
     "S3DataType": "S3Prefix", "S3Uri": "s3://test-bucket/data/train/", "S3DataDistributionType": "FullyReplicated"}}}]
 TAGS = [{"Key": "created-by", "Value": "image-classifier-launch"}]
 RESOURCES = {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 50}
+KMS_KEY = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 TRAINING = {
     "TrainingJobName": "ic-job-1",
@@ -301,6 +302,12 @@ RULE_CASES = [  # (rule id, operation, bad request)
     ("tuning-metrics-20", TUNE, changed(
         BAYESIAN, "TrainingJobDefinition.AlgorithmSpecification.MetricDefinitions",
         METRICS + [{"Name": f"m{i}", "Regex": "x=(.*)"} for i in range(19)])),
+    ("volume-kms-key-local-storage", "CreateTrainingJob", changed(TRAINING, "ResourceConfig.VolumeKmsKeyId", KMS_KEY)),
+    ("volume-kms-key-local-storage", "CreateEndpointConfig", changed(changed(
+        ENDPOINT_CONFIG, "KmsKeyId", KMS_KEY), "ProductionVariants.0.InstanceType", "ml.m5d.large")),
+    ("isolated-job-has-its-weights", "CreateTrainingJob", changed(changed(
+        TRAINING, "EnableNetworkIsolation", True), "HyperParameters.backbone", "convnext_atto")),
+    ("isolated-job-has-its-weights", TUNE, changed(BAYESIAN, "TrainingJobDefinition.EnableNetworkIsolation", True)),
     ("model-data-url", "CreateModel",
      changed(SINGLE_MODEL, "PrimaryContainer.ModelDataUrl", "s3://test-bucket/models/")),
     ("model-data-url", "CreateModel", changed(MULTI_MODEL, "PrimaryContainer.ModelDataUrl", "s3://b/m/model.tar.gz")),

@@ -107,7 +107,7 @@ def test_artifact_serves_a_photo(tmp_path, monkeypatch):
     assert manifest["class_names"] == model.classes == CLASS_NAMES
     assert manifest["class_folders"] == CLASS_FOLDERS
     assert model.preprocessing == Preprocessing.from_json(manifest["preprocessing"]) \
-        == models.get_backbone("resnet18").preprocessing(64)
+        == models.preprocessing(models.pretrained_cfg("resnet18"), 64)
     assert manifest["weights_source"] == "random initialisation (weights=none)"
     expected = hyperparameters.as_dict(hyperparameters.parse(RAW))
     assert {k: manifest["hyperparameters"][k] for k in RAW} == {k: expected[k] for k in RAW}
@@ -218,8 +218,7 @@ def test_feature_cache_is_a_hit(tmp_path, hp, monkeypatch):
 
     channel = image_folder.scan("train", images)
     assert channel.folders == CLASS_FOLDERS and len(channel.samples) == 6
-    backbone = models.get_backbone(hp.backbone)
-    pre = backbone.preprocessing(hp.image_size)
+    pre = models.preprocessing(models.pretrained_cfg(hp.backbone), hp.image_size)
     amp = precision.resolve(hp.precision, CPU)
     model = models.to_device(constant_weights(models.build_for_inference(hp.backbone, 3)), CPU)
     calls = []
@@ -228,9 +227,9 @@ def test_feature_cache_is_a_hit(tmp_path, hp, monkeypatch):
         calls.append(args[0].shape)
         raise AssertionError("the backbone ran: the feature cache missed")
 
-    hook = model.register_forward_pre_hook(no_backbone)
+    hook = model.conv1.register_forward_pre_hook(no_backbone)  # the backbone's first layer
     cache_settings = dict(seed=hp.seed, batch_size=hp.batch_size, num_workers=hp.num_workers)  # as `run` gives them
-    cache = features.FeatureCache(cache_dir, model, backbone.head, pre, amp, CPU, **cache_settings)
+    cache = features.FeatureCache(cache_dir, model, "fc", pre, amp, CPU, **cache_settings)
     evaluated = cache.eval_view(channel)
     trained = cache.train_view(channel, 0, train_transform(pre))
     assert calls == []
@@ -243,7 +242,7 @@ def test_feature_cache_is_a_hit(tmp_path, hp, monkeypatch):
 
     # What was stored is what today's code computes for those images (no cache folder: it must compute).
     hook.remove()
-    fresh = features.FeatureCache(None, model, backbone.head, pre, amp, CPU, **cache_settings)
+    fresh = features.FeatureCache(None, model, "fc", pre, amp, CPU, **cache_settings)
     torch.testing.assert_close(fresh.eval_view(channel).features, evaluated.features, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(fresh.train_view(channel, 0, train_transform(pre)).features, trained.features,
                                rtol=1e-4, atol=1e-3)

@@ -38,7 +38,8 @@ def atomic_save(obj, path: Path) -> None:
     files.atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def save(model_dir: Path, model: nn.Module, backbone: str, class_names: list[str], class_folders: list[str],
+def save(model_dir: Path, model: nn.Module, backbone: str, architecture: dict, class_names: list[str],
+         class_folders: list[str],
          preprocessing: Preprocessing, hyperparameters: dict, metrics: dict, weights_source: str) -> None:
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -47,6 +48,7 @@ def save(model_dir: Path, model: nn.Module, backbone: str, class_names: list[str
     manifest = {
         "format_version": FORMAT_VERSION,
         "backbone": backbone,
+        "architecture": architecture,  # timm's name and arguments: what serving builds
         "num_classes": len(class_names),
         "class_names": class_names,
         "class_folders": class_folders,
@@ -83,7 +85,13 @@ def load(model_dir: Path, device: str | torch.device = "cpu") -> tuple[nn.Module
                             f"{manifest.get('num_classes')} outputs")
     # Built with random weights, then overwritten. Building on the meta device and loading with
     # assign=True saved 0.26 s of resnet50's start but cost 20% of the forked workers' throughput.
-    model = build_for_inference(manifest["backbone"], manifest["num_classes"])
+    try:
+        model = build_for_inference(manifest["backbone"], manifest["num_classes"],
+                                    manifest.get("architecture"))
+    except Exception as e:  # noqa: BLE001 - a name this timm does not know, or arguments it refuses
+        named = manifest.get("architecture") or manifest.get("backbone")
+        raise ArtifactError(f"{MANIFEST_FILE} names an architecture this image cannot build "
+                            f"({named!r}: {first_line(e)})") from None
     try:
         state = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     except FileNotFoundError:

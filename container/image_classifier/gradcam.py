@@ -18,21 +18,36 @@ from torch import nn
 BOX_THRESHOLD = 0.15  # of the map's maximum, as in the paper's ILSVRC localization
 
 
+class Unsupported(ValueError):
+    """The network has no spatial feature map to explain (a transformer's tokens)."""
+
+
 def last_spatial_layer(network: nn.Module, image_size: int) -> nn.Module:
     """The module whose output is the network's last feature map with positions (N, C, H, W, H and
-    W > 1): found by running it once, for any backbone."""
-    finished = []
+    W > 1): found by running it once, for any backbone. A timm network must give such a map from
+    forward_features: a transformer's tokens (N, L, C) or an (N, H, W, C) map are refused."""
+    finished, head = [], []
     hooks = [m.register_forward_hook(lambda m, i, o: finished.append(m) if isinstance(o, torch.Tensor)
                                      and o.dim() == 4 and min(o.shape[2:]) > 1 else None)
              for m in network.modules() if m is not network]
+    zeros = torch.zeros(1, 3, image_size, image_size, device=next(network.parameters()).device)
     try:
         with torch.no_grad():
-            network(torch.zeros(1, 3, image_size, image_size, device=next(network.parameters()).device))
+            if hasattr(network, "forward_features"):
+                head.append(network.forward_features(zeros))
+            else:
+                network(zeros)
     finally:
         for hook in hooks:
             hook.remove()
+    layout = getattr(network, "output_fmt", "NCHW")
+    layout = getattr(layout, "value", layout)  # timm's Format enum
+    if head and (head[0].dim() != 4 or str(layout) != "NCHW"):
+        raise Unsupported(f"Grad-CAM needs a convolutional feature map; {type(network).__name__} gives "
+                          f"{'tokens' if head[0].dim() == 3 else str(layout) + ' features'} "
+                          f"{tuple(head[0].shape)}")
     if not finished:
-        raise ValueError("the network has no spatial feature map to explain")
+        raise Unsupported("the network has no spatial feature map to explain")
     return finished[-1]
 
 

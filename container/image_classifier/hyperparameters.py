@@ -12,9 +12,11 @@ from typing import Any, Callable
 
 from .errors import TrainingError
 
+# The original names, aliases of timm's identical models (models.ALIASES); any other timm name works too.
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_lite0", "efficientnet_lite1",
              "efficientnet_lite2")
 TRAINABLE = ("all", "last-stage", "head")
+AUGMENTS = ("none", "trivialaugment", "randaugment")  # preprocessing.train_transform
 OPTIMIZERS = ("adamw", "sgd", "adam")
 WEIGHTS = ("imagenet", "none")
 
@@ -71,10 +73,16 @@ class Hyperparameter:
 
 
 HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
-    Hyperparameter("backbone", str, "resnet50", "ImageNet CNN to fine-tune.", BACKBONES),
+    Hyperparameter("backbone", str, "resnet50",
+                   "ImageNet model to fine-tune: any name timm can create, 'arch' or 'arch.tag' (e.g. "
+                   "convnext_nano.in12k_ft_in1k; python launch/backbones.py lists them), or one of "
+                   f"{', '.join(BACKBONES)} (timm's identical models; efficientnet_lite0/1/2 have their "
+                   "weights bundled in the image)."),
     Hyperparameter("weights", str, "imagenet",
-                   "Initial backbone weights: 'imagenet' (the 'pretrained' channel if given, else the "
-                   "bundled or downloaded ImageNet weights) or 'none' (random init).", WEIGHTS),
+                   "Initial backbone weights: 'imagenet' (the 'pretrained' channel's state_dict file or timm "
+                   "local-dir folder if given, else the weights bundled in the image, else a download: "
+                   "torchvision's for the ResNet names, the Hugging Face Hub for the others, HF_HUB_OFFLINE "
+                   "honoured) or 'none' (random init).", WEIGHTS),
     Hyperparameter("trainable", str, "head",
                    "Which part is trained, the rest frozen: 'all' (whole network), 'last-stage' "
                    "(last stage + head) or 'head' (new classifier only).", TRAINABLE),
@@ -89,9 +97,24 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("optimizer", str, "adamw", "Optimizer.", OPTIMIZERS),
     Hyperparameter("momentum", float, 0.9, "Momentum for sgd.", minimum=0.0, maximum=1.0),
     Hyperparameter("warmup-epochs", float, 0.0, "Linear learning-rate warm-up, in epochs.", minimum=0.0),
-    Hyperparameter("image-size", int, 224, "Side of the square crop fed to the network.", minimum=32),
+    Hyperparameter("image-size", int, 0,
+                   "Side of the square crop fed to the network; 0: the backbone's own input size (timm's "
+                   "pretrained configuration: 224 for the ResNets and efficientnet_lite0, 240 and 260 for "
+                   "efficientnet_lite1 and 2), else 32 or more.", minimum=0),
     Hyperparameter("label-smoothing", float, 0.0, "Label smoothing of the cross-entropy loss.",
                    minimum=0.0, maximum=0.99),
+    Hyperparameter("augment", str, "none",
+                   "Training augmentation after the random crop and flip: 'trivialaugment' (TrivialAugmentWide), "
+                   "'randaugment' (2 ops, magnitude 9) or 'none'. With cached features it shapes the cached "
+                   "views (feature-views of them).", AUGMENTS),
+    Hyperparameter("random-erasing", float, 0.0,
+                   "Probability of erasing a random rectangle of each training image (after normalisation; "
+                   "0: never).", minimum=0.0, maximum=1.0),
+    Hyperparameter("layer-decay", float, 1.0,
+                   "Layer-wise learning-rate decay with trainable=last-stage or all: each earlier layer group "
+                   "(timm's group_matcher: stem, each block, the head) learns at this factor times the next "
+                   "one's rate, and norms and biases get no weight decay; 1: one rate for all.",
+                   minimum=0.01, maximum=1.0),
     Hyperparameter("seed", int, 42, "Seed for weights of the new head, shuffling and the split.",
                    minimum=0, maximum=2**32 - 1),  # the shuffle's seed * 100_003 + epoch fits torch's 64 bits
     Hyperparameter("num-workers", int, -1,

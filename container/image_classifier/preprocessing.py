@@ -11,11 +11,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from .hyperparameters import AUGMENTS
 from .vision import transforms
 
 INTERPOLATION = {
     "bilinear": transforms.InterpolationMode.BILINEAR,
     "bicubic": transforms.InterpolationMode.BICUBIC,
+    "nearest": transforms.InterpolationMode.NEAREST,
 }
 
 
@@ -119,14 +121,37 @@ def eval_transform(pre: Preprocessing):
     return transforms.Compose([eval_crop(pre), transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)])
 
 
-def train_transform(pre: Preprocessing):
-    return transforms.Compose([
-        transforms.RandomResizedCrop(pre.image_size, interpolation=INTERPOLATION[pre.interpolation],
-                                     antialias=True),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(pre.mean, pre.std),
-    ])
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """What training adds to the random crop and flip (the `augment` and `random-erasing`
+    hyperparameters); the default adds nothing."""
+    augment: str = "none"
+    erasing: float = 0.0
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+NO_AUGMENTATION = Augmentation()
+
+
+def train_transform(pre: Preprocessing, aug: Augmentation = NO_AUGMENTATION):
+    """RandomResizedCrop and flip; then TrivialAugmentWide (Müller & Hutter 2021) or RandAugment
+    (Cubuk et al. 2020; 2 ops at magnitude 9, timm's and torchvision's recipes' setting) on the
+    crop; random erasing (Zhong et al. 2020) on the normalised tensor, filled with 0: the mean."""
+    interpolation = INTERPOLATION[pre.interpolation]
+    steps = [transforms.RandomResizedCrop(pre.image_size, interpolation=interpolation, antialias=True),
+             transforms.RandomHorizontalFlip()]
+    if aug.augment == "trivialaugment":
+        steps.append(transforms.TrivialAugmentWide(interpolation=interpolation))
+    elif aug.augment == "randaugment":
+        steps.append(transforms.RandAugment(num_ops=2, magnitude=9, interpolation=interpolation))
+    elif aug.augment != "none":
+        raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {aug.augment!r}")
+    steps += [transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)]
+    if aug.erasing:
+        steps.append(transforms.RandomErasing(p=aug.erasing, value=0))
+    return transforms.Compose(steps)
 
 
 class ImageTooLarge(Exception):

@@ -1,8 +1,8 @@
 """torchvision and timm, imported so that they work with a torch build that does not match
 torchvision's C extension (the CPU torch wheel beside the registry's CUDA torchvision).
 
-timm is imported on first use (`vision.timm`): only the EfficientNet backbone needs it, and its
-import costs 0.7 s of every `serve` worker's start.
+timm is imported on first use (`vision.timm`): every backbone is built by it, but `train --help`,
+the launch side's settings and the serving front need none, and its import costs 0.7 s.
 
 torchvision's meta registrations need the schemas of two C++ ops at import time. Load the
 extension if it matches; otherwise declare just those schemas. Models, transforms and

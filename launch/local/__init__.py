@@ -3,9 +3,11 @@ jobs.py, tuner.py, endpoint.py and gateway.py build SageMaker's behaviour around
 import os
 
 
-def docker_run(name: str, env: dict | None = None, volumes: dict | None = None) -> list[str]:
-    """`docker run` on the host network (no bridge networks here), removed when done; append IMAGE PROGRAM."""
-    return [os.environ.get("DOCKER", "docker"), "run", "--rm", "--network=host", "--name", name,
+def docker_run(name: str, env: dict | None = None, volumes: dict | None = None, isolated: bool = False) -> list[str]:
+    """`docker run` on the host network (no bridge networks here), or with no network at all
+    (isolated: SageMaker's network isolation), removed when done; append IMAGE PROGRAM."""
+    return [os.environ.get("DOCKER", "docker"), "run", "--rm", f"--network={'none' if isolated else 'host'}",
+            "--name", name,
             *[a for key, value in (env or {}).items() for a in ("-e", f"{key}={value}")],
             *[a for host, inside in (volumes or {}).items() for a in ("-v", f"{host}:{inside}")]]
 

@@ -70,10 +70,18 @@ def present(data, channels: list[str], explicit: bool) -> list[str]:
 
 
 def start(name: str, root: Path, data: Path, channels: list[str], hyperparameters: dict,
-          runner: str = "native", image: str | None = None, env: dict | None = None, hosts: int = 1) -> LocalJob:
+          runner: str = "native", image: str | None = None, env: dict | None = None, hosts: int = 1,
+          pretrained: Path | None = None, isolated: bool = False) -> LocalJob:
     """Start `train` in a fresh /opt/ml tree ROOT/NAME (ROOT/NAME/algo-N for each of several
-    hosts); env adds variables (e.g. OMP_NUM_THREADS)."""
+    hosts); env adds variables (e.g. OMP_NUM_THREADS). pretrained: the 'pretrained' channel's
+    folder. isolated: no network in the container (docker), as SageMaker's network isolation; the
+    native runner cannot cut a process's network, so it only keeps the Hub client offline."""
     env = {k: str(v) for k, v in (env or {}).items()}
+    if isolated and hosts > 1:
+        raise SystemExit("--local --network-isolation runs one host: local hosts reach each other over the host "
+                         "network, which isolation removes")
+    if isolated:
+        env.setdefault("HF_HUB_OFFLINE", "1")
     data = Path(data).resolve()
     missing = [c for c in channels if not (data / c).is_dir()]
     if missing:
@@ -82,9 +90,12 @@ def start(name: str, root: Path, data: Path, channels: list[str], hyperparameter
         raise SystemExit(f"--hosts must be 1 or more, got {hosts}")
     base = Path(root).resolve() / name
     channel_dirs = {c: data / c for c in channels}
+    if pretrained is not None:
+        channel_dirs["pretrained"] = Path(pretrained).resolve()
     if hosts == 1:
         programs.make_tree(base, channel_dirs, hyperparameters)
-        return _start_host(name, base, data, hyperparameters, runner, image, env)
+        return _start_host(name, base, data, hyperparameters, runner, image, env, channel_dirs.get("pretrained"),
+                           isolated)
     trees = programs.make_hosts(base, hosts, channel_dirs, hyperparameters)
     env = {**programs.hosts_env(hosts), **env}
     jobs = [_start_host(f"{name}-{tree.name}", tree, data, hyperparameters, runner, image, env) for tree in trees]
@@ -93,7 +104,7 @@ def start(name: str, root: Path, data: Path, channels: list[str], hyperparameter
 
 
 def _start_host(name: str, base: Path, data: Path, hyperparameters: dict, runner: str, image: str | None,
-                env: dict) -> LocalJob:
+                env: dict, pretrained: Path | None = None, isolated: bool = False) -> LocalJob:
     job = LocalJob(name, base, started=time.monotonic())
     log = open(job.log, "w")
     if runner == "docker":
@@ -101,12 +112,12 @@ def _start_host(name: str, base: Path, data: Path, hyperparameters: dict, runner
             raise SystemExit("--local-runner docker needs the image: set image_uri (or --image-uri)")
         # Channels are symlinks into the data folder: mount it at the same path, read-only; a
         # shared feature cache (local tuning) at its own path too, so every trial names it alike.
-        volumes = {base: "/opt/ml", data: f"{data}:ro"}
+        volumes = {base: "/opt/ml", data: f"{data}:ro", **({pretrained: f"{pretrained}:ro"} if pretrained else {})}
         if hyperparameters.get("feature-cache-dir"):
             cache = Path(hyperparameters["feature-cache-dir"])
             cache.mkdir(parents=True, exist_ok=True)
             volumes[cache] = str(cache)
-        cmd = [*docker_run(name, env, volumes), image, "train"]
+        cmd = [*docker_run(name, env, volumes, isolated), image, "train"]
         job.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     else:
         job.process = subprocess.Popen(programs.program("train"), env=programs.program_env(base, **env), stdout=log,
@@ -146,12 +157,17 @@ def follow(job: LocalJob, on_line, poll: float = 0.5) -> LocalJob:
 
 
 def run_training_job(settings, data, channels: list[str], local_dir, runner: str = "native",
-                     job_name: str | None = None, hosts: int = 1) -> LocalJob:
+                     job_name: str | None = None, hosts: int = 1, pretrained: str | None = None) -> LocalJob:
     if not data:
         raise SystemExit("--local needs --data: a folder with train/ (valid/, test/) class folders")
     name = job_name or f"{settings.prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if settings.network_isolation and runner != "docker":
+        print("note: --network-isolation with the native runner keeps the Hugging Face Hub client offline "
+              "(HF_HUB_OFFLINE=1) but cannot cut the process's network; --local-runner docker runs the job "
+              "with none", flush=True)
     job = start(name, Path(local_dir), Path(data), channels, own_hook_hyperparameters(settings), runner,
-                settings.image_uri, hosts=hosts)
+                settings.image_uri, hosts=hosts, pretrained=Path(pretrained) if pretrained else None,
+                isolated=settings.network_isolation)
     where = f"{job.base}" + (f" (the leader; the other hosts' logs in {job.base.parent}/algo-*/job.log)"
                              if job.peers else "")
     print(f"local training job {name} in {where} ({runner}{f', {hosts} hosts' if hosts > 1 else ''})", flush=True)

@@ -125,6 +125,11 @@ def _options(raw: dict, model: Model) -> dict:
     method = str(raw.get("explain", "")).strip().lower()
     if method and method not in explanations.METHODS:
         raise error(400, f"explain must be one of {', '.join(explanations.METHODS)}, got {method!r}")
+    if method:
+        try:
+            model.explain_layer()  # found once; refused here, before any pixel is decoded
+        except gradcam.Unsupported as e:
+            raise error(400, f"explain={method} is not supported for {model.manifest['backbone']}: {e}") from None
     wanted = raw.get("explain_class")
     if wanted is not None and not method:
         raise error(400, "explain_class needs explain=gradcam")

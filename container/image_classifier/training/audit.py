@@ -170,11 +170,14 @@ def main(argv=None) -> int:
     except TrainingError as e:
         print(f"audit: {e}", file=sys.stderr)
         return 1
-    backbone = models.get_backbone(args.backbone)
-    pre = backbone.preprocessing(224)
+    try:
+        pre = models.preprocessing(models.pretrained_cfg(args.backbone))
+    except TrainingError as e:
+        print(f"audit: {e}", file=sys.stderr)
+        return 1
     views = None
     if not args.no_near_duplicates:
-        model, _, source = models.build(args.backbone, args.weights, len(channels[0].folders))
+        model, backbone, source = models.build(args.backbone, args.weights, len(channels[0].folders))
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         models.to_device(model, device)
         defaults = hyperparameters.parse({})

@@ -1,5 +1,5 @@
 """The job's channels: train (required), valid (else a stratified split of train), test, and a
-'pretrained' weights file; with several hosts, a check that every host sees the same files."""
+'pretrained' weights file or timm folder; with several hosts, a check that every host sees the same files."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from .. import image_folder
+from .. import image_folder, models
 from ..errors import TrainingError
 from ..image_folder import Channel
 from . import distributed
@@ -45,18 +45,27 @@ def load(channels: dict[str, Path], valid_fraction: float, seed: int) -> tuple[C
     return train, valid, test
 
 
-def pretrained_file(channels: dict[str, Path], backbone: str) -> Path | None:
+def pretrained(channels: dict[str, Path], backbone: str) -> Path | None:
+    """The 'pretrained' channel's weights: a timm local-dir folder (its config.json beside the
+    weights), else one weights file (or the one named after the backbone)."""
     if "pretrained" not in channels:
         return None
     root = Path(channels["pretrained"])
+    configs = sorted(p.parent for p in root.rglob(models.LOCAL_DIR_CONFIG)
+                     if any((p.parent / f).is_file() for f in models.LOCAL_DIR_WEIGHTS))
+    if len(configs) == 1:
+        return configs[0]
+    if len(configs) > 1:
+        raise TrainingError(f"channel 'pretrained' has {len(configs)} timm local-dir folders; give one")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in WEIGHTS_SUFFIXES)
     named = [p for p in files if p.stem == backbone]
     if len(files) == 1 or len(named) == 1:
         return (named or files)[0]
     if not files:
-        raise TrainingError(f"channel 'pretrained' has no weights file ({', '.join(WEIGHTS_SUFFIXES)}; looked in "
-                            f"{root})")
-    raise TrainingError(f"channel 'pretrained' has {len(files)} weights files; name one {backbone}.pt")
+        raise TrainingError(f"channel 'pretrained' has no weights file ({', '.join(WEIGHTS_SUFFIXES)}) and no "
+                            f"timm local-dir folder ({models.LOCAL_DIR_CONFIG} + "
+                            f"{' or '.join(models.LOCAL_DIR_WEIGHTS)}); looked in {root}")
+    raise TrainingError(f"channel 'pretrained' has {len(files)} weights files; name one {backbone}.safetensors")
 
 
 def check_shared(world: World, channels: list, device) -> None:

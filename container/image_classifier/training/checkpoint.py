@@ -17,6 +17,7 @@ import torch
 from ..artifact import atomic_save
 from ..files import atomic_write_text
 from ..errors import TrainingError
+from ..hyperparameters import BY_NAME
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ STATE_FILE = "checkpoint.pt"
 BEST_FILE = "best_model.pt"
 WRITTEN_FILE = "written.json"  # when the state was last saved: S3 copies do not keep file times
 # A resumed job must be the same job: these settings change what the saved state means.
-MUST_MATCH = ("backbone", "trainable", "image-size", "batch-size", "optimizer", "seed")
+MUST_MATCH = ("backbone", "trainable", "image-size", "batch-size", "optimizer", "seed", "layer-decay")
 
 
 def save(directory: Path, state: dict) -> None:
@@ -86,10 +87,12 @@ def load(directory: Path, hyperparameters: dict, class_folders: list[str]) -> di
     except Exception as e:  # noqa: BLE001 - torch.load fails in many ways on a damaged file
         raise TrainingError(f"checkpoint {path} cannot be read ({type(e).__name__}); "
                             "delete it or use another checkpoint directory") from None
-    saved = json.loads(state["hyperparameters"])
-    changed = [k for k in MUST_MATCH if saved.get(k) != hyperparameters.get(k)]
+    # A hyperparameter newer than the checkpoint had its default then.
+    defaults = {k: BY_NAME[k].default for k in MUST_MATCH}
+    saved, now = {**defaults, **json.loads(state["hyperparameters"])}, {**defaults, **hyperparameters}
+    changed = [k for k in MUST_MATCH if saved[k] != now[k]]
     if changed:
-        detail = ", ".join(f"{k} {saved.get(k)!r} -> {hyperparameters.get(k)!r}" for k in changed)
+        detail = ", ".join(f"{k} {saved[k]!r} -> {now[k]!r}" for k in changed)
         raise TrainingError(f"checkpoint in {directory} belongs to another configuration ({detail}); "
                             "use a new checkpoint directory")
     if json.loads(state["class_folders"]) != class_folders:

@@ -44,6 +44,11 @@ VARIABLES = (
     Variable(FEATURE_CACHE_ROOT, "`$SAGEMAKER_BASE_DIR`",
              "the folder an absolute `feature-cache-dir` must lie inside (the local tuner's cache shared by its "
              "trials)"),
+    Variable("HF_HUB_OFFLINE", "unset", "`1`: a backbone's weights come from the Hugging Face Hub cache only, never "
+             "the network (read by huggingface_hub, for timm)"),
+    Variable("HF_HOME, HF_HUB_CACHE", "`~/.cache/huggingface`, `$HF_HOME/hub`",
+             "the Hugging Face Hub cache a backbone's weights are downloaded into and read from"),
+    Variable("TORCH_HOME", "`~/.cache/torch`", "the cache of downloads from a URL (torchvision's ResNet weights)"),
     Variable(STOPPED_MARKER, "set by `train` for its torchrun workers",
              "a file a worker creates when it stops on SIGTERM, so that its launcher exits 143 too"),
 )

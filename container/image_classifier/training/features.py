@@ -30,7 +30,7 @@ from ..artifact import atomic_save
 from . import data, distributed
 from .distributed import SINGLE, World
 from ..image_folder import Channel
-from ..preprocessing import eval_transform
+from ..preprocessing import NO_AUGMENTATION, Augmentation, eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +39,23 @@ FORMAT = 1  # bump when what a cache file holds changes
 
 class Head(nn.Module):
     """The model's classifier alone. It is named like the model and holds the classifier under
-    the same attribute, so that Debugger's tensor names match the full model's."""
+    the same module path (e.g. head.fc), so that Debugger's tensor names match the full model's."""
 
-    def __init__(self, model: nn.Module, attr: str):
+    def __init__(self, model: nn.Module, path: str):
         super().__init__()
-        self.attr, self.model_name = attr, type(model).__name__
-        setattr(self, attr, getattr(model, attr))  # shared: training it trains the model's head
+        self.path, self.model_name = path, type(model).__name__
+        *parents, last = path.split(".")
+        holder = self
+        for name in parents:
+            holder.add_module(name, nn.Module())
+            holder = getattr(holder, name)
+        holder.add_module(last, model.get_submodule(path))  # shared: training it trains the model's head
 
     def _get_name(self) -> str:
         return self.model_name
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return getattr(self, self.attr)(features)
+        return models.classify(self.get_submodule(self.path), features)
 
 
 class Features(SimpleNamespace):
@@ -105,10 +110,14 @@ class FeatureCache:
         self.weights = weights_digest(model, head_attr)
         self.memory: dict[tuple[str, str], Features] = {}
 
-    def train_view(self, channel: Channel, view: int, transform, stop=None) -> Features:
+    def train_view(self, channel: Channel, view: int, transform, stop=None, aug: Augmentation = NO_AUGMENTATION
+                   ) -> Features:
+        """aug: what `transform` adds to the crop and flip (in the key; the default, as before it existed, not)."""
         seed = data.mixed_seed(self.seed, view)  # + image index, per image
-        return self._get(channel, dict(view=view, seed=seed, precision=precision.name(self.amp)),
-                         transform, self.pre.image_size, seed, self.amp, stop)
+        spec = dict(view=view, seed=seed, precision=precision.name(self.amp))
+        if aug != NO_AUGMENTATION:
+            spec["augmentation"] = aug.to_json()
+        return self._get(channel, spec, transform, self.pre.image_size, seed, self.amp, stop)
 
     def eval_view(self, channel: Channel, stop=None) -> Features:
         """Features of the evaluation transform: the key names the preprocessing, the transform follows it."""
@@ -153,12 +162,10 @@ class FeatureCache:
         # Every rank takes the same number of turns (shards differ by one image at most), and at each
         # all agree whether a SIGTERM reached any of them, so that all stop at the same point.
         turns = math.ceil(math.ceil(len(samples) / self.world.size) / batch)
-        head = getattr(self.model, self.head_attr)
-        out = torch.zeros(len(samples), head.in_features)
+        out = torch.zeros(len(samples), models.classifier_width(self.model, self.head_attr))
         ok = torch.zeros(len(samples), dtype=torch.bool)
-        # Without its head the model returns what the head would receive. The head itself is not
-        # called: it is Debugger's, and a forward outside a training step would confuse the hook.
-        setattr(self.model, self.head_attr, nn.Identity())
+        # What the classifier would receive; the classifier itself is not called: it is Debugger's,
+        # and a forward outside a training step would confuse the hook.
         was_training = self.model.training
         self.model.eval()
         try:
@@ -170,10 +177,9 @@ class FeatureCache:
                 if images is None:
                     continue
                 with precision.autocast(amp, self.device):
-                    out[index] = self.model(models.batch_to(images, self.device)).float().cpu()
+                    out[index] = models.pre_logits(self.model, models.batch_to(images, self.device)).float().cpu()
                 ok[index] = True
         finally:
-            setattr(self.model, self.head_attr, head)
             self.model.train(was_training)
         out = distributed.gather_rows(self.world, out, self.device)
         ok = distributed.gather_rows(self.world, ok.to(torch.int32), self.device) > 0

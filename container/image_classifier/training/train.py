@@ -28,7 +28,7 @@ from .. import artifact, hyperparameters, metrics, models, precision
 from ..errors import TrainingError, described
 from ..hyperparameters import Hyperparameters
 from ..image_folder import Channel
-from ..preprocessing import Preprocessing
+from ..preprocessing import Augmentation, Preprocessing
 from . import audit, channels as channel_files, distributed, features, finish, gallery, tensorboard
 from .batches import FeatureBatches, ImageBatches
 from .debugger import Debugger
@@ -52,6 +52,7 @@ class Setup:
     test: Channel | None
     pre: Preprocessing
     weights_source: str  # where the backbone's weights came from, in words
+    architecture: dict  # what serving builds (models.Backbone.architecture)
     sampler: EpochSampler
     batches: ImageBatches | FeatureBatches
     audit: dict | None  # the data audit's summary
@@ -110,13 +111,13 @@ def prepare(hp: Hyperparameters, channels: dict[str, Path], where: Locations, wo
     train_ch, valid_ch, test_ch = channel_files.load(channels, hp.valid_fraction, hp.seed)
     channel_files.check_shared(world, [train_ch, valid_ch, test_ch], device)
     model, backbone, weights_source = models.build(hp.backbone, hp.weights, len(train_ch.classes),
-                                                   channel_files.pretrained_file(channels, hp.backbone))
+                                                   channel_files.pretrained(channels, hp.backbone), hp.image_size)
     n_trainable = models.freeze(model, backbone, hp.trainable)
     models.to_device(model, device)
     amp = precision.resolve(hp.precision, device)
     log.info("%s from %s; training %s (%d parameters) on %s in %s", hp.backbone, weights_source, hp.trainable,
              n_trainable, device, precision.name(amp))
-    pre = backbone.preprocessing(hp.image_size)
+    pre = backbone.preprocessing()
     drop_last = len(train_ch.samples) > hp.batch_size
     cache = None
     if hp.cache_features and hp.trainable == "head":
@@ -127,10 +128,11 @@ def prepare(hp: Hyperparameters, channels: dict[str, Path], where: Locations, wo
     # cached views are seeded already
     sampler = EpochSampler(len(train_ch.samples), hp.seed, cache is None, world, hp.batch_size, drop_last)
     common = dict(model=model, train=train_ch, valid=valid_ch, pre=pre, batch_size=hp.batch_size, sampler=sampler,
-                  drop_last=drop_last, world=world)
+                  drop_last=drop_last, world=world, aug=Augmentation(hp.augment, hp.random_erasing))
     batches = (FeatureBatches(cache=cache, head=backbone.head, views=hp.feature_views, **common) if cache else
                ImageBatches(num_workers=hp.num_workers, **common))
     setup = Setup(train=train_ch, valid=valid_ch, test=test_ch, pre=pre, weights_source=weights_source,
+                  architecture=backbone.architecture,
                   sampler=sampler, batches=batches,
                   audit=data_audit(hp.audit, [train_ch, valid_ch, test_ch], cache, pre, world, where.output_data))
     state = run_state(hp, model, batches, amp, device, world, where,
@@ -146,7 +148,7 @@ def run_state(hp: Hyperparameters, model: nn.Module, batches, amp, device: torch
     """The loss, the optimizer and its schedule, Debugger's hook and TensorBoard; the progress
     from the checkpoint, if one is there."""
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
-    trained = [p for p in model.parameters() if p.requires_grad]
+    trained = models.param_groups(model, hp.weight_decay, hp.layer_decay if hp.trainable != "head" else 1.0)
     optimizer = build_optimizer(trained, hp.optimizer, hp.lr, hp.momentum, hp.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         hp.epochs * steps_per_epoch, int(hp.warmup_epochs * steps_per_epoch)))
@@ -169,6 +171,9 @@ def seed_everything(seed: int) -> None:
 
 
 def build_optimizer(params, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """params: tensors, or groups that carry their own `lr_scale` and weight decay (layer-decay)."""
+    params = [{**group, "lr": lr * group.get("lr_scale", 1.0)} if isinstance(group, dict) else group
+              for group in params]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
     if name == "adam":
@@ -231,8 +236,9 @@ def complete(state: RunState, setup: Setup, where: Locations) -> Result:
 
 
 def save_artifact(state: RunState, setup: Setup, where: Locations, result: Result) -> None:
-    artifact.save(where.model, state.model, state.hp.backbone, setup.train.classes, setup.train.folders, setup.pre,
-                  hyperparameters.as_dict(state.hp), result.manifest(), setup.weights_source)
+    artifact.save(where.model, state.model, state.hp.backbone, setup.architecture, setup.train.classes,
+                  setup.train.folders, setup.pre, hyperparameters.as_dict(state.hp), result.manifest(),
+                  setup.weights_source)
 
 
 def stopped(state: RunState, setup: Setup, where: Locations, when: str, checkpointed: bool = False) -> Stopped:
