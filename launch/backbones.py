@@ -26,9 +26,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: python launch/backbones.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from launch import aws, settings as settings_mod
 
 CATALOGUE = Path(__file__).with_name("data") / "timm_imagenet.csv"
@@ -94,7 +91,7 @@ def check_isolation(settings, path: Path = None, local: bool = False) -> str | N
 
 def stage(name: str, settings, s3, s3_uri: str | None = None, dry_run: bool = False, path: Path = None) -> str:
     """Stage NAME's ImageNet weights: a timm local-dir folder in S3, named by its SHA-256. Returns its URI."""
-    from image_classifier import files, models
+    from image_classifier import files, models, weights
     from image_classifier.vision import timm
     full = models.timm_name(name)
     root = _root(settings, s3_uri)
@@ -103,20 +100,20 @@ def stage(name: str, settings, s3, s3_uri: str | None = None, dry_run: bool = Fa
         print(f"{full}: loading its ImageNet weights on this machine", flush=True)
         model, source = models.imagenet_model(name)
         timm.models.save_for_hf(model, folder, safe_serialization=True)
-        weights = folder / "model.safetensors"
-        digest = files.sha256(weights)
-        record = {"backbone": name, "timm": full, "sha256": digest, "bytes": weights.stat().st_size,
+        tensors = folder / "model.safetensors"
+        digest = files.sha256(tensors)
+        record = {"backbone": name, "timm": full, "sha256": digest, "bytes": tensors.stat().st_size,
                   "source": source, "timm_version": timm.__version__}
-        (folder / models.STAGED_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        (folder / weights.STAGED_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         uri = f"{root}/{full}/{digest[:16]}/"
         bucket, prefix = aws.split_uri(uri)
-        done = _exists(s3, bucket, f"{prefix}/{models.STAGED_RECORD}")
+        done = _exists(s3, bucket, f"{prefix}/{weights.STAGED_RECORD}")
         print(f"{full}: {record['bytes'] / 1e6:.1f} MB, SHA-256 {digest[:16]}...; "
               + ("already in " if done else "would upload to " if dry_run else "uploading to ") + uri, flush=True)
         if dry_run:
             return uri
         if not done:  # the record last: its presence says the folder is complete
-            for file in ("model.safetensors", "config.json", models.STAGED_RECORD):
+            for file in ("model.safetensors", "config.json", weights.STAGED_RECORD):
                 s3.upload_file(str(folder / file), bucket, f"{prefix}/{file}")
     path = path or STAGED
     ledger = staged_record(path)

@@ -3,7 +3,7 @@ import torch
 from skimage import data as skdata
 from PIL import Image
 
-from image_classifier import models
+from image_classifier import models, weights
 from image_classifier.errors import TrainingError
 from image_classifier.preprocessing import eval_transform
 
@@ -43,7 +43,7 @@ def test_bundled_efficientnet_lite_weights_are_real_imagenet_weights(name, size,
     """At each model's own input size (timm's pretrained configuration)."""
     model, backbone, source = models.build(name, "imagenet", 1000)
     assert "bundled" in source and backbone.preprocessing().image_size == size
-    state = models._bundled_efficientnet_lite(int(name[-1]))
+    state = weights.bundled_efficientnet_lite(int(name[-1]))
     model.classifier.load_state_dict({k[len("classifier."):]: v for k, v in state.items()
                                       if k.startswith("classifier.")})
     x = eval_transform(backbone.preprocessing())(Image.fromarray(skdata.coffee()))

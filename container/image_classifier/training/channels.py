@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from .. import image_folder, models
+from .. import image_folder, weights
 from ..errors import TrainingError
 from ..image_folder import Channel
 from . import distributed
@@ -16,7 +16,7 @@ from .distributed import World
 log = logging.getLogger(__name__)
 
 CHANNELS = ("train", "valid", "test", "pretrained")
-WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")  # a state_dict, as models.build reads it
+WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")  # a state_dict, as weights.read_weights_file reads it
 
 
 def load(channels: dict[str, Path], valid_fraction: float, seed: int) -> tuple[Channel, Channel, Channel | None]:
@@ -51,8 +51,8 @@ def pretrained(channels: dict[str, Path], backbone: str) -> Path | None:
     if "pretrained" not in channels:
         return None
     root = Path(channels["pretrained"])
-    configs = sorted(p.parent for p in root.rglob(models.LOCAL_DIR_CONFIG)
-                     if any((p.parent / f).is_file() for f in models.LOCAL_DIR_WEIGHTS))
+    configs = sorted(p.parent for p in root.rglob(weights.LOCAL_DIR_CONFIG)
+                     if any((p.parent / f).is_file() for f in weights.LOCAL_DIR_WEIGHTS))
     if len(configs) == 1:
         return configs[0]
     if len(configs) > 1:
@@ -63,8 +63,8 @@ def pretrained(channels: dict[str, Path], backbone: str) -> Path | None:
         return (named or files)[0]
     if not files:
         raise TrainingError(f"channel 'pretrained' has no weights file ({', '.join(WEIGHTS_SUFFIXES)}) and no "
-                            f"timm local-dir folder ({models.LOCAL_DIR_CONFIG} + "
-                            f"{' or '.join(models.LOCAL_DIR_WEIGHTS)}); looked in {root}")
+                            f"timm local-dir folder ({weights.LOCAL_DIR_CONFIG} + "
+                            f"{' or '.join(weights.LOCAL_DIR_WEIGHTS)}); looked in {root}")
     raise TrainingError(f"channel 'pretrained' has {len(files)} weights files; name one {backbone}.safetensors")
 
 
