@@ -22,6 +22,8 @@ from image_classifier import metrics
 # Only EfficientNet-Lite0/1/2 have ImageNet weights offline (bundled; ../shared/NOTES.md): the ResNets
 # would start from random weights, and their accuracy here would say nothing about the product.
 HEAD = {"backbone": "efficientnet_lite0", "trainable": "head", "batch-size": 32, "epochs": 10}
+LAST_STAGE = {"backbone": "efficientnet_lite0", "trainable": "last-stage", "batch-size": 32, "epochs": 5, "lr": 5e-4,
+              "warmup-epochs": 1}
 CONFIGS = {
     # demo/demo.py: its slice of the data (100 train, 50 valid images per class), its fixed
     # hyperparameters, and the middle of its search space (lr 0.001..0.03 log, 1..3 epochs).
@@ -31,8 +33,11 @@ CONFIGS = {
     "head-4-views": ({**HEAD, "feature-views": 4}, None),
     "head-no-cache": ({**HEAD, "cache-features": False}, None),
     # The larger bundled backbones, each at its own input size (timm's pretrained configuration).
-    "lite1-head": ({**HEAD, "backbone": "efficientnet_lite1", "image-size": 240}, None),
-    "lite2-head": ({**HEAD, "backbone": "efficientnet_lite2", "image-size": 260}, None),
+    "lite1-head": ({**HEAD, "backbone": "efficientnet_lite1"}, None),
+    "lite2-head": ({**HEAD, "backbone": "efficientnet_lite2"}, None),
+    # Fine-tuning the last stage too: every epoch decodes every image and runs the backbone.
+    "lite0-last-stage": (LAST_STAGE, None),
+    "lite2-last-stage": ({**LAST_STAGE, "backbone": "efficientnet_lite2"}, None),
 }
 
 
