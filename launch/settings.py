@@ -53,6 +53,8 @@ class Settings:
     output_kms_key: str | None = None  # KMS key of the model artifact and output in S3
     encrypt_inter_container_traffic: bool = False  # between the instances of a multi-instance job
     pretrained: str | None = None  # S3 URI of staged backbone weights (default: launch/backbones.py stage's record)
+    search_preset: str = "default"  # the tuner's ranges: "default" or "recipe" (search_space.PRESETS); a config
+    # file's [search_space] table replaces them
     hyperparameters: dict = dataclasses.field(default_factory=dict)  # static, for every job
     search_space: dict = dataclasses.field(default_factory=lambda: dict(search_space.SEARCH_SPACE))
 
@@ -141,8 +143,6 @@ def load(args: argparse.Namespace | None = None, environ: dict | None = None) ->
         if f.name in table:
             setattr(settings, f.name, _coerce(f, table[f.name]))
     settings.hyperparameters = dict(table.get("hyperparameters", {}))
-    if "search_space" in table:
-        settings.search_space = search_space.from_config(table["search_space"])
     settings.region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or settings.region
     for f in _SCALARS:
         if f"IC_{f.name.upper()}" in environ:
@@ -156,6 +156,11 @@ def load(args: argparse.Namespace | None = None, environ: dict | None = None) ->
         if not sep:
             raise SystemExit(f"--hp takes NAME=VALUE, got {item!r}")
         settings.hyperparameters[name] = value
+    try:
+        settings.search_space = (search_space.from_config(table["search_space"]) if "search_space" in table
+                                 else search_space.preset(settings.search_preset))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     hyperparameters.to_sagemaker(settings.hyperparameters)  # fails early on a name or value the image refuses
     if "backbone" in settings.hyperparameters:  # a name timm does not know, as the image would refuse it
         from image_classifier import models

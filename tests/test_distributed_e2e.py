@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 # fp32, so that 1 host and 2 hosts differ only by the order of the gradient sums; the head on
 # decoded, augmented images (cached features have their own test below).
-HP = {**FAST_HP, "precision": "fp32", "cache-features": False, "log-interval": 1}
+# With the average of the weights (ema-decay): each rank keeps its own, equal to the others' and to one host's.
+HP = {**FAST_HP, "precision": "fp32", "cache-features": False, "log-interval": 1, "ema-decay": 0.9}
 TOLERANCE = 1e-4  # largest weight difference allowed between a 1-host and a 2-host run (measured: 9e-6)
 EXIT_TIMEOUT = 120  # a host must end this long after its peer dies (distributed-timeout is shorter still)
 
@@ -86,7 +87,9 @@ def test_two_hosts_train_the_same_steps_as_one(tmp_path, tiny_data, one_host):
     steps = [line for line in two_log.splitlines() if line.startswith("epoch ") and " step " in line]
     assert steps == [line for line in steps if "/4 " in line] and len(steps) == 12
     assert len(steps) == len([line for line in one_log.splitlines() if line.startswith("epoch ") and " step " in line])
-    assert metrics.parse(two_log)["valid:accuracy"] == pytest.approx(metrics.parse(one_log)["valid:accuracy"])
+    for metric in ("valid:accuracy", "valid:ema_accuracy", "valid:ema_loss"):
+        assert metrics.parse(two_log)[metric] == pytest.approx(metrics.parse(one_log)[metric], abs=1e-4)
+    assert len(metrics.parse(two_log)["valid:ema_accuracy"]) == 3
     assert metrics.parse(job.output(1)) == {} or all(not v for v in metrics.parse(job.output(1)).values())
     # Validation and test over every image exactly once
     final = read_json(leader / "output" / "data" / "metrics.json")
@@ -191,7 +194,7 @@ def test_sigterm_reaches_the_processes_torchrun_started(tmp_path, tiny_data):
 def test_a_stop_under_torchrun_with_loader_workers_alive_keeps_the_checkpoint_and_the_best_model(tmp_path, tiny_data):
     """torchrun stops a rank by signalling its whole process group (os.killpg), which holds the
     rank's DataLoader workers too: they must outlive the signal until the rank has saved its work."""
-    hp = {**HP, "epochs": 500, "num-workers": 2, "cache-features": False}
+    hp = {**HP, "epochs": 500, "num-workers": 2, "cache-features": False, "mixup": 0.4, "cutmix": 1.0}  # mixed
     base = programs.make_tree(tmp_path / "ml", tiny_data, hp)
     job = Hosts([base], TRAIN_PROCESSES_PER_HOST=2)
     try:
@@ -204,6 +207,7 @@ def test_a_stop_under_torchrun_with_loader_workers_alive_keeps_the_checkpoint_an
     assert codes == [143], output
     assert not (base / "output" / "failure").exists(), (base / "output" / "failure").read_text()
     assert "killed by signal" not in output and "internal error" not in output, output
+    assert "mixing training batches: mixup 0.4, cutmix 1" in output
     assert (base / "checkpoints" / "checkpoint.pt").exists() and (base / "model" / "model.pt").exists()
     saved = read_json(base / "model" / "model.json")
     last = [line for line in output.splitlines() if "valid_acc=" in line][-1]  # the tuner's objective

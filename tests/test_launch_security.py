@@ -189,3 +189,20 @@ def test_the_validator_refuses_what_sagemaker_would():
 def test_a_local_isolated_container_has_no_network():
     from launch.local import docker_run
     assert "--network=none" in docker_run("job", isolated=True) and "--network=host" in docker_run("job")
+
+
+@pytest.mark.parametrize("hosts", [1, 2])
+def test_every_local_docker_host_mounts_the_pretrained_channel(tmp_path, tiny_data, monkeypatch, hosts):
+    """Each container sees the 'pretrained' folder its /opt/ml tree links to (read-only)."""
+    from launch.local import jobs
+    started = []
+    monkeypatch.setattr(jobs.subprocess, "Popen", lambda cmd, **kw: started.append(cmd))
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    jobs.start("j", tmp_path / "jobs", tiny_data["train"].parent, ["train", "valid"], {}, runner="docker",
+               image="img", hosts=hosts, pretrained=weights)
+    assert len(started) == hosts
+    for cmd in started:
+        assert f"{weights}:{weights}:ro" in cmd
+    for tree in (tmp_path / "jobs" / "j").glob("**/input/data/pretrained"):
+        assert tree.resolve() == weights

@@ -92,6 +92,25 @@ def test_grid_strategy_sends_only_categorical_ranges(sm):
         "MaxNumberOfTrainingJobs"] == 81
 
 
+def test_the_recipe_preset_tunes_the_recipe_options_too(sm, tmp_path):
+    sm.respond("create_hyper_parameter_tuning_job",
+               {"HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", "r")})
+    sm.data("train", "valid")
+    assert sm.run("tune", "--job-name", "r", "--search-preset", "recipe", "--no-wait") == 0
+    ranges = sm.sent("CreateHyperParameterTuningJob")["HyperParameterTuningJobConfig"]["ParameterRanges"]
+    tuned = {r["Name"]: r for kind in ranges.values() for r in kind}
+    assert set(tuned) == set(search_space.RECIPE_SPACE) > set(SPACE)
+    assert tuned["augment"]["Values"] == ["none", "trivialaugment", "randaugment"]
+    assert (tuned["label-smoothing"]["MinValue"], tuned["label-smoothing"]["MaxValue"]) == ("0.0", "0.2")
+    for r in tuned.values():  # every value the tuner can pick is one the container parses
+        for v in r.get("Values", [r.get("MinValue"), r.get("MaxValue")]):
+            hyperparameters.BY_NAME[r["Name"]].parse(v)
+    config = tmp_path / "c.toml"
+    config.write_text('search_preset = "fancy"\n')
+    with pytest.raises(SystemExit, match="unknown search preset 'fancy': one of default, recipe"):
+        sm.run("tune", "--config", str(config), "--no-wait")
+
+
 def test_a_grid_over_sagemakers_job_limit_is_refused_before_any_request(sm, tmp_path):
     config = tmp_path / "big.toml"
     config.write_text("[search_space]\n" + "".join(

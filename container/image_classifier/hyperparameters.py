@@ -30,6 +30,22 @@ def truthy(text: str) -> bool:
     return str(text).strip().lower() in YES
 
 
+AUTO = "auto"
+MIX_MIN_IMAGES = 20_000  # BiT (Kolesnikov et al., 2020): no mixup for transfer sets under 20k images
+MIX_DEFAULTS = {"mixup": 0.2, "cutmix": 1.0}  # torchvision's classification recipe, with MIX_MIN_IMAGES or more
+
+
+def _alpha(text: str) -> float | str:
+    """'auto' or a Beta distribution's alpha, >= 0 (0: off)."""
+    value = str(text).strip().lower()
+    if value == AUTO:
+        return AUTO
+    alpha = float(value)
+    if not math.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"not an alpha >= 0: {text!r}")
+    return alpha
+
+
 def _bool(text: str) -> bool:
     """Strict: a hyperparameter that is neither yes nor no fails the job."""
     value = str(text).strip().lower()
@@ -115,6 +131,20 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    "(timm's group_matcher: stem, each block, the head) learns at this factor times the next "
                    "one's rate, and norms and biases get no weight decay; 1: one rate for all.",
                    minimum=0.01, maximum=1.0),
+    Hyperparameter("mixup", _alpha, AUTO,
+                   "Mixup's alpha (a Beta(alpha, alpha) blend of each training batch with itself rolled by one, "
+                   "labels blended alike); 0: off; 'auto': "
+                   f"{MIX_DEFAULTS['mixup']:g} with {MIX_MIN_IMAGES} training images or more, else off (BiT's "
+                   "rule for small transfer sets). Mixing needs images: with cached features 'auto' is off and "
+                   "a number is refused."),
+    Hyperparameter("cutmix", _alpha, AUTO,
+                   "CutMix's alpha (a box of another image of the batch pasted in, labels blended by its area); "
+                   f"0: off; 'auto': {MIX_DEFAULTS['cutmix']:g} with {MIX_MIN_IMAGES} training images or more, else "
+                   "off. With both on, each batch gets one of the two at random."),
+    Hyperparameter("ema-decay", float, 0.0,
+                   "Exponential moving average of the trained weights (timm's ModelEmaV3, with its warm-up: "
+                   "the decay grows with the steps up to this value, e.g. 0.999); each epoch validates both "
+                   "and keeps the EMA weights where they score better; 0: off.", minimum=0.0, maximum=0.99999),
     Hyperparameter("seed", int, 42, "Seed for weights of the new head, shuffling and the split.",
                    minimum=0, maximum=2**32 - 1),  # the shuffle's seed * 100_003 + epoch fits torch's 64 bits
     Hyperparameter("num-workers", int, -1,
@@ -178,7 +208,7 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
 )
 
 BY_NAME = {hp.name: hp for hp in HYPERPARAMETERS}
-_TYPES = {_bool: bool}  # a parser's value type, where the parser is not the type itself
+_TYPES = {_bool: bool, _alpha: float | str}  # a parser's value type, where the parser is not the type itself
 
 # The typed, frozen value `train` runs with: one field per row of HYPERPARAMETERS (named by its
 # attr, with its default), generated from the table, so there is no second definition to keep.

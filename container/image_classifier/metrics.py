@@ -18,6 +18,9 @@ METRIC_DEFINITIONS = [
     {"Name": "train:accuracy", "Regex": rf"train_acc={_NUM}"},
     {"Name": "valid:loss", "Regex": rf"valid_loss={_NUM}"},
     {"Name": "valid:accuracy", "Regex": rf"valid_acc={_NUM}"},
+    # The averaged weights' (ema-decay), on the epoch line too; named so that no other regex matches them.
+    {"Name": "valid:ema_loss", "Regex": rf"ema_loss={_NUM}"},
+    {"Name": "valid:ema_accuracy", "Regex": rf"ema_acc={_NUM}"},
     {"Name": "epoch:seconds", "Regex": rf"epoch_seconds={_NUM}"},
     {"Name": "train:images_per_second", "Regex": rf"images_per_second={_NUM}"},
     {"Name": "test:loss", "Regex": rf"test_loss={_NUM}"},
@@ -36,10 +39,12 @@ OBJECTIVE_TYPE = "Maximize"
 
 
 def epoch_line(epoch: int, epochs: int, train_loss: float, train_acc: float, valid_loss: float,
-               valid_acc: float, seconds: float, images_per_second: float, lr: float) -> str:
+               valid_acc: float, seconds: float, images_per_second: float, lr: float,
+               ema_loss: float | None = None, ema_acc: float | None = None) -> str:
+    averaged = f" ema_loss={ema_loss:.4f} ema_acc={ema_acc:.4f}" if ema_acc is not None else ""
     return (f"epoch={epoch}/{epochs} train_loss={train_loss:.4f} train_acc={train_acc:.4f} "
             f"valid_loss={valid_loss:.4f} valid_acc={valid_acc:.4f} epoch_seconds={seconds:.2f} "
-            f"images_per_second={images_per_second:.1f} lr={lr:.3g}")
+            f"images_per_second={images_per_second:.1f} lr={lr:.3g}{averaged}")
 
 
 def selected_line(epoch: int, valid_loss: float, valid_acc: float) -> str:

@@ -32,6 +32,24 @@ SEARCH_SPACE = {
     "epochs": Integer(2, 8),
     "weight-decay": Continuous(1e-6, 1e-2, "Logarithmic"),
 }
+# The fine-tuning recipe's options on top (launch setting search_preset = "recipe"). Each works with
+# every trainable setting (with cached features the augmentation shapes the cached views); mixup,
+# cutmix and layer-decay need trainable=last-stage or all, so they are tuned by naming them in a
+# config file's [search_space] table.
+RECIPE_SPACE = {
+    **SEARCH_SPACE,
+    "label-smoothing": Continuous(0.0, 0.2),
+    "augment": Categorical(("none", "trivialaugment", "randaugment")),
+    "random-erasing": Continuous(0.0, 0.4),
+    "ema-decay": Categorical((0.0, 0.99, 0.999)),
+}
+PRESETS = {"default": SEARCH_SPACE, "recipe": RECIPE_SPACE}
+
+
+def preset(name: str) -> dict:
+    if name not in PRESETS:
+        raise ValueError(f"unknown search preset {name!r}: one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
 
 
 def validate(space: dict) -> dict:
@@ -108,4 +126,5 @@ def from_config(table: dict) -> dict:
     return validate(space)
 
 
-validate(SEARCH_SPACE)
+for _space in PRESETS.values():
+    validate(_space)

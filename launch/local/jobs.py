@@ -98,7 +98,8 @@ def start(name: str, root: Path, data: Path, channels: list[str], hyperparameter
                            isolated)
     trees = programs.make_hosts(base, hosts, channel_dirs, hyperparameters)
     env = {**programs.hosts_env(hosts), **env}
-    jobs = [_start_host(f"{name}-{tree.name}", tree, data, hyperparameters, runner, image, env) for tree in trees]
+    jobs = [_start_host(f"{name}-{tree.name}", tree, data, hyperparameters, runner, image, env,
+                        channel_dirs.get("pretrained")) for tree in trees]
     jobs[0].peers = jobs[1:]
     return jobs[0]
 

@@ -25,7 +25,7 @@ STATE_FILE = "checkpoint.pt"
 BEST_FILE = "best_model.pt"
 WRITTEN_FILE = "written.json"  # when the state was last saved: S3 copies do not keep file times
 # A resumed job must be the same job: these settings change what the saved state means.
-MUST_MATCH = ("backbone", "trainable", "image-size", "batch-size", "optimizer", "seed", "layer-decay")
+MUST_MATCH = ("backbone", "trainable", "image-size", "batch-size", "optimizer", "seed", "layer-decay", "ema-decay")
 
 
 def save(directory: Path, state: dict) -> None:

@@ -64,9 +64,13 @@ def step(run: RunState, inputs, labels, n_failed: int) -> None:
     if inputs is None:
         return
     inputs, labels = models.batch_to(inputs, run.device), labels.to(run.device, non_blocking=True)
+    targets = labels
+    if run.mixing is not None and not filler:  # class probabilities; accuracy counts the larger share
+        inputs, targets = run.mixing(inputs, labels)
+        labels = targets.argmax(1)
     with precision.autocast(run.amp, run.device):
         logits = run.step_net(inputs)
-        raw = run.criterion(logits, labels)
+        raw = run.criterion(logits, targets)
     mine = 0 if filler else len(labels)
     finite = bool(torch.isfinite(raw))
     bad, images = distributed.total(world, [float(not finite), mine], run.device)  # before any update
@@ -82,6 +86,8 @@ def step(run: RunState, inputs, labels, n_failed: int) -> None:
     run.profiling.timer.backward_done()
     run.scaler.step(run.optimizer)
     run.scaler.update()
+    if run.ema is not None:  # every rank, the filler's too: their weights moved alike
+        run.ema.update(run.net, p.epoch * run.steps_per_epoch + p.batches_done + 1)
     if filler:
         models.train_mode(run.net)
         return
@@ -96,19 +102,31 @@ def end_epoch(run: RunState, valid_batches, started: float) -> None:
     seconds = time.perf_counter() - started
     train_loss, train_acc = p.loss_sum / max(p.seen, 1), p.correct / max(p.seen, 1)
     ips = p.seen / max(seconds, 1e-9)
-    val = evaluate(run.net, valid_batches, run.criterion, run.device, run.debug, run.world)
+    # The averaged weights (ema-decay) are validated on the same batches, with a loss Debugger does not record.
+    nets = [(run.net, run.criterion)] + ([(run.ema.net, nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing))]
+                                         if run.ema is not None else [])
+    val, *averaged = evaluate(nets, valid_batches, run.device, run.debug, run.world)
+    row = dict(epoch=p.epoch + 1, train_loss=train_loss, train_acc=train_acc, valid_loss=val.loss, valid_acc=val.acc,
+               valid_images=val.seen, seconds=seconds, images_per_second=ips)
+    kept, kept_acc = "model", val.acc
+    if averaged:
+        row.update(ema_valid_loss=averaged[0].loss, ema_valid_acc=averaged[0].acc)
+        if averaged[0].acc > val.acc:
+            kept, kept_acc = "ema", averaged[0].acc
+        row["kept"] = kept
     if run.world.leader:
         print(metrics.epoch_line(p.epoch + 1, hp.epochs, train_loss, train_acc, val.loss, val.acc, seconds, ips,
-                                 run.scheduler.get_last_lr()[0]), flush=True)
+                                 run.scheduler.get_last_lr()[0], *((averaged[0].loss, averaged[0].acc) if averaged
+                                                                   else ())), flush=True)
         print(f"profile epoch={p.epoch + 1} {run.profiling.timer.summary()}", flush=True)
-    improved = val.acc > p.best_acc
+    improved = kept_acc > p.best_acc
     if improved and run.world.leader:  # written before the progress says so: an error here changes nothing
-        checkpoint.save_best(run.checkpoint_dir, run.model.state_dict())
+        checkpoint.save_best(run.checkpoint_dir, run.ema.model_state(run.model) if kept == "ema"
+                             else run.model.state_dict())
     p.failed += val.failed
-    p.history.append(dict(epoch=p.epoch + 1, train_loss=train_loss, train_acc=train_acc, valid_loss=val.loss,
-                          valid_acc=val.acc, valid_images=val.seen, seconds=seconds, images_per_second=ips))
+    p.history.append(row)
     if improved:
-        p.best_acc, p.best_epoch, p.stale_epochs = val.acc, p.epoch + 1, 0
+        p.best_acc, p.best_epoch, p.stale_epochs = kept_acc, p.epoch + 1, 0
     else:
         p.stale_epochs += 1
     p.next_epoch()
@@ -121,23 +139,28 @@ def end_epoch(run: RunState, valid_batches, started: float) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, criterion, device, debug: Debugger | None = None,
-             world: World = SINGLE) -> SimpleNamespace:
-    """Loss and accuracy over the loader; with several processes each passes its shard and the
-    sums are added up, so every image counts once."""
-    model.eval()
+def evaluate(nets: list[tuple[nn.Module, nn.Module]], loader, device, debug: Debugger | None = None,
+             world: World = SINGLE) -> list[SimpleNamespace]:
+    """Loss and accuracy over the loader of each (network, criterion), all on the same batches;
+    with several processes each passes its shard and the sums are added up, so every image counts
+    once."""
+    for net, _ in nets:
+        net.eval()
     if debug:
         debug.eval()
-    loss_sum, correct, seen, failed = 0.0, 0, 0, 0
+    sums = [[0.0, 0] for _ in nets]  # loss sum, correct
+    seen, failed = 0, 0
     for inputs, labels, n_failed in loader:  # images, or cached features
         failed += n_failed
         if inputs is None:
             continue
         inputs, labels = models.batch_to(inputs, device), labels.to(device, non_blocking=True)
-        logits = model(inputs)
-        loss_sum += criterion(logits, labels).item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
+        for (net, criterion), total in zip(nets, sums):
+            logits = net(inputs)
+            total[0] += criterion(logits, labels).item() * len(labels)
+            total[1] += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
-    loss_sum, correct, seen, failed = distributed.total(world, [loss_sum, correct, seen, failed], device)
-    seen, correct, failed = int(seen), int(correct), int(failed)
-    return SimpleNamespace(loss=loss_sum / max(seen, 1), acc=correct / max(seen, 1), seen=seen, failed=failed)
+    summed = distributed.total(world, [v for total in sums for v in total] + [seen, failed], device)
+    seen, failed = int(summed[-2]), int(summed[-1])
+    return [SimpleNamespace(loss=summed[2 * i] / max(seen, 1), acc=int(summed[2 * i + 1]) / max(seen, 1), seen=seen,
+                            failed=failed) for i in range(len(nets))]

@@ -16,6 +16,8 @@ from ..hyperparameters import Hyperparameters
 from . import checkpoint, distributed, tensorboard
 from .debugger import Debugger
 from .distributed import SINGLE, World
+from .ema import WeightAverage
+from .mixing import Mixing
 from .profiling import Profiling
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,12 @@ class Progress:
         self.batches_done, self.loss_sum, self.correct, self.seen, self.seconds = 0, 0.0, 0, 0, 0.0
 
     def best_row(self) -> dict:
-        return next((h for h in self.history if h["epoch"] == self.best_epoch), {})
+        """The best epoch's row, its valid figures those of the weights kept (the average, with ema-decay,
+        where it scored better)."""
+        row = next((h for h in self.history if h["epoch"] == self.best_epoch), {})
+        if row.get("kept") == "ema":
+            row = {**row, "valid_loss": row["ema_valid_loss"], "valid_acc": row["ema_valid_acc"]}
+        return row
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -68,6 +75,8 @@ class RunState:
     checkpoint_dir: Path
     class_folders: list
     steps_per_epoch: int
+    ema: WeightAverage | None = None  # ema-decay: the average of the trained weights
+    mixing: Mixing | None = None  # mixup/cutmix of each training batch
     world: World = SINGLE
     blank: torch.Tensor | None = None  # an input of a step's shape, for a rank whose images all failed
     progress: Progress = dataclasses.field(default_factory=Progress)
@@ -95,7 +104,8 @@ class RunState:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "progress": self.progress.to_json(), "hyperparameters": json.dumps(hyperparameters.as_dict(self.hp)),
-            "class_folders": json.dumps(self.class_folders)})
+            "class_folders": json.dumps(self.class_folders),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {})})
 
     def checkpoint_due(self) -> bool:
         minutes = self.hp.checkpoint_minutes
@@ -109,6 +119,8 @@ class RunState:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
+        if self.ema is not None:  # ema-decay must match (checkpoint.MUST_MATCH): the average is there
+            self.ema.load_state_dict(saved["ema"])
         if saved.get("scaler"):  # fp16 only: the loss scale it had reached
             self.scaler.load_state_dict(saved["scaler"])
         self.progress = Progress.from_json(saved["progress"])

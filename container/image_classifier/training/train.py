@@ -29,7 +29,7 @@ from ..errors import TrainingError, described
 from ..hyperparameters import Hyperparameters
 from ..image_folder import Channel
 from ..preprocessing import Augmentation, Preprocessing
-from . import audit, channels as channel_files, distributed, features, finish, gallery, tensorboard
+from . import audit, channels as channel_files, distributed, ema, features, finish, gallery, mixing, tensorboard
 from .batches import FeatureBatches, ImageBatches
 from .debugger import Debugger
 from .distributed import SINGLE, World
@@ -110,6 +110,8 @@ def prepare(hp: Hyperparameters, channels: dict[str, Path], where: Locations, wo
                             f"{world.size} processes (GPUs x hosts); use a multiple of {world.size}")
     train_ch, valid_ch, test_ch = channel_files.load(channels, hp.valid_fraction, hp.seed)
     channel_files.check_shared(world, [train_ch, valid_ch, test_ch], device)
+    cached = hp.cache_features and hp.trainable == "head"
+    mix = mixing.create(mixing.alphas(hp.mixup, hp.cutmix, len(train_ch.samples), cached), len(train_ch.classes))
     model, backbone, weights_source = models.build(hp.backbone, hp.weights, len(train_ch.classes),
                                                    channel_files.pretrained(channels, hp.backbone), hp.image_size)
     n_trainable = models.freeze(model, backbone, hp.trainable)
@@ -120,7 +122,7 @@ def prepare(hp: Hyperparameters, channels: dict[str, Path], where: Locations, wo
     pre = backbone.preprocessing()
     drop_last = len(train_ch.samples) > hp.batch_size
     cache = None
-    if hp.cache_features and hp.trainable == "head":
+    if cached:
         cache = features.FeatureCache(where.feature_cache, model, backbone.head, pre, amp, device, seed=hp.seed,
                                       batch_size=hp.batch_size, num_workers=hp.num_workers, world=world)
         log.info("frozen backbone: caching its features (%d view(s) per training image%s)", hp.feature_views,
@@ -136,7 +138,7 @@ def prepare(hp: Hyperparameters, channels: dict[str, Path], where: Locations, wo
                   sampler=sampler, batches=batches,
                   audit=data_audit(hp.audit, [train_ch, valid_ch, test_ch], cache, pre, world, where.output_data))
     state = run_state(hp, model, batches, amp, device, world, where,
-                      train_ch.folders, len(train_ch.samples) // hp.batch_size if drop_last else 1)
+                      train_ch.folders, len(train_ch.samples) // hp.batch_size if drop_last else 1, mix)
     # The final evaluation reads the evaluation view the cache holds (valid's from validation,
     # test's from the audit) instead of running the frozen backbone over those images again.
     state.eval_features = cache.eval_view if cache else None
@@ -144,9 +146,10 @@ def prepare(hp: Hyperparameters, channels: dict[str, Path], where: Locations, wo
 
 
 def run_state(hp: Hyperparameters, model: nn.Module, batches, amp, device: torch.device, world: World,
-              where: Locations, class_folders: list[str], steps_per_epoch: int) -> RunState:
-    """The loss, the optimizer and its schedule, Debugger's hook and TensorBoard; the progress
-    from the checkpoint, if one is there."""
+              where: Locations, class_folders: list[str], steps_per_epoch: int,
+              mix: mixing.Mixing | None = None) -> RunState:
+    """The loss, the optimizer and its schedule, the weights' average, Debugger's hook and
+    TensorBoard; the progress from the checkpoint, if one is there."""
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     trained = models.param_groups(model, hp.weight_decay, hp.layer_decay if hp.trainable != "head" else 1.0)
     optimizer = build_optimizer(trained, hp.optimizer, hp.lr, hp.momentum, hp.weight_decay)
@@ -157,7 +160,8 @@ def run_state(hp: Hyperparameters, model: nn.Module, batches, amp, device: torch
                      criterion=criterion, optimizer=optimizer, scheduler=scheduler,
                      scaler=precision.grad_scaler(amp, device), amp=amp, device=device, debug=debug,
                      checkpoint_dir=where.checkpoints, class_folders=class_folders, steps_per_epoch=steps_per_epoch,
-                     world=world, blank=batches.blank)
+                     world=world, blank=batches.blank, mixing=mix,
+                     ema=ema.create(batches.net, hp.ema_decay))  # copied before Debugger hooks the net
     debug.register(state.net, criterion)
     state.resume()
     state.scalars = tensorboard.Scalars(where.tensorboard if world.leader else None)
