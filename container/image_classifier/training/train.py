@@ -79,12 +79,12 @@ def run(hp: Hyperparameters, channels: dict[str, Path], where: Locations, stop: 
             try:
                 steps = setup.batches.train(epoch, stop)  # with cached features the backbone runs here (first views)
                 if not train_one_epoch(state, steps, stop, started):
-                    raise stopped(state, setup, where, f"at epoch {epoch + 1} step {state.progress.batches_done}")
+                    raise stopped(state, setup, where)
                 end_epoch(state, setup.batches.valid(), started)
                 state.save_checkpoint()
             except features.Interrupted:  # a stop on any rank, during the backbone's pass
                 state.progress.seconds = time.perf_counter() - started
-                raise stopped(state, setup, where, f"at epoch {epoch + 1} step {state.progress.batches_done}") from None
+                raise stopped(state, setup, where) from None
             except Exception as error:  # re-raised below unless a stop is under way
                 if isinstance(error, Stopped) or not stop.requested:
                     raise
@@ -92,10 +92,9 @@ def run(hp: Hyperparameters, channels: dict[str, Path], where: Locations, stop: 
                 # connection): that error is the stop, and the work so far is kept.
                 log.warning("stopping: %s", described(error))
                 state.progress.seconds = time.perf_counter() - started  # the last steps' tally is not synced: lost
-                raise stopped(state, setup, where, f"at epoch {epoch + 1} step {state.progress.batches_done}") \
-                    from error
+                raise stopped(state, setup, where) from error
             if distributed.anyone(world, [stop.requested], state.device)[0]:
-                raise stopped(state, setup, where, f"after epoch {epoch + 1}", checkpointed=True)
+                raise stopped(state, setup, where, checkpointed=True)
     return complete(state, setup, where)
 
 
@@ -245,7 +244,7 @@ def save_artifact(state: RunState, setup: Setup, where: Locations, result: Resul
                   setup.weights_source)
 
 
-def stopped(state: RunState, setup: Setup, where: Locations, when: str, checkpointed: bool = False) -> Stopped:
+def stopped(state: RunState, setup: Setup, where: Locations, checkpointed: bool = False) -> Stopped:
     """SIGTERM: checkpoint; SageMaker uploads /opt/ml/model when a stopped job ends (MaxRuntime,
     StopTrainingJob, the tuner's early stopping), so the best epoch so far goes there, untested,
     and its valid line is printed last, as the tuner's objective for a stopped trial. Each part is
@@ -258,6 +257,8 @@ def stopped(state: RunState, setup: Setup, where: Locations, when: str, checkpoi
     attempt("closing Debugger", state.debug.close)
     if state.progress.best_epoch and state.world.leader:  # no collective: the ranks may not have agreed to stop
         attempt("saving the best model so far", lambda: save_best_so_far(state, setup, where))
+    p = state.progress  # checkpointed: at the end of an epoch, the last row of the history
+    when = f"after epoch {p.history[-1]['epoch']}" if checkpointed else f"at epoch {p.epoch + 1} step {p.batches_done}"
     kept = "checkpoint saved in" if saved else "the last checkpoint saved is kept in"
     return Stopped(f"stopped by SIGTERM {when}; {kept} {state.checkpoint_dir}")
 
