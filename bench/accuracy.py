@@ -1,9 +1,10 @@
 """Accuracy on imagewoof10's test split (250 ImageNet-validation photos, unseen by the pretrained
 backbone and never used for selection), with its 95% interval: the demo's configuration, and each
-backbone that has ImageNet weights offline, with and without cached features, so that the
-cache's effect on accuracy is measured beside its speed.
+backbone that has ImageNet weights offline (EfficientNet-Lite0/1/2) x what is trained (the head,
+on cached features or not; the last stage too) x the recipe (none, or docs/TRAINING.md's), so
+that each choice's effect on accuracy is measured beside its time.
 
-    python bench/accuracy.py [--configs demo,head,head-4-views,head-no-cache,lite1-head,lite2-head] [--epochs N]
+    python bench/accuracy.py [--configs NAME,...] [--epochs N]    (names: CONFIGS below)
 
 Each configuration is a real `train` run (the image's program, natively) on imagewoof10's train
 and valid folders (or the demo's slice of them), tested on the whole test folder.
@@ -24,6 +25,8 @@ from image_classifier import metrics
 HEAD = {"backbone": "efficientnet_lite0", "trainable": "head", "batch-size": 32, "epochs": 10}
 LAST_STAGE = {"backbone": "efficientnet_lite0", "trainable": "last-stage", "batch-size": 32, "epochs": 5, "lr": 5e-4,
               "warmup-epochs": 1}
+HEAD_RECIPE = {"label-smoothing": 0.1, "ema-decay": 0.999}
+RECIPE = {**HEAD_RECIPE, "augment": "trivialaugment", "random-erasing": 0.25, "layer-decay": 0.75}
 CONFIGS = {
     # demo/demo.py: its slice of the data (100 train, 50 valid images per class), its fixed
     # hyperparameters, and the middle of its search space (lr 0.001..0.03 log, 1..3 epochs).
@@ -38,6 +41,11 @@ CONFIGS = {
     # Fine-tuning the last stage too: every epoch decodes every image and runs the backbone.
     "lite0-last-stage": (LAST_STAGE, None),
     "lite2-last-stage": ({**LAST_STAGE, "backbone": "efficientnet_lite2"}, None),
+    # The recipe (docs/TRAINING.md): what applies to a head on cached features, and everything for
+    # fine-tuning (mixup and cutmix stay off: 4000 training images is under BiT's 20k).
+    "lite2-head-recipe": ({**HEAD, **HEAD_RECIPE, "backbone": "efficientnet_lite2"}, None),
+    "lite0-last-stage-recipe": ({**LAST_STAGE, **RECIPE}, None),
+    "lite2-last-stage-recipe": ({**LAST_STAGE, **RECIPE, "backbone": "efficientnet_lite2"}, None),
 }
 
 
@@ -47,7 +55,9 @@ def run(name: str, hp: dict, data: Path, test: Path, work: Path) -> dict:
     seconds = time.perf_counter() - started
     found = metrics.parse(stdout)
     epochs = found["epoch:seconds"]
+    recipe = {k: hp[k] for k in RECIPE if k in hp}
     return {"config": name, "backbone": hp["backbone"], "trainable": hp["trainable"],
+            "recipe": ", ".join(f"{k} {v}" for k, v in recipe.items()) or "none",
             "cache": "off" if hp.get("cache-features") is False else f"{hp.get('feature-views', 1)} view(s)",
             "epochs": len(epochs), "train_images": sum(1 for _ in (data / "train").rglob("*.JPEG")),
             "best_valid_accuracy": max(found["valid:accuracy"]), "test_accuracy": found["test:accuracy"][-1],
@@ -81,7 +91,8 @@ def main() -> int:
             rows.append(run(name, hp, data, args.data / "test", Path(tmp)))
             print(rows[-1], flush=True)
     write(args.name, rows, {
-        "config": "config", "backbone": "backbone", "trainable": "trained", "cache": "cached features",
+        "config": "config", "backbone": "backbone", "trainable": "trained", "recipe": "recipe",
+        "cache": "cached features",
         "train_images": "train images", "epochs": "epochs", "best_valid_accuracy": "best valid acc",
         "test_accuracy": "test acc", "test_accuracy_ci95": "test acc 95% interval", "test_top5_accuracy": "test top-5",
         "test_macro_f1": "test macro F1", "test_calibration_error": "test ECE",
