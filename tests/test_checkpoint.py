@@ -73,3 +73,20 @@ def test_every_save_says_when(tmp_path):
     checkpoint.save(tmp_path, {"x": torch.zeros(1)})
     written = json.loads((tmp_path / checkpoint.WRITTEN_FILE).read_text())["unix_seconds"]
     assert abs(written - time.time()) < 60
+
+
+def test_a_checkpoint_records_the_crop_it_trains_at_so_an_older_images_default_resumes(tmp_path):
+    """image-size 0 (the backbone's own size) and 224, an older image's default, are one job for
+    a 224-pixel backbone; another crop is another job."""
+    from types import SimpleNamespace
+
+    from image_classifier import hyperparameters
+    from image_classifier.training.state import RunState
+    hp = hyperparameters.parse({"backbone": "efficientnet_lite0"})
+    assert hp.image_size == 0
+    now = RunState.identity(SimpleNamespace(hp=hp, image_size=224))
+    assert now["image-size"] == 224 and now["backbone"] == "efficientnet_lite0"
+    checkpoint.save(tmp_path, state(hp={**hyperparameters.as_dict(hp), "image-size": 224}))  # as the old image saved it
+    assert checkpoint.load(tmp_path, now, FOLDERS)["epoch"] == 3
+    with pytest.raises(TrainingError, match=r"image-size 224 -> 260"):
+        checkpoint.load(tmp_path, RunState.identity(SimpleNamespace(hp=hp, image_size=260)), FOLDERS)

@@ -77,6 +77,7 @@ class RunState:
     steps_per_epoch: int
     ema: WeightAverage | None = None  # ema-decay: the average of the trained weights
     mixing: Mixing | None = None  # mixup/cutmix of each training batch
+    image_size: int = 0  # the crop the run trains at (image-size 0: the backbone's own), what a checkpoint records
     world: World = SINGLE
     blank: torch.Tensor | None = None  # an input of a step's shape, for a rank whose images all failed
     progress: Progress = dataclasses.field(default_factory=Progress)
@@ -96,6 +97,11 @@ class RunState:
             p.seen + int(seen), p.failed + int(failed)
         self.tally = [0.0, 0, 0, 0]
 
+    def identity(self) -> dict:
+        """The hyperparameters a checkpoint is saved with and checked against, the crop resolved, so
+        that image-size 0 and the backbone's own size (an older image's default: 224) are one job."""
+        return {**hyperparameters.as_dict(self.hp), "image-size": self.image_size or self.hp.image_size}
+
     def save_checkpoint(self) -> None:
         self.checkpointed_at = time.monotonic()
         if not self.world.leader:
@@ -103,7 +109,7 @@ class RunState:
         checkpoint.save(self.checkpoint_dir, {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "progress": self.progress.to_json(), "hyperparameters": json.dumps(hyperparameters.as_dict(self.hp)),
+            "progress": self.progress.to_json(), "hyperparameters": json.dumps(self.identity()),
             "class_folders": json.dumps(self.class_folders),
             **({"ema": self.ema.state_dict()} if self.ema is not None else {})})
 
@@ -113,7 +119,7 @@ class RunState:
 
     def resume(self) -> None:
         saved = distributed.from_leader(self.world, lambda: checkpoint.load(
-            self.checkpoint_dir, hyperparameters.as_dict(self.hp), self.class_folders))
+            self.checkpoint_dir, self.identity(), self.class_folders))
         if saved is None:
             return
         self.model.load_state_dict(saved["model"])

@@ -137,7 +137,8 @@ def prepare(hp: Hyperparameters, channels: dict[str, Path], where: Locations, wo
                   sampler=sampler, batches=batches,
                   audit=data_audit(hp.audit, [train_ch, valid_ch, test_ch], cache, pre, world, where.output_data))
     state = run_state(hp, model, batches, amp, device, world, where,
-                      train_ch.folders, len(train_ch.samples) // hp.batch_size if drop_last else 1, mix)
+                      train_ch.folders, len(train_ch.samples) // hp.batch_size if drop_last else 1, mix,
+                      pre.image_size)
     # The final evaluation reads the evaluation view the cache holds (valid's from validation,
     # test's from the audit) instead of running the frozen backbone over those images again.
     state.eval_features = cache.eval_view if cache else None
@@ -146,7 +147,7 @@ def prepare(hp: Hyperparameters, channels: dict[str, Path], where: Locations, wo
 
 def run_state(hp: Hyperparameters, model: nn.Module, batches, amp, device: torch.device, world: World,
               where: Locations, class_folders: list[str], steps_per_epoch: int,
-              mix: mixing.Mixing | None = None) -> RunState:
+              mix: mixing.Mixing | None = None, image_size: int = 0) -> RunState:
     """The loss, the optimizer and its schedule, the weights' average, Debugger's hook and
     TensorBoard; the progress from the checkpoint, if one is there."""
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
@@ -159,7 +160,7 @@ def run_state(hp: Hyperparameters, model: nn.Module, batches, amp, device: torch
                      criterion=criterion, optimizer=optimizer, scheduler=scheduler,
                      scaler=precision.grad_scaler(amp, device), amp=amp, device=device, debug=debug,
                      checkpoint_dir=where.checkpoints, class_folders=class_folders, steps_per_epoch=steps_per_epoch,
-                     world=world, blank=batches.blank, mixing=mix,
+                     world=world, blank=batches.blank, mixing=mix, image_size=image_size,
                      ema=ema.create(batches.net, hp.ema_decay))  # copied before Debugger hooks the net
     debug.register(state.net, criterion)
     state.resume()
