@@ -43,7 +43,10 @@ CONFIGS = {
     "lite2-last-stage": ({**LAST_STAGE, "backbone": "efficientnet_lite2"}, None),
     # The recipe (docs/TRAINING.md): what applies to a head on cached features, and everything for
     # fine-tuning (mixup and cutmix stay off: 4000 training images is under BiT's 20k).
+    "lite0-head-recipe": ({**HEAD, **HEAD_RECIPE}, None),
     "lite2-head-recipe": ({**HEAD, **HEAD_RECIPE, "backbone": "efficientnet_lite2"}, None),
+    # Lite2 above its own 260 px (Touvron et al., 2019: a larger test crop helps; here train and test alike).
+    "lite2-head-300": ({**HEAD, "backbone": "efficientnet_lite2", "image-size": 300}, None),
     "lite0-last-stage-recipe": ({**LAST_STAGE, **RECIPE}, None),
     "lite2-last-stage-recipe": ({**LAST_STAGE, **RECIPE, "backbone": "efficientnet_lite2"}, None),
 }
@@ -58,7 +61,8 @@ def run(name: str, hp: dict, data: Path, test: Path, work: Path) -> dict:
     recipe = {k: hp[k] for k in RECIPE if k in hp}
     return {"config": name, "backbone": hp["backbone"], "trainable": hp["trainable"],
             "recipe": ", ".join(f"{k} {v}" for k, v in recipe.items()) or "none",
-            "cache": "off" if hp.get("cache-features") is False else f"{hp.get('feature-views', 1)} view(s)",
+            "cache": "off" if hp.get("cache-features") is False or hp["trainable"] != "head"
+            else f"{hp.get('feature-views', 1)} view(s)",
             "epochs": len(epochs), "train_images": sum(1 for _ in (data / "train").rglob("*.JPEG")),
             "best_valid_accuracy": max(found["valid:accuracy"]), "test_accuracy": found["test:accuracy"][-1],
             "test_accuracy_ci95": (f"{found['test:accuracy_ci95_low'][-1]:.3f} to "
