@@ -50,10 +50,12 @@ def epoch_curves(history: list[dict]) -> bytes:
     """Per-epoch loss and accuracy from metrics.json."""
     epochs = [h["epoch"] for h in history]
     fig, (loss, acc) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for key, label, color in (("train_loss", "train", "tab:blue"), ("valid_loss", "validation", "tab:orange")):
-        loss.plot(epochs, [h[key] for h in history], "o-", color=color, label=label)
-    for key, label, color in (("train_acc", "train", "tab:blue"), ("valid_acc", "validation", "tab:orange")):
-        acc.plot(epochs, [h[key] for h in history], "o-", color=color, label=label)
+    averaged = "ema_valid_acc" in history[0]  # ema-decay: the average of the weights, validated too
+    for ax, kind in ((loss, "loss"), (acc, "acc")):
+        lines = [(f"train_{kind}", "train", "tab:blue"), (f"valid_{kind}", "validation", "tab:orange")]
+        lines += [(f"ema_valid_{kind}", "validation, EMA weights", "tab:green")] if averaged else []
+        for key, label, color in lines:
+            ax.plot(epochs, [h[key] for h in history], "o-", color=color, label=label)
     loss.set_title("Loss per epoch")
     acc.set_title("Accuracy per epoch")
     for ax in (loss, acc):

@@ -145,3 +145,15 @@ def test_report_of_a_sagemaker_job_downloads_what_it_needs(sm, healthy, tmp_path
     assert "SageMaker's rule jobs" in shown["text"] and "ProfilerReport" in shown["text"]
     assert (tmp_path / "dl" / "rule-output" / "ProfilerReport-1" / "profiler-output" / "profiler-report.html").exists()
     assert "sagemaker_program" not in shown["text"]  # the SDK's own hyperparameters are not ours
+
+
+def test_the_epoch_curves_show_the_average_of_the_weights_where_it_was_validated():
+    from PIL import Image
+    from launch import report_plots
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "valid_loss": 1.2 / e, "train_acc": 0.5 + e / 10,
+             "valid_acc": 0.4 + e / 10} for e in (1, 2, 3)]
+    plain = report_plots.epoch_curves(rows)
+    averaged = report_plots.epoch_curves([{**r, "ema_valid_loss": 1.1 / r["epoch"],
+                                           "ema_valid_acc": 0.45 + r["epoch"] / 10} for r in rows])
+    assert plain[:8] == averaged[:8] == b"\x89PNG\r\n\x1a\n" and plain != averaged
+    assert Image.open(io.BytesIO(plain)).size == Image.open(io.BytesIO(averaged)).size
