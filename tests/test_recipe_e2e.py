@@ -55,3 +55,17 @@ def test_mixing_cached_features_is_refused_before_the_backbone_loads(tmp_path, t
     assert result.returncode != 0
     assert failure_reason(base).startswith("cutmix=1 mixes images, but trainable=head with cache-features=true")
     assert "ImageNet weights" not in result.stderr  # refused before any weights were read
+
+
+def test_the_average_of_a_head_on_cached_features_is_saved_as_a_whole_model(tmp_path, tiny_data):
+    base = programs.make_tree(tmp_path, tiny_data, {**FAST_HP, "ema-decay": 0.9, "label-smoothing": 0.1})
+    result = run_train(base)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mixup and cutmix off" not in result.stderr  # nothing to say: cached features never mix
+    saved = torch.load(base / "checkpoints" / checkpoint.STATE_FILE, weights_only=True)
+    assert set(saved["ema"]) < set(saved["model"]) and all(k.startswith("classifier.") for k in saved["ema"])
+    best = torch.load(base / "checkpoints" / checkpoint.BEST_FILE, weights_only=True)
+    assert set(best) == set(saved["model"])  # the whole network, the average in the head's place where kept
+    found = read_json(base / "output" / "data" / "metrics.json")
+    row = next(r for r in found["history"] if r["epoch"] == found["best_epoch"])
+    assert found["valid_accuracy"] == (row["ema_valid_acc"] if row["kept"] == "ema" else row["valid_acc"])
