@@ -82,19 +82,28 @@ def main() -> int:
     parser.add_argument("--name", default="accuracy", help="results file name")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where NAME.json and NAME.md go")
     args = parser.parse_args()
+    names = args.configs.split(",")
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:  # before hours of runs, not after them
+        parser.error(f"unknown configuration(s) {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.per_class:
             n = args.per_class
             args.data = subset(args.data, Path(tmp) / "small", {"train": n, "valid": n, "test": n})
-        for name in args.configs.split(","):
+        for name in names:
             hp, per_class = CONFIGS[name]
             hp = {**hp, "epochs": args.epochs or hp["epochs"]}
             data = subset(args.data, Path(tmp) / f"slice-{name}", per_class) if per_class else args.data
             print(f"== {name}: {hp}", flush=True)
             rows.append(run(name, hp, data, args.data / "test", Path(tmp)))
             print(rows[-1], flush=True)
-    write(args.name, rows, {
+            write_rows(args.name, rows, args.results)  # after each: a long run stopped keeps what it measured
+    return 0
+
+
+def write_rows(name: str, rows: list[dict], results: Path) -> None:
+    write(name, rows, {
         "config": "config", "backbone": "backbone", "trainable": "trained", "recipe": "recipe",
         "cache": "cached features",
         "train_images": "train images", "epochs": "epochs", "best_valid_accuracy": "best valid acc",
@@ -105,8 +114,7 @@ def main() -> int:
         notes="Test accuracy of the best-valid epoch's model on all of imagewoof10's test split (250 ImageNet "
               "validation photos; the interval is Wilson's 95% score interval, about +-4 points here). Epoch seconds "
               "are training only, as `train` reports them; the whole job includes validation, the test pass "
-              "and start-up.", results=args.results)
-    return 0
+              "and start-up.", results=results)
 
 
 if __name__ == "__main__":
