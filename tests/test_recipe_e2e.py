@@ -6,7 +6,7 @@ import json
 import torch
 
 from conftest import FAST_HP, failure_reason, read_json, run_train
-from image_classifier import hyperparameters
+from image_classifier import hyperparameters, metrics
 from image_classifier.training import checkpoint
 from launch.local import programs
 
@@ -21,6 +21,9 @@ def test_the_whole_recipe_trains_keeps_the_better_weights_and_resumes_with_its_a
     assert "mixing training batches: mixup 0.4, cutmix 1" in first.stderr
     lines = [line for line in first.stdout.splitlines() if line.startswith("epoch=")]
     assert len(lines) == 2 and all(" ema_acc=" in line and " ema_loss=" in line for line in lines)
+    found_metrics = metrics.parse(first.stdout)  # every regex SageMaker is given reads this real output
+    assert all(found_metrics[d["Name"]] for d in metrics.METRIC_DEFINITIONS)
+    assert len(found_metrics["valid:ema_accuracy"]) == 2 and len(found_metrics["valid:accuracy"]) == 3  # + selected
 
     found = read_json(base / "output" / "data" / "metrics.json")
     kept = [max(row["valid_acc"], row["ema_valid_acc"]) for row in found["history"]]
