@@ -14,7 +14,7 @@ from ..errors import TrainingError
 from . import checkpoint, distributed
 from .debugger import Debugger
 from .distributed import SINGLE, World
-from .state import RunState
+from .state import RunState, kept_figures
 from .stopping import StopFlag
 
 
@@ -108,12 +108,10 @@ def end_epoch(run: RunState, valid_batches, started: float) -> None:
     val, *averaged = evaluate(nets, valid_batches, run.device, run.debug, run.world)
     row = dict(epoch=p.epoch + 1, train_loss=train_loss, train_acc=train_acc, valid_loss=val.loss, valid_acc=val.acc,
                valid_images=val.seen, seconds=seconds, images_per_second=ips)
-    kept, kept_acc = "model", val.acc
     if averaged:
-        row.update(ema_valid_loss=averaged[0].loss, ema_valid_acc=averaged[0].acc)
-        if averaged[0].acc > val.acc:
-            kept, kept_acc = "ema", averaged[0].acc
-        row["kept"] = kept
+        row.update(ema_valid_loss=averaged[0].loss, ema_valid_acc=averaged[0].acc,
+                   kept="ema" if averaged[0].acc > val.acc else "model")
+    kept_acc = kept_figures(row)["valid_acc"]
     if run.world.leader:
         print(metrics.epoch_line(p.epoch + 1, hp.epochs, train_loss, train_acc, val.loss, val.acc, seconds, ips,
                                  run.scheduler.get_last_lr()[0], *((averaged[0].loss, averaged[0].acc) if averaged
@@ -121,7 +119,7 @@ def end_epoch(run: RunState, valid_batches, started: float) -> None:
         print(f"profile epoch={p.epoch + 1} {run.profiling.timer.summary()}", flush=True)
     improved = kept_acc > p.best_acc
     if improved and run.world.leader:  # written before the progress says so: an error here changes nothing
-        checkpoint.save_best(run.checkpoint_dir, run.ema.model_state(run.model) if kept == "ema"
+        checkpoint.save_best(run.checkpoint_dir, run.ema.model_state(run.model) if row.get("kept") == "ema"
                              else run.model.state_dict())
     p.failed += val.failed
     p.history.append(row)

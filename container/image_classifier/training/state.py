@@ -52,10 +52,15 @@ class Progress:
     def best_row(self) -> dict:
         """The best epoch's row, its valid figures those of the weights kept (the average, with ema-decay,
         where it scored better)."""
-        row = next((h for h in self.history if h["epoch"] == self.best_epoch), {})
-        if row.get("kept") == "ema":
-            row = {**row, "valid_loss": row["ema_valid_loss"], "valid_acc": row["ema_valid_acc"]}
-        return row
+        return kept_figures(next((h for h in self.history if h["epoch"] == self.best_epoch), {}))
+
+
+def kept_figures(row: dict) -> dict:
+    """An epoch's history row with the valid figures of the weights it kept: the average's where
+    it scored better (row["kept"] == "ema"), else the trained weights' own."""
+    if row.get("kept") == "ema":
+        return {**row, "valid_loss": row["ema_valid_loss"], "valid_acc": row["ema_valid_acc"]}
+    return row
 
 
 @dataclasses.dataclass(kw_only=True)
